@@ -1,0 +1,1 @@
+"""Datasets: the spec, the generator, concatenation and loading."""

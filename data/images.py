@@ -1,0 +1,69 @@
+"""Decoding one image file into RGB, with one clear error for every way a file can be bad.
+
+Training, evaluation, concatenation and the pipeline all read images through `load_rgb`, so a
+corrupt, truncated, empty, CMYK, 16-bit, RGBA or decompression-bomb file is handled the same way.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageFile
+
+# Anything above this many pixels is refused rather than decoded (a decompression bomb would
+# otherwise exhaust memory); phone photos are ~12-50 Mpx.
+MAX_PIXELS = 100_000_000
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and what is wrong."""
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open `path` fully decoded as 8-bit RGB, or raise ImageError naming the file."""
+    path = Path(path)
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes); re-export or remove it")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ImageError(f"{path}: {im.width}x{im.height} pixels exceeds the limit of "
+                                     f"{MAX_PIXELS:,} (possible decompression bomb); downscale it")
+                im.load()
+                return to_rgb(im)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{path}: too many pixels (possible decompression bomb); downscale it") from None
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad files
+        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e}); "
+                         f"re-export it or remove it") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any mode to RGB; 16-bit greyscale is scaled, transparency composited on white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray((a / top * 255).clip(0, 255).astype("uint8"), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
+
+
+def content_hash(path: str | Path) -> str:
+    """SHA-256 of the file's bytes: the identity of an image across datasets."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

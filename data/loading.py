@@ -1,0 +1,53 @@
+"""Turning a spec's image lists into batches: transforms, a dataset that survives bad files.
+
+A corrupt image in training is skipped, counted and listed (the batch comes back smaller and the
+collate function reports the file), never a crash deep in a worker.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from data.images import ImageError, load_rgb
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def train_transform(resize: int, crop: int) -> T.Compose:
+    """The paper's: Resize((550,550)) -> RandomCrop(448, padding=8) -> flip; padding scaled with crop."""
+    return T.Compose([T.Resize((resize, resize)), T.RandomCrop(crop, padding=max(1, round(crop / 56))),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def eval_transform(crop: int) -> T.Compose:
+    return T.Compose([T.Resize((crop, crop)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class ImageSet(Dataset):
+    """(path, target) pairs; an item is (image tensor or None, target, error message or None)."""
+
+    def __init__(self, items: list[tuple[Path, object]], transform):
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path, target = self.items[i]
+        target = torch.as_tensor(target, dtype=torch.long)
+        try:
+            return self.transform(load_rgb(path)), target, None
+        except ImageError as e:
+            return None, target, str(e)
+
+
+def collate_skip_bad(batch):
+    """Stack the good items; return the messages of the bad ones beside the batch."""
+    good = [b for b in batch if b[0] is not None]
+    bad = [b[2] for b in batch if b[0] is None]
+    if not good:
+        return None, None, bad
+    return torch.stack([b[0] for b in good]), torch.stack([b[1] for b in good]), bad

@@ -1,0 +1,225 @@
+"""The dataset spec: `dataset.yaml` at the root of a dataset folder.
+
+Every command takes a dataset as a folder and reads classes, splits, tasks, the multi-task head
+layout, external-validation suites, OOD sets and multi-label sets from this one file, so no code
+assumes SOFAR's class names, their number or the number of tasks. `docs/dataset.example.yaml`
+is the complete format.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SPEC_FILE = "dataset.yaml"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class SpecError(ValueError):
+    """A dataset or its spec is wrong; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class MultiLabelSet:
+    path: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Spec:
+    root: Path
+    name: str
+    classes: dict[str, tuple[str, ...]]  # class name -> its folder aliases
+    splits: dict[str, str]
+    tasks: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (negative, positive)
+    multitask: dict | None = None  # {"negative": c, "binary": [c...], "softmax": [c...]}
+    external: dict[str, dict[str, str]] = field(default_factory=dict)
+    ood: dict[str, str] = field(default_factory=dict)
+    multilabel: dict[str, MultiLabelSet] = field(default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        return self.root / SPEC_FILE
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes)
+
+    def as_dict(self) -> dict:
+        """The spec as plain data, for checkpoints and for writing a new dataset.yaml."""
+        d = {"name": self.name, "version": 1,
+             "classes": {c: (list(a) if len(a) > 1 else a[0]) for c, a in self.classes.items()},
+             "splits": dict(self.splits),
+             "tasks": {t: list(p) for t, p in self.tasks.items()}}
+        if self.multitask:
+            d["multitask"] = {"negative": self.multitask["negative"],
+                              "binary": list(self.multitask["binary"])}
+        if self.external:
+            d["external"] = {t: dict(s) for t, s in self.external.items()}
+        if self.ood:
+            d["ood"] = dict(self.ood)
+        if self.multilabel:
+            d["multilabel"] = {n: {"path": m.path, "labels": list(m.labels)}
+                               for n, m in self.multilabel.items()}
+        return d
+
+    def folder_to_class(self) -> dict[str, str]:
+        return {alias: c for c, aliases in self.classes.items() for alias in aliases}
+
+    def split_dir(self, split: str) -> Path:
+        if split not in self.splits:
+            raise SpecError(f"{self.file}: no split '{split}'; the spec defines "
+                            f"{sorted(self.splits)} (add it under 'splits:')")
+        return self.root / self.splits[split]
+
+    def samples(self, folder: str | Path, classes: list[str] | None = None) -> list[tuple[Path, str]]:
+        """(image path, class name) for every image of `classes` under a folder of class folders.
+
+        Every listed class must have a non-empty folder; a folder that is no class of the spec is an
+        error (a typo would otherwise drop a whole class silently).
+        """
+        base = Path(folder) if Path(folder).is_absolute() else self.root / folder
+        if not base.is_dir():
+            raise SpecError(f"{base}: folder not found (named by {self.file}); create it or fix the path")
+        wanted = self.class_names if classes is None else list(classes)
+        for c in wanted:
+            self.check_class(c, "a sample request")
+        known = self.folder_to_class()
+        found: dict[str, list[Path]] = {c: [] for c in wanted}
+        for sub in sorted(p for p in base.iterdir() if p.is_dir()):
+            if sub.name not in known:
+                raise SpecError(f"{sub}: folder is no class of {self.file} (classes and their folders: "
+                                f"{ {c: list(a) for c, a in self.classes.items()} }); "
+                                f"add it under 'classes:' or move it out")
+            if known[sub.name] in found:
+                found[known[sub.name]] += list_images(sub)
+        out = []
+        for c in wanted:
+            if not found[c]:
+                raise SpecError(f"{base}: class '{c}' has no images (expected a non-empty folder "
+                                f"named {' or '.join(self.classes[c])}); add images or drop the class")
+            out += [(p, c) for p in sorted(found[c])]
+        return out
+
+    def split_samples(self, split: str, classes: list[str] | None = None) -> list[tuple[Path, str]]:
+        return self.samples(self.split_dir(split), classes)
+
+    def flat_images(self, folder: str) -> list[Path]:
+        base = self.root / folder
+        if not base.is_dir():
+            raise SpecError(f"{base}: folder not found (named by {self.file}); create it or fix the path")
+        images = list_images(base)
+        if not images:
+            raise SpecError(f"{base}: no images in this set named by {self.file}; add images or remove the set")
+        return images
+
+    def check_class(self, name: str, where: str) -> None:
+        if name not in self.classes:
+            raise SpecError(f"{self.file}: {where} names class '{name}', which 'classes:' does not define "
+                            f"(defined: {', '.join(self.classes)}); fix the name or add the class")
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def load_spec(root: str | Path) -> Spec:
+    """Read and validate `root/dataset.yaml`; every problem is a SpecError that names the fix."""
+    root = Path(root)
+    file = root / SPEC_FILE
+    if not root.is_dir():
+        raise SpecError(f"{root}: dataset folder not found; pass a folder that holds {SPEC_FILE} "
+                        f"(or run 'python -m data.generate --out {root}' for the embedded dataset)")
+    if not file.is_file():
+        raise SpecError(f"{file}: missing; every dataset folder needs a {SPEC_FILE} "
+                        f"(see docs/dataset.example.yaml)")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{file}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+    return parse_spec(raw, root)
+
+
+def parse_spec(raw, root: Path) -> Spec:
+    file = root / SPEC_FILE
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise SpecError(f"{file}: {msg}")
+
+    need(isinstance(raw, dict), "must be a mapping with at least 'classes:' and 'splits:'")
+    unknown = set(raw) - {"name", "version", "classes", "splits", "tasks", "multitask",
+                          "external", "ood", "multilabel", "image_size"}
+    need(not unknown, f"unknown key(s) {sorted(unknown)}; see docs/dataset.example.yaml")
+    classes_raw = raw.get("classes")
+    need(isinstance(classes_raw, dict) and len(classes_raw) >= 2,
+         "'classes:' must map at least two class names to their folder names")
+    classes: dict[str, tuple[str, ...]] = {}
+    lower: dict[str, str] = {}
+    for c, folders in classes_raw.items():
+        c = str(c)
+        need(c.lower() not in lower, f"class names '{lower.get(c.lower())}' and '{c}' differ only in case; "
+                                     f"rename one (they would be merged on a case-insensitive disk)")
+        lower[c.lower()] = c
+        folders = [folders] if isinstance(folders, str) else folders
+        need(isinstance(folders, list) and folders and all(isinstance(f, str) for f in folders),
+             f"class '{c}' must name a folder or a list of folders")
+        classes[c] = tuple(folders)
+    seen: dict[str, str] = {}
+    for c, folders in classes.items():
+        for f in folders:
+            need(f.lower() not in seen, f"folder '{f}' is given to both '{seen.get(f.lower())}' and '{c}'; "
+                                        f"a folder belongs to one class")
+            seen[f.lower()] = c
+
+    def check(c, where):
+        need(c in classes, f"{where} names class '{c}', which 'classes:' does not define "
+                           f"(defined: {', '.join(classes)}); fix the name or add the class")
+
+    splits = raw.get("splits")
+    need(isinstance(splits, dict) and "train" in splits,
+         "'splits:' must map split names (at least 'train', best also 'val' and 'test') to folders")
+    tasks = {}
+    for t, pair in (raw.get("tasks") or {}).items():
+        need(isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1],
+             f"task '{t}' must be a list of two classes [negative, positive]")
+        for c in pair:
+            check(c, f"task '{t}'")
+        tasks[str(t)] = (pair[0], pair[1])
+    multitask = None
+    if raw.get("multitask"):
+        mt = raw["multitask"]
+        need(isinstance(mt, dict) and "negative" in mt and isinstance(mt.get("binary"), list),
+             "'multitask:' needs 'negative: CLASS' and 'binary: [CLASS, ...]'")
+        check(mt["negative"], "multitask.negative")
+        for c in mt["binary"]:
+            check(c, "multitask.binary")
+        need(mt["negative"] not in mt["binary"], "multitask.negative cannot also be a binary head")
+        rest = [c for c in classes if c != mt["negative"] and c not in mt["binary"]]
+        multitask = {"negative": mt["negative"], "binary": list(mt["binary"]), "softmax": rest}
+    external = {}
+    for t, sets in (raw.get("external") or {}).items():
+        need(t in tasks, f"external suite '{t}' is no task under 'tasks:' ({', '.join(tasks) or 'none'})")
+        need(isinstance(sets, dict), f"external.{t} must map set names to folders")
+        external[str(t)] = {str(k): str(v) for k, v in sets.items()}
+    ood = {str(k): str(v) for k, v in (raw.get("ood") or {}).items()}
+    multilabel = {}
+    for n, m in (raw.get("multilabel") or {}).items():
+        need(isinstance(m, dict) and "path" in m and isinstance(m.get("labels"), list) and len(m["labels"]) >= 2,
+             f"multilabel set '{n}' needs 'path:' and 'labels: [CLASS, CLASS, ...]'")
+        for c in m["labels"]:
+            check(c, f"multilabel set '{n}'")
+        multilabel[str(n)] = MultiLabelSet(str(m["path"]), tuple(m["labels"]))
+    return Spec(root=root, name=str(raw.get("name", root.name)), classes=classes,
+                splits={str(k): str(v) for k, v in splits.items()}, tasks=tasks, multitask=multitask,
+                external=external, ood=ood, multilabel=multilabel)
+
+
+def write_spec(spec_dict: dict, root: str | Path) -> Path:
+    """Write a spec (plain data, as Spec.as_dict gives) and check that it parses."""
+    root = Path(root)
+    parse_spec(spec_dict, root)
+    path = root / SPEC_FILE
+    path.write_text(yaml.safe_dump(spec_dict, sort_keys=False, allow_unicode=True))
+    return path

@@ -1,0 +1,97 @@
+"""The training and validation loops (setup lives in train.py).
+
+One PMG training step on a batch is four optimizer steps: jigsaw n=8 -> loss on output 0,
+n=4 -> output 1, n=2 -> output 2, the whole image -> concat output with loss x2. Each pass
+computes only what its loss uses (`model(x, step=k)`); `naive=True` runs the whole network in
+every pass as the paper's code does (same loss and gradients, more compute) for the benchmark.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+from tqdm import tqdm
+
+from models.jigsaw import jigsaw
+from models.pmg import CONCAT
+
+
+def autocast(device: torch.device, amp: bool):
+    if not amp:
+        return contextlib.nullcontext()
+    # fp16 + GradScaler on CUDA; bf16 on CPU (no scaler needed, range of fp32).
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def pmg_step(model, paradigm, images, targets, optimizer, generator, granularities=(8, 4, 2),
+             scaler=None, amp=False, naive=False) -> list[float]:
+    """The four optimizer steps of PMG on one batch; returns the four losses."""
+    losses = []
+    steps = [(k, n) for k, n in enumerate(granularities)] + [(CONCAT, 1)]
+    for k, n in steps:
+        optimizer.zero_grad(set_to_none=True)
+        x = jigsaw(images, n, generator) if k != CONCAT else images
+        with autocast(images.device, amp):
+            logits = model.forward_all(x)[k] if naive else model(x, step=k)
+        loss = paradigm.loss(logits, targets) * (2 if k == CONCAT else 1)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def train_one_epoch(model, paradigm, loader, optimizer, device, generator, epoch, *, granularities=(8, 4, 2),
+                    scaler=None, amp=False, channels_last=False, naive=False, progress=True) -> dict:
+    model.train()
+    total, seen, skipped, start = 0.0, 0, [], time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress)
+    for images, targets, bad in bar:
+        skipped += bad
+        if images is None:
+            continue
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        losses = pmg_step(model, paradigm, images, targets, optimizer, generator, granularities,
+                          scaler, amp, naive)
+        total += sum(losses) * len(images)
+        seen += len(images)
+        bar.set_postfix(loss=f"{sum(losses):.3f}")
+    seconds = time.perf_counter() - start
+    return {"train_loss": total / max(seen, 1), "train_images": seen, "train_seconds": seconds,
+            "train_images_per_s": seen / max(seconds, 1e-9), "skipped": skipped}
+
+
+@torch.no_grad()
+def evaluate(model, paradigm, loader, device, *, amp=False, channels_last=False, progress=True,
+             desc="val") -> dict:
+    """Loss and accuracy of the concat output; for several heads, accuracy per head and their mean."""
+    model.eval()
+    loss, n, right, seen, skipped = 0.0, 0, 0, 0, []
+    for images, targets, bad in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        skipped += bad
+        if images is None:
+            continue
+        images, targets = images.to(device), targets.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(images)
+        loss += paradigm.loss(logits.float(), targets).item() * len(images)
+        n += len(images)
+        r, s = paradigm.correct(logits, targets)
+        right, seen = right + r.cpu(), seen + s.cpu()
+    per_head = (right / seen.clamp(min=1)).tolist() if n else []
+    out = {"val_loss": loss / max(n, 1), "val_acc": sum(per_head) / max(len(per_head), 1), "val_images": n,
+           "val_skipped": skipped}
+    if len(paradigm.heads) > 1:
+        out.update({f"val_acc_{h.name}": a for h, a in zip(paradigm.heads, per_head)})
+    return out

@@ -1,0 +1,72 @@
+"""PMG: Progressive Multi-Granularity training of jigsaw patches (Du et al., ECCV 2020).
+
+Branch i on backbone stage i: 1x1 conv -> `branch_mid`, 3x3 conv -> `branch_out` (Conv+BN+ReLU),
+global max pool (adaptive, so any input size works; at 448 it equals the original's fixed
+56/28/14 pools). Classifier i: BN1d -> Linear -> BN1d -> ELU -> heads; the concat classifier sees
+all three pooled branches. Heads are registered modules (one Linear per head of the paradigm),
+so every head is saved and restored with the state_dict.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.backbones import Backbone
+
+CONCAT = 3  # the step index of the concatenated-granularity output
+
+
+def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class Classifier(nn.Module):
+    def __init__(self, cin: int, hidden: int, head_sizes: dict[str, int]):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.BatchNorm1d(cin), nn.Linear(cin, hidden),
+                                   nn.BatchNorm1d(hidden), nn.ELU(inplace=True))
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in head_sizes.items()})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(x)
+        return torch.cat([head(h) for head in self.heads.values()], dim=1)
+
+
+class PMG(nn.Module):
+    """`forward(x, step)` returns the logits of one granularity step: 0, 1, 2 (branches on
+    stages 0..2) or CONCAT. A step computes only what its output needs: step 0 runs stage 0 of the
+    backbone and branch 0, nothing else."""
+
+    def __init__(self, backbone: Backbone, head_sizes: dict[str, int],
+                 branch_mid: int = 512, branch_out: int = 1024, hidden: int = 512):
+        super().__init__()
+        self.backbone = backbone
+        self.branches = nn.ModuleList(
+            nn.Sequential(conv_bn_relu(c, branch_mid, 1), conv_bn_relu(branch_mid, branch_out, 3),
+                          nn.AdaptiveMaxPool2d(1), nn.Flatten())
+            for c in backbone.channels)
+        self.classifiers = nn.ModuleList(Classifier(branch_out, hidden, head_sizes) for _ in range(3))
+        self.classifiers.append(Classifier(3 * branch_out, hidden, head_sizes))
+
+    def forward(self, x: torch.Tensor, step: int = CONCAT) -> torch.Tensor:
+        if step == CONCAT:
+            feats = self.backbone(x, upto=2)
+            pooled = torch.cat([b(f) for b, f in zip(self.branches, feats)], dim=1)
+            return self.classifiers[CONCAT](pooled)
+        feats = self.backbone(x, upto=step)
+        return self.classifiers[step](self.branches[step](feats[step]))
+
+    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All four outputs from one backbone pass (the naive step runs this for every granularity;
+        the PMG paper's 'combined' prediction is their sum)."""
+        feats = self.backbone(x, upto=2)
+        pooled = [b(f) for b, f in zip(self.branches, feats)]
+        outs = [c(p) for c, p in zip(self.classifiers, pooled)]
+        return outs + [self.classifiers[CONCAT](torch.cat(pooled, dim=1))]
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The paper's learning rates: new layers at lr, the (pretrained) backbone at lr/10."""
+        new = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+        return [{"params": list(self.backbone.parameters()), "lr": lr / 10, "initial_lr": lr / 10},
+                {"params": new, "lr": lr, "initial_lr": lr}]

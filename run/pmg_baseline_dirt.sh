@@ -1,0 +1,4 @@
+#!/bin/sh
+# PMG, task-centric: the dirt task's two classes.
+# sh run/pmg_baseline_dirt.sh [--trials 3] [--profile paper|quick|auto] [any train.py flag]
+exec sh "$(dirname "$0")/train_trials.sh" --paradigm task --task dirt "$@"

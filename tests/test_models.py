@@ -1,0 +1,142 @@
+"""PMG in every paradigm on every backbone: shapes, the step-skipping equivalence, heads saved."""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+from data.spec import parse_spec
+from engine import pmg_step
+from models import BACKBONES, build_model, build_paradigm
+from models.jigsaw import jigsaw
+from models.paradigms import IGNORE
+from models.pmg import CONCAT
+
+SPEC = parse_spec({
+    "classes": {"normal": "0_NORMAL", "defect": "1_DEFECT", "dirt": "2_DIRT", "bubble_wash": "3_BW",
+                "dashboard": "5_DASH", "seat": "9_SEAT"},
+    "splits": {"train": "train"},
+    "tasks": {"defect": ["normal", "defect"], "dirt": ["normal", "dirt"]},
+    "multitask": {"negative": "normal", "binary": ["defect", "dirt", "bubble_wash"]},
+}, root=__import__("pathlib").Path("/nonexistent"))
+SMALL = dict(branch_mid=16, branch_out=32, hidden=16)
+
+
+def paradigms():
+    return [build_paradigm("uni", SPEC), build_paradigm("task", SPEC, "dirt"), build_paradigm("multi", SPEC)]
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("size", [48, 64])
+def test_output_shapes_every_paradigm_and_backbone(backbone, size):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, size, size)
+    expected = {"uni": 6, "task": 2, "multi": 3 + 2}  # multi: 3 sigmoid heads + softmax over dashboard, seat
+    for p in paradigms():
+        model = build_model(backbone, p, **SMALL).eval()
+        for step in range(4):
+            assert model(x, step=step).shape == (2, expected[p.name])
+        assert [o.shape for o in model.forward_all(x)] == [(2, expected[p.name])] * 4
+
+
+def test_multi_heads_layout_and_targets():
+    p = build_paradigm("multi", SPEC)
+    assert [(h.name, h.kind) for h in p.heads] == [("defect", "binary"), ("dirt", "binary"),
+                                                   ("bubble_wash", "binary"), ("others", "softmax")]
+    assert p.targets("normal") == [0, 0, 0, IGNORE]
+    assert p.targets("dirt") == [IGNORE, 1, IGNORE, IGNORE]
+    assert p.targets("seat") == [IGNORE, IGNORE, IGNORE, 1]
+    assert build_paradigm("task", SPEC, "defect").targets("defect") == [1]
+
+
+def test_multi_loss_is_finite_when_a_head_has_no_sample():
+    p = build_paradigm("multi", SPEC)
+    logits = torch.randn(3, 5, requires_grad=True)
+    targets = torch.tensor([p.targets("normal")] * 3)  # the softmax head sees nothing
+    loss = p.loss(logits, targets)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    only_seat = torch.tensor([p.targets("seat")] * 3)  # the binary heads see nothing
+    assert torch.isfinite(p.loss(logits, only_seat))
+
+
+def test_multi_checkpoint_round_trip_restores_heads_bit_exactly():
+    p = build_paradigm("multi", SPEC)
+    torch.manual_seed(1)
+    a = build_model("resnet18", p, **SMALL)
+    keys = [k for k in a.state_dict() if ".heads." in k]
+    assert {k.split(".heads.")[1].split(".")[0] for k in keys} == {"defect", "dirt", "bubble_wash", "others"}
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    torch.manual_seed(2)
+    b = build_model("resnet18", p, **SMALL)
+    assert not torch.equal(a.state_dict()[keys[0]], b.state_dict()[keys[0]])
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    x = torch.randn(2, 3, 48, 48)
+    assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_step_skipping_gives_the_same_loss_and_gradients_as_the_full_forward(backbone):
+    p = build_paradigm("uni", SPEC)
+    torch.manual_seed(0)
+    model = build_model(backbone, p, **SMALL).train()
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([[0], [1], [2], [3]])
+    for step in range(4):
+        grads = []
+        for naive in (False, True):
+            m = copy.deepcopy(model)
+            logits = m.forward_all(x)[step] if naive else m(x, step=step)
+            loss = p.loss(logits, y)
+            loss.backward()
+            grads.append((loss.detach(), {n: q.grad for n, q in m.named_parameters()}))
+        (l1, g1), (l2, g2) = grads
+        torch.testing.assert_close(l1, l2, rtol=0, atol=0)
+        for n in g1:
+            if g2[n] is None:  # parts the step's loss does not reach get no gradient either way
+                assert g1[n] is None or not g1[n].any(), n
+            else:
+                torch.testing.assert_close(g1[n], g2[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
+def test_pmg_step_naive_and_skipping_train_identically():
+    p = build_paradigm("uni", SPEC)
+    torch.manual_seed(0)
+    model = build_model("resnet18", p, **SMALL)
+    x, y = torch.randn(4, 3, 48, 48), torch.tensor([[0], [1], [2], [3]])
+    runs = []
+    for naive in (False, True):
+        m = copy.deepcopy(model)
+        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        losses = pmg_step(m, p, x, y, opt, torch.Generator().manual_seed(3), naive=naive)
+        runs.append((losses, [q.detach().clone() for q in m.parameters()]))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,size", [(2, 32), (4, 32), (8, 64), (3, 32)])
+def test_jigsaw_permutes_blocks_and_keeps_pixels(n, size):
+    x = torch.arange(2 * 3 * size * size, dtype=torch.float32).reshape(2, 3, size, size)
+    out = jigsaw(x, n, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and not torch.equal(out, x)
+    assert torch.equal(out.flatten().sort().values, x.flatten().sort().values)
+    b = size // n  # every output block is some input block
+    blocks = {tuple(x[0, :, i * b:(i + 1) * b, j * b:(j + 1) * b].flatten().tolist()) for i in range(n) for j in range(n)}
+    for i in range(n):
+        for j in range(n):
+            assert tuple(out[0, :, i * b:(i + 1) * b, j * b:(j + 1) * b].flatten().tolist()) in blocks
+    assert torch.equal(jigsaw(x, n, torch.Generator().manual_seed(0)), out)  # seeded
+
+
+def test_concat_step_is_the_default_forward():
+    p = build_paradigm("uni", SPEC)
+    model = build_model("resnet18", p, **SMALL).eval()
+    x = torch.randn(2, 3, 48, 48)
+    assert torch.equal(model(x), model(x, step=CONCAT))
+    assert torch.equal(model(x), model.forward_all(x)[CONCAT])

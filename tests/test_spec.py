@@ -1,0 +1,131 @@
+"""The dataset spec and every bad input it must name precisely."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from data.images import ImageError, load_rgb
+from data.spec import SpecError, load_spec
+from tests.conftest import TINY_TRAIN, run_cli
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "dataset.example.yaml"
+
+
+def make(root: Path, spec: dict, classes=("0_NORMAL", "2_DIRT"), n=2) -> Path:
+    for split in ("train", "val"):
+        for folder in classes:
+            d = root / split / folder
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(d / f"{i}.jpg")
+    (root / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return root
+
+
+BASE = {"classes": {"normal": "0_NORMAL", "dirt": "2_DIRT"}, "splits": {"train": "train", "val": "val"},
+        "tasks": {"dirt": ["normal", "dirt"]}}
+
+
+def test_example_spec_in_docs_parses():
+    spec = load_spec_dict(yaml.safe_load(EXAMPLE.read_text()))
+    assert spec.class_names[:3] == ["normal", "defect", "dirt"] and len(spec.class_names) == 10
+    assert spec.multitask["softmax"] == ["car_in_wash", "dashboard", "cup_holder", "glovebox", "washer_fluid", "seat"]
+    assert spec.tasks["defect"] == ("normal", "defect")
+    assert set(spec.external["defect"]) == {"ext_snow", "ext_after_snow", "ext_rain", "ext_after_rain"}
+
+
+def load_spec_dict(d):
+    from data.spec import parse_spec
+    return parse_spec(d, Path("/x"))
+
+
+def test_samples_map_folders_to_classes(tmp_path):
+    spec = load_spec(make(tmp_path, BASE))
+    samples = spec.split_samples("train")
+    assert [(p.parent.name, c) for p, c in samples] == [("0_NORMAL", "normal")] * 2 + [("2_DIRT", "dirt")] * 2
+
+
+def test_missing_dataset_folder_and_spec(tmp_path):
+    with pytest.raises(SpecError, match="dataset folder not found"):
+        load_spec(tmp_path / "nope")
+    with pytest.raises(SpecError, match=r"dataset.yaml: missing"):
+        load_spec(tmp_path)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("classes: [a, b\n", "not valid YAML"),
+    ("- just a list\n", "must be a mapping"),
+    ("classes: {a: A}\nsplits: {train: train}\n", "at least two class names"),
+    ("classes: {a: A, b: B}\n", "'splits:'"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nclases: {}\n", r"unknown key\(s\) \['clases'\]"),
+    ("classes: {Dirt: A, dirt: B}\nsplits: {train: t}\n", "'Dirt' and 'dirt' differ only in case"),
+    ("classes: {a: X, b: x}\nsplits: {train: t}\n", "folder 'x' is given to both"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\ntasks: {t1: [a, c]}\n", "task 't1' names class 'c'"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\ntasks: {t1: [a]}\n", "two classes"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nmultitask: {negative: a, binary: [z]}\n", "multitask.binary names class 'z'"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nexternal: {t9: {s: s}}\n", "external suite 't9'"),
+])
+def test_malformed_spec_errors_name_the_file_and_the_fix(tmp_path, text, match):
+    (tmp_path / "dataset.yaml").write_text(text)
+    with pytest.raises(SpecError, match=match) as e:
+        load_spec(tmp_path)
+    assert str(tmp_path / "dataset.yaml") in str(e.value)
+
+
+def test_empty_class_folder_and_unknown_folder(tmp_path):
+    root = make(tmp_path, BASE)
+    for f in (root / "train" / "2_DIRT").iterdir():
+        f.unlink()
+    with pytest.raises(SpecError, match="class 'dirt' has no images .*2_DIRT"):
+        load_spec(root).split_samples("train")
+    (root / "val" / "3_TYPO").mkdir()
+    with pytest.raises(SpecError, match="3_TYPO: folder is no class"):
+        load_spec(root).split_samples("val")
+
+
+def test_unknown_split_is_named(tmp_path):
+    with pytest.raises(SpecError, match="no split 'test'"):
+        load_spec(make(tmp_path, BASE)).split_dir("test")
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "empty", "text", "truncated"])
+def test_bad_image_files_raise_image_error_naming_the_file(tmp_path, kind):
+    path = tmp_path / "bad.jpg"
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(good)
+    path.write_bytes({"corrupt": b"\xff\xd8\xff\xe0garbage" * 10, "empty": b"", "text": b"hello",
+                      "truncated": good.read_bytes()[:200]}[kind])
+    with pytest.raises(ImageError, match="bad.jpg"):
+        load_rgb(path)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "RGBA", "I;16", "L", "P"])
+def test_unusual_modes_decode_to_rgb(tmp_path, mode):
+    path = tmp_path / ("x.tif" if mode in ("CMYK", "I;16") else "x.png")
+    Image.new(mode, (10, 6)).save(path)
+    im = load_rgb(path)
+    assert im.mode == "RGB" and im.size == (10, 6)
+
+
+def test_training_skips_counts_and_lists_a_corrupt_image(tmp_path):
+    root = make(tmp_path / "ds", BASE, n=4)
+    bad = root / "train" / "2_DIRT" / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    proc = run_cli("train.py", "--data", root, "--paradigm", "uni", "--epochs", "1", "--output-dir",
+                   tmp_path / "art", *TINY_TRAIN)
+    listed = (tmp_path / "art" / "uni" / "exp1" / "skipped.txt").read_text()
+    assert "broken.jpg" in listed and "skipped 1 unreadable image" in proc.stderr
+    assert (tmp_path / "art" / "uni" / "exp1" / "best.pt").is_file()
+
+
+def test_train_cli_reports_spec_errors_in_one_line(tmp_path):
+    root = make(tmp_path / "ds", BASE)
+    proc = run_cli("train.py", "--data", root, "--paradigm", "task", "--task", "defect", *TINY_TRAIN, check=False)
+    assert proc.returncode != 0 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert "--task, one of dirt" in proc.stderr
+    proc = run_cli("train.py", "--data", tmp_path / "nowhere", *TINY_TRAIN, check=False)
+    assert proc.returncode != 0 and "dataset folder not found" in proc.stderr and "Traceback" not in proc.stderr

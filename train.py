@@ -1,0 +1,199 @@
+"""Train one PMG model in one paradigm on a dataset folder (its dataset.yaml says the rest).
+
+    python train.py --data datasets/sofar_embedded --paradigm uni --profile quick
+    python train.py --data DIR --paradigm task --task defect --profile paper --trial exp1 --seed 1
+    torchrun --nproc_per_node 4 train.py --data DIR --paradigm multi --profile paper
+
+Every epoch validates on the val split (never test) and keeps best.pt (highest val accuracy)
+and last.pt; `--resume` continues from last.pt of the same run folder or from a given file.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader, DistributedSampler
+
+from data.loading import ImageSet, collate_skip_bad, eval_transform, train_transform
+from data.spec import SpecError, load_spec
+from engine import evaluate, train_one_epoch
+from models import BACKBONES, PARADIGMS, build_model, build_paradigm
+from models.backbones import WeightsError
+from utils import (CheckpointError, append_summary, init_distributed, load_checkpoint, plain, resolve_device,
+                   save_checkpoint, seed_everything)
+
+# A profile fills every flag the command line leaves unset. `paper` is the paper's configuration
+# (a GPU configuration: ~9 h per epoch of 5,000 images on 2 CPU cores); `quick` is sized for a CPU.
+PROFILES = {
+    "paper": dict(backbone="resnet50", pretrained="imagenet", resize=550, crop=448, epochs=20, amp=True,
+                  channels_last=False),
+    "quick": dict(backbone="efficientnet_lite0", pretrained="imagenet", resize=72, crop=64, epochs=4,
+                  amp=False, channels_last=False),
+}
+DEFAULTS = dict(batch_size=16, lr=2e-3, momentum=0.9, weight_decay=5e-4, workers=2, seed=0, trial="exp1",
+                output_dir="artifacts", device="auto", branch_mid=512, branch_out=1024, hidden=512,
+                granularities=[8, 4, 2])
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", default="datasets/sofar_embedded", help="dataset folder holding dataset.yaml")
+    p.add_argument("--paradigm", choices=list(PARADIGMS), default="uni",
+                   help="uni: efficiency-centric; task: task-centric binary (needs --task); multi: multi-task")
+    p.add_argument("--task", help="a task of the spec's 'tasks:' (paradigm task)")
+    p.add_argument("--profile", choices=["auto", *PROFILES], default="auto",
+                   help="fills unset flags: paper (GPU), quick (CPU); auto = paper on CUDA, quick otherwise")
+    p.add_argument("--backbone", choices=list(BACKBONES))
+    p.add_argument("--pretrained", help="none | imagenet | PATH to a local weights file")
+    p.add_argument("--resize", type=int, help="train images are resized to this square, then cropped")
+    p.add_argument("--crop", type=int, help="input size (train random crop, eval resize)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="new layers; the backbone gets lr/10")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--granularities", type=int, nargs=3, help="jigsaw n of the three steps (8 4 2)")
+    p.add_argument("--branch-mid", type=int)
+    p.add_argument("--branch-out", type=int)
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="fp16 on CUDA, bf16 on CPU")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--trial", help="run name inside OUTPUT_DIR/<paradigm>/ (exp1, exp2, ...)")
+    p.add_argument("--output-dir")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--resume", nargs="?", const="auto",
+                   help="continue: no value = last.pt of this run folder, or a checkpoint path")
+    p.add_argument("--keep-epochs", action="store_true", help="also keep epoch_N.pt for every epoch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    return p
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    if args.profile == "auto":
+        args.profile = "paper" if torch.cuda.is_available() and args.device in (None, "auto", "cuda") else "quick"
+    for key, value in {**DEFAULTS, **PROFILES[args.profile]}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.crop > args.resize:
+        raise SystemExit(f"error: --crop {args.crop} is larger than --resize {args.resize}")
+    return args
+
+
+def load_data(spec, paradigm, args, world: int):
+    def items(split):
+        return [(p, paradigm.targets(c)) for p, c in spec.split_samples(split, list(paradigm.classes))]
+    train = ImageSet(items("train"), train_transform(args.resize, args.crop))
+    val = ImageSet(items("val"), eval_transform(args.crop))
+    sampler = DistributedSampler(train, seed=args.seed) if world > 1 else None
+    loader_gen = torch.Generator()
+    common = dict(batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip_bad,
+                  persistent_workers=False, pin_memory=torch.cuda.is_available())
+    train_loader = DataLoader(train, shuffle=sampler is None, sampler=sampler, generator=loader_gen,
+                              drop_last=len(train) > args.batch_size, **common)
+    val_loader = DataLoader(val, shuffle=False, **common)
+    return train_loader, val_loader, loader_gen, sampler
+
+
+def main(args: argparse.Namespace) -> Path:
+    args = resolve_args(args)
+    rank, local_rank, world = init_distributed()
+    device = resolve_device(args.device, local_rank)
+    spec = load_spec(args.data)
+    paradigm = build_paradigm(args.paradigm, spec, args.task)
+    run_dir = Path(args.output_dir) / paradigm.run_name / args.trial
+    main_proc = rank == 0
+    if main_proc:
+        print(f"profile {args.profile}: {args.backbone} (pretrained {args.pretrained}), "
+              f"{args.resize}->{args.crop}px, {args.epochs} epochs, batch {args.batch_size}, device {device}"
+              f"{f' x{world}' if world > 1 else ''}; run folder {run_dir}", flush=True)
+    seed_everything(args.seed)
+    train_loader, val_loader, loader_gen, sampler = load_data(spec, paradigm, args, world)
+    model = build_model(args.backbone, paradigm, args.pretrained, args.branch_mid, args.branch_out,
+                        args.hidden).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.param_groups(args.lr), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
+    start, best = 1, None
+    if args.resume:
+        path = run_dir / "last.pt" if args.resume == "auto" else Path(args.resume)
+        ckpt = load_checkpoint(path)
+        if (ckpt["paradigm"], ckpt["task"], ckpt["classes"]) != (paradigm.name, paradigm.task, list(paradigm.classes)):
+            raise CheckpointError(f"{path}: trained as {ckpt['paradigm']} {ckpt['task'] or ''} on classes "
+                                  f"{ckpt['classes']}, but this run is {paradigm.name} {paradigm.task or ''} on "
+                                  f"{list(paradigm.classes)} ({spec.file}); resume with matching flags")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start, best = ckpt["epoch"] + 1, ckpt["best_val_acc"]
+        if main_proc:
+            print(f"resumed from {path} at epoch {ckpt['epoch']}", flush=True)
+    net = model
+    if world > 1:
+        # Each granularity step uses a different part of the network.
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
+    if main_proc:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "args.yaml").write_text(yaml.safe_dump(plain(vars(args)), sort_keys=False))
+    jigsaw_gen = torch.Generator()
+    for epoch in range(start, args.epochs + 1):
+        # Every random stream is re-seeded from (seed, epoch): a resumed run draws exactly what an
+        # uninterrupted one would have drawn.
+        torch.manual_seed(args.seed * 100_003 + epoch * 1_009 + rank)
+        loader_gen.manual_seed(args.seed * 100_003 + epoch)
+        jigsaw_gen.manual_seed(args.seed * 100_003 + epoch + 7)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[-1]["lr"]
+        stats = train_one_epoch(net, paradigm, train_loader, optimizer, device, jigsaw_gen, epoch,
+                                granularities=tuple(args.granularities), scaler=scaler, amp=args.amp,
+                                channels_last=args.channels_last, progress=main_proc and not args.no_progress)
+        scheduler.step()
+        if not main_proc:
+            continue
+        val = evaluate(model, paradigm, val_loader, device, amp=args.amp, channels_last=args.channels_last,
+                       progress=not args.no_progress)
+        skipped = stats.pop("skipped") + val.pop("val_skipped")
+        if skipped:
+            with open(run_dir / "skipped.txt", "a") as f:
+                f.writelines(f"epoch {epoch}: {m}\n" for m in skipped)
+            print(f"skipped {len(skipped)} unreadable image(s) in epoch {epoch}; listed in "
+                  f"{run_dir / 'skipped.txt'}", file=sys.stderr)
+        improved = best is None or val["val_acc"] > best
+        best = val["val_acc"] if improved else best
+        row = {"epoch": epoch, "lr": lr, **stats, **val, "best": improved}
+        append_summary(run_dir, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
+        print(f"epoch {epoch}/{args.epochs}: train loss {stats['train_loss']:.4f} "
+              f"({stats['train_images_per_s']:.1f} img/s), val loss {val['val_loss']:.4f}, "
+              f"val acc {val['val_acc']:.4f}{' *' if improved else ''}", flush=True)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                 "args": plain(vars(args)), "paradigm": paradigm.name, "task": paradigm.task,
+                 "classes": list(paradigm.classes),
+                 "heads": [[h.name, h.kind, list(h.classes)] for h in paradigm.heads],
+                 "spec": spec.as_dict(), "val": plain(val), "best_val_acc": best}
+        save_checkpoint(state, run_dir / "last.pt")
+        if improved:
+            save_checkpoint(state, run_dir / "best.pt")
+        if args.keep_epochs:
+            save_checkpoint(state, run_dir / f"epoch_{epoch}.pt")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return run_dir
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (SpecError, CheckpointError, WeightsError) as e:
+        sys.exit(f"error: {e}")
