@@ -126,7 +126,7 @@ def list_images(folder: Path) -> list[Path]:
 
 def load_spec(root: str | Path) -> Spec:
     """Read and validate `root/dataset.yaml`; every problem is a SpecError that names the fix."""
-    root = Path(root)
+    root = Path(root).absolute()  # folders named in the spec are relative to it
     file = root / SPEC_FILE
     if not root.is_dir():
         raise SpecError(f"{root}: dataset folder not found; pass a folder that holds {SPEC_FILE} "

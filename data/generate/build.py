@@ -1,0 +1,190 @@
+"""Lays out the whole stand-in dataset: which image goes where, seeded how, rendered by whom.
+
+Every image has its own RNG seeded by (seed, set, class, index), so the bytes of a file do not
+depend on the worker count, the order of work, or the other counts requested.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import documents, interior, marks, wash, weather
+from .common import finish
+
+CLASSES = {  # class name -> folder, in label order
+    "normal": "0_NORMAL",
+    "defect": "1_DEFECT",
+    "dirt": "2_DIRT",
+    "bubble_wash": "3_BUBBLE_WASH",
+    "car_in_wash": "4_CARS_INSIDE_OF_THE_WASHING_MACHINE",
+    "dashboard": "5_DASHBOARD",
+    "cup_holder": "6_CUP_HOLDER",
+    "glovebox": "7_GLOVEBOX",
+    "washer_fluid": "8_WASHER_FLUID",
+    "seat": "9_SEAT",
+}
+SPLITS = ("train", "val", "test")
+EXTERNAL = {  # set -> (shift, negative, positive)
+    "snow": ("snow", "normal", "defect"),
+    "after_snow": ("after_snow", "normal", "defect"),
+    "rain": ("rain", "normal", "defect"),
+    "after_rain": ("after_rain", "normal", "defect"),
+    "h1": ("h1", "normal", "dirt"),
+    "h2": ("h2", "normal", "dirt"),
+}
+OOD = ("receipts", "documents")
+MULTILABEL = "defect_and_dirt"
+OUTPUTS = ("dataset.yaml", "montage.png", *SPLITS, "ext", "ood", "multilabel")
+
+# The format is docs/dataset.example.yaml; data/spec.py parses it.
+SPEC = """\
+# dataset.yaml — the spec at the root of a dataset folder (format version 1)
+name: sofar-embedded            # shown in reports
+version: 1
+classes:                        # class name -> folder name(s) used inside every split/set folder
+  normal: 0_NORMAL              # a list of folder aliases is allowed too: [0_NORMAL, normal]
+  defect: 1_DEFECT
+  dirt: 2_DIRT
+  bubble_wash: 3_BUBBLE_WASH
+  car_in_wash: 4_CARS_INSIDE_OF_THE_WASHING_MACHINE
+  dashboard: 5_DASHBOARD
+  cup_holder: 6_CUP_HOLDER
+  glovebox: 7_GLOVEBOX
+  washer_fluid: 8_WASHER_FLUID
+  seat: 9_SEAT
+splits:                         # split name -> folder (relative to the dataset root) holding class folders
+  train: train
+  val: val
+  test: test
+tasks:                          # task-centric binary tasks: [negative, positive]
+  defect: [normal, defect]
+  dirt: [normal, dirt]
+multitask:                      # multi-task head layout
+  negative: normal              # the shared negative of the binary heads
+  binary: [defect, dirt, bubble_wash]   # one sigmoid head each: <class> v <negative>
+  # softmax head: every other class (derived)
+external:                       # external-validation suites per task: set name -> folder with the task's class folders
+  defect:
+    ext_snow: ext/snow
+    ext_after_snow: ext/after_snow
+    ext_rain: ext/rain
+    ext_after_rain: ext/after_rain
+  dirt:
+    ext_h1: ext/h1
+    ext_h2: ext/h2
+ood:                            # irrelevant-image sets: set name -> flat folder of images
+  receipts: ood/receipts
+  documents: ood/documents
+multilabel:                     # multi-label sets: flat folder of images that all carry these labels
+  defect_and_dirt:
+    path: multilabel/defect_and_dirt
+    labels: [defect, dirt]
+"""
+
+
+def render(kind: str, shift: str | None, rng, S: int) -> np.ndarray:
+    """One scene of `kind` (a class name, 'multilabel', or an OOD set) as a float RGB canvas."""
+    if kind in ("normal", "defect", "dirt", "bubble_wash", "multilabel"):
+        sc = weather.scene(rng, S, shift)
+        if kind in ("defect", "multilabel"):
+            marks.add_defect(sc, rng)
+        if kind in ("dirt", "multilabel"):
+            marks.add_dirt(sc, rng)
+        if kind == "bubble_wash":
+            marks.add_foam(sc, rng)
+        weather.pre(sc, rng, shift)
+        img = weather.post(sc, sc.render(), rng, shift)
+        return sc.finish(img)
+    if kind == "car_in_wash":
+        return wash.car_in_wash(rng, S)
+    if kind == "receipts":
+        return documents.receipt(rng, S)
+    if kind == "documents":
+        return documents.document(rng, S)
+    return getattr(interior, kind)(rng, S)
+
+
+def _work(task) -> str:
+    path, kind, shift, seed, size = task
+    rng = np.random.default_rng(seed)
+    img = render(kind, shift, rng, 2 * size)  # drawn at 2x; `finish` downsamples (anti-aliasing)
+    Path(path).write_bytes(finish(img, size, rng))
+    return path
+
+
+def plan(out: Path, seed: int, size: int, train: int, val: int, test: int, ext: int, ood: int,
+         multilabel: int) -> list[tuple]:
+    """Every file to write: (path, kind, shift, rng seed, size)."""
+    tasks = []
+    names = list(CLASSES)
+    for set_id, (split, n) in enumerate(zip(SPLITS, (train, val, test))):
+        for cid, c in enumerate(names):
+            for i in range(n):
+                tasks.append((out / split / CLASSES[c] / f"{split}_{c}_{i:05d}.jpg", c, None, [seed, set_id, cid, i]))
+    for j, (name, (shift, neg, pos)) in enumerate(EXTERNAL.items()):
+        for c in (neg, pos):
+            for i in range(ext):
+                tasks.append((out / "ext" / name / CLASSES[c] / f"ext_{name}_{c}_{i:05d}.jpg", c, shift,
+                              [seed, 10 + j, names.index(c), i]))
+    for j, name in enumerate(OOD):
+        for i in range(ood):
+            tasks.append((out / "ood" / name / f"ood_{name}_{i:05d}.jpg", name, None, [seed, 20 + j, 0, i]))
+    for i in range(multilabel):
+        tasks.append((out / "multilabel" / MULTILABEL / f"multilabel_{MULTILABEL}_{i:05d}.jpg", "multilabel", None,
+                      [seed, 30, 0, i]))
+    return [(str(p), k, s, sd, size) for p, k, s, sd in tasks]
+
+
+def generate(out, seed: int = 0, size: int = 96, train: int = 60, val: int = 15, test: int = 30, ext: int = 30,
+             ood: int = 40, multilabel: int = 40, workers: int = 2, montage: bool = True,
+             progress: bool = False) -> dict:
+    """Write the dataset to `out` and return its counts. Earlier generator outputs in `out` are
+    replaced (only those: other files are left alone); the CLI refuses a non-empty folder."""
+    t0 = time.time()
+    out = Path(out)
+    for name in OUTPUTS:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    tasks = plan(out, seed, size, train, val, test, ext, ood, multilabel)
+    for d in sorted({str(Path(t[0]).parent) for t in tasks}):
+        Path(d).mkdir(parents=True, exist_ok=True)
+    (out / "dataset.yaml").write_text(SPEC, encoding="utf-8")
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=len(tasks), unit="img", desc="generating")
+        except ImportError:
+            pass
+    if workers > 1 and len(tasks) > 64:  # below that, starting processes costs more than it saves
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        with ctx.Pool(workers) as pool:
+            for _ in pool.imap_unordered(_work, tasks, chunksize=8):
+                if bar is not None:
+                    bar.update()
+    else:
+        for t in tasks:
+            _work(t)
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    if montage:
+        from .montage import build  # imported late so `python -m data.generate.montage` runs cleanly
+        build(out, out / "montage.png")
+    counts = {
+        "splits": {s: {c: n for c in CLASSES} for s, n in zip(SPLITS, (train, val, test))},
+        "external": {name: {neg: ext, pos: ext} for name, (_, neg, pos) in EXTERNAL.items()},
+        "ood": {name: ood for name in OOD},
+        "multilabel": {MULTILABEL: multilabel},
+        "total": len(tasks),
+        "seconds": round(time.time() - t0, 2),
+    }
+    return counts
