@@ -1,0 +1,108 @@
+"""train.py and run/ through their real command lines on a tiny generated dataset."""
+from __future__ import annotations
+
+import csv
+import subprocess
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import ROOT, TINY_TRAIN, run_cli
+from utils import CheckpointError, load_checkpoint
+
+
+@pytest.mark.parametrize("flags,run", [
+    (["--paradigm", "uni"], "uni"),
+    (["--paradigm", "task", "--task", "defect"], "task_defect"),
+    (["--paradigm", "task", "--task", "dirt"], "task_dirt"),
+    (["--paradigm", "multi"], "multi"),
+])
+def test_one_epoch_per_paradigm(tiny_data, tmp_path, flags, run):
+    proc = run_cli("train.py", "--data", tiny_data, *flags, "--epochs", "1", "--output-dir", tmp_path, *TINY_TRAIN)
+    assert "profile quick" in proc.stdout and "epoch 1/1" in proc.stdout
+    run_dir = tmp_path / run / "exp1"
+    rows = list(csv.DictReader(open(run_dir / "summary.csv")))
+    assert len(rows) == 1 and 0.0 <= float(rows[0]["val_acc"]) <= 1.0
+    args = yaml.safe_load((run_dir / "args.yaml").read_text())
+    assert args["paradigm"] == flags[1] and args["crop"] == 32 and args["seed"] == 0
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    spec_classes = list(ckpt["spec"]["classes"])
+    expected = {"uni": spec_classes, "task_defect": ["normal", "defect"], "task_dirt": ["normal", "dirt"],
+                "multi": spec_classes}[run]
+    assert ckpt["classes"] == expected and ckpt["epoch"] == 1
+    assert ckpt["val"]["val_images"] == 3 * len(expected)  # val split, never test
+    if run == "multi":
+        assert [h[0] for h in ckpt["heads"]] == ["defect", "dirt", "bubble_wash", "others"]
+        assert any(".heads.others." in k for k in ckpt["model"])
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_data, tmp_path):
+    common = ["--data", tiny_data, "--paradigm", "multi", "--epochs", "2", *TINY_TRAIN]
+    run_cli("train.py", *common, "--output-dir", tmp_path / "a", "--keep-epochs")
+    a = tmp_path / "a" / "multi" / "exp1"
+    # The interrupted run: its last checkpoint is the one written after epoch 1.
+    b = tmp_path / "b" / "multi" / "exp1"
+    b.mkdir(parents=True)
+    (b / "last.pt").write_bytes((a / "epoch_1.pt").read_bytes())
+    proc = run_cli("train.py", *common, "--output-dir", tmp_path / "b", "--resume")
+    assert "resumed from" in proc.stdout and "epoch 1/2" not in proc.stdout
+    final_a, final_b = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert final_b["epoch"] == 2
+    for k, v in final_a["model"].items():
+        assert torch.equal(v, final_b["model"][k]), k
+    assert final_a["optimizer"]["param_groups"][0]["lr"] == final_b["optimizer"]["param_groups"][0]["lr"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tiny_data, tmp_path):
+    run_cli("train.py", "--data", tiny_data, "--paradigm", "task", "--task", "dirt", "--epochs", "1",
+            "--output-dir", tmp_path, *TINY_TRAIN)
+    ckpt = tmp_path / "task_dirt" / "exp1" / "last.pt"
+    proc = run_cli("train.py", "--data", tiny_data, "--paradigm", "uni", "--epochs", "1", "--output-dir", tmp_path,
+                   "--resume", ckpt, *TINY_TRAIN, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "trained as task dirt" in proc.stderr and str(ckpt) in proc.stderr
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": torch.zeros(2)}, junk)
+    with pytest.raises(CheckpointError, match="not a checkpoint written by train.py"):
+        load_checkpoint(junk)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from utils import save_checkpoint
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(1)}, "epoch": 1}, path)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"model": {"w": torch.zeros(1)}, "epoch": 2}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_run_script_trains_n_trials_with_different_seeds(tiny_data, tmp_path):
+    proc = subprocess.run(["sh", "run/pmg_baseline_dirt.sh", "--trials", "2", "--data", str(tiny_data),
+                           "--epochs", "1", "--output-dir", str(tmp_path), *TINY_TRAIN],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "trial 2/2 (seed 1)" in proc.stdout
+    seeds = [yaml.safe_load((tmp_path / "task_dirt" / t / "args.yaml").read_text())["seed"] for t in ("exp1", "exp2")]
+    assert seeds == [0, 1]
+
+
+def test_run_script_rejects_a_folder_without_spec(tmp_path):
+    proc = subprocess.run(["sh", "run/pmg_uni.sh", "--data", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "dataset.yaml not found" in proc.stderr
+
+
+def test_torchrun_two_processes_on_cpu(tiny_data, tmp_path):
+    """The multi-GPU path (DDP through torchrun), exercised with the gloo backend on CPU."""
+    torchrun = ROOT / ".venv" / "bin" / "torchrun"
+    cmd = [str(torchrun)] if torchrun.exists() else [__import__("sys").executable, "-m", "torch.distributed.run"]
+    proc = subprocess.run([*cmd, "--nproc_per_node", "2", "train.py", "--data", str(tiny_data), "--paradigm", "multi",
+                           "--epochs", "1", "--output-dir", str(tmp_path), *TINY_TRAIN],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "x2" in proc.stdout
+    assert load_checkpoint(tmp_path / "multi" / "exp1" / "best.pt")["epoch"] == 1
