@@ -1,0 +1,4 @@
+"""Entry point: `python -m pipeline --help`."""
+from pipeline.cli import run
+
+run()

@@ -1,0 +1,163 @@
+"""`python -m pipeline COMMAND`: the deployed system from the command line.
+
+    python -m pipeline threshold --checkpoint CKPT --data DATASET --tpr 0.95
+    python -m pipeline predict   --checkpoint CKPT --source DIR_OR_MANIFEST --table predictions.db
+    python -m pipeline produce   --source DIR_OR_MANIFEST --date 2026-11-23 --redis redis://host:6379/0
+    python -m pipeline consume   --checkpoint CKPT --table URL --redis URL --exit-when-empty
+    python -m pipeline query     --table URL --date today --labels dirt defect
+
+Every server/table flag also reads an environment variable (shown in --help), so a container
+needs only the environment: PIPELINE_CHECKPOINT, PIPELINE_TABLE, PIPELINE_TABLE_NAME,
+PIPELINE_SOURCE, REDIS_URL, PIPELINE_STREAM, PIPELINE_GROUP.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+
+from pipeline.table import DEFAULT_TABLE, DEFAULT_URL
+
+ENV = {"checkpoint": "PIPELINE_CHECKPOINT", "table": "PIPELINE_TABLE", "table_name": "PIPELINE_TABLE_NAME",
+       "source": "PIPELINE_SOURCE", "redis": "REDIS_URL", "stream": "PIPELINE_STREAM", "group": "PIPELINE_GROUP"}
+
+
+def env_arg(p, flag: str, default=None, help: str = "", **kw):
+    dest = flag.lstrip("-").replace("-", "_")
+    var = ENV[dest]
+    value = os.environ.get(var, default)
+    p.add_argument(flag, default=value, required=value is None, help=f"{help} (env {var})".strip(), **kw)
+
+
+def today(text: str) -> str:
+    return dt.datetime.now(dt.timezone.utc).date().isoformat() if text == "today" else dt.date.fromisoformat(text).isoformat()
+
+
+def model_flags(p):
+    from pipeline.model import DEFAULT_TPR, SCORERS
+    env_arg(p, "--checkpoint", help="a train.py checkpoint (best.pt)")
+    p.add_argument("--score", choices=list(SCORERS), default="max_logit", help="OOD score (higher = in-distribution)")
+    p.add_argument("--threshold", type=float, help="OOD threshold; overrides the one stored beside the checkpoint")
+    p.add_argument("--data", help="dataset whose val split sets the threshold when none is stored "
+                                  "(default: the checkpoint's training data)")
+    p.add_argument("--tpr", type=float, default=DEFAULT_TPR, help="fraction of in-distribution val images accepted")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+
+
+def table_flags(p, required=True):
+    env_arg(p, "--table", DEFAULT_URL if not required else None,
+            help="database URL: postgresql://... or a SQLite file (sqlite:///x.db or a path)")
+    env_arg(p, "--table-name", DEFAULT_TABLE, help="table name (task-centric: one per model)")
+
+
+def redis_flags(p):
+    from pipeline.streams import GROUP, STREAM
+    env_arg(p, "--redis", "redis://127.0.0.1:6379/0", help="Redis URL")
+    env_arg(p, "--stream", STREAM, help="Redis stream of work")
+    env_arg(p, "--group", GROUP, help="consumer group")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("threshold", help="choose the OOD threshold on a val split; store it beside the checkpoint")
+    model_flags(p)
+
+    p = sub.add_parser("predict", help="batch mode: a folder or manifest into the prediction table")
+    model_flags(p)
+    env_arg(p, "--source", help="folder tree of images or manifest CSV (path[,captured_date,image_id])")
+    p.add_argument("--date", type=today, help="only images captured on this day (YYYY-MM-DD or today)")
+    table_flags(p, required=False)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("produce", help="queue mode: publish one day's new images to the Redis stream")
+    env_arg(p, "--source", help="folder tree of images or manifest CSV")
+    p.add_argument("--date", type=today, default="today", help="captured day to publish (YYYY-MM-DD or today)")
+    redis_flags(p)
+    p.add_argument("--table", default=os.environ.get("PIPELINE_TABLE"),
+                   help="also skip images that already have a row in this table URL (env PIPELINE_TABLE)")
+    p.add_argument("--table-name", default=os.environ.get("PIPELINE_TABLE_NAME", DEFAULT_TABLE))
+
+    p = sub.add_parser("consume", help="queue mode: predict messages of the stream until stopped")
+    model_flags(p)
+    table_flags(p, required=False)
+    redis_flags(p)
+    p.add_argument("--consumer", default=os.environ.get("HOSTNAME"), help="consumer name (default: host-pid)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--block-ms", type=int, default=1000, help="XREADGROUP BLOCK per poll")
+    p.add_argument("--min-idle-ms", type=int, default=60_000, help="reclaim messages pending this long")
+    p.add_argument("--max-deliveries", type=int, default=3, help="dead-letter a message delivered more often")
+    p.add_argument("--max-idle", type=float, help="exit after this many seconds without messages")
+    p.add_argument("--exit-when-empty", action="store_true", help="exit once nothing is queued or pending")
+
+    p = sub.add_parser("query", help="the inspectors' query: a day's images whose top-2 holds LABELS")
+    table_flags(p, required=False)
+    p.add_argument("--date", type=today, default="today")
+    p.add_argument("--labels", nargs="+", default=["dirt", "defect"])
+    return ap
+
+
+def load_predictor(args):
+    import torch
+
+    from pipeline.model import Predictor
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pred = Predictor.load(args.checkpoint, args.score, args.device)
+    pred.resolve_threshold(args.threshold, args.data, args.tpr)
+    return pred
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from pipeline.table import Table
+    if args.command == "threshold":
+        from pipeline.model import Predictor
+        if not args.data:
+            sys.exit("error: threshold needs --data DATASET (its val split)")
+        pred = Predictor.load(args.checkpoint, args.score, args.device)
+        print(json.dumps(pred.compute_threshold(args.data, args.tpr), indent=2))
+    elif args.command == "predict":
+        from pipeline.batch import run_batch
+        from pipeline.sources import list_source
+        pred = load_predictor(args)
+        items = list_source(args.source, args.date)
+        table = Table(args.table, args.table_name)
+        summary = run_batch(pred, table, items, args.batch_size, args.workers, not args.no_progress)
+        print(json.dumps({"model": pred.name, "version": pred.version, "threshold": pred.threshold,
+                          "table": f"{args.table}#{args.table_name}", **summary}))
+    elif args.command == "produce":
+        from pipeline.streams import produce
+        table = Table(args.table, args.table_name) if args.table else None
+        print(json.dumps(produce(args.redis, args.source, args.date, args.stream, args.group, table)))
+    elif args.command == "consume":
+        from pipeline.streams import Consumer
+        pred = load_predictor(args)
+        c = Consumer(pred, Table(args.table, args.table_name), args.redis, args.stream, args.group, args.consumer,
+                     args.batch_size, args.block_ms, args.min_idle_ms, args.max_deliveries, args.max_idle,
+                     args.exit_when_empty)
+        print(json.dumps(c.run()))
+    elif args.command == "query":
+        for row in Table(args.table, args.table_name).inspect(args.date, args.labels):
+            print(json.dumps(row))
+    return 0
+
+
+def run() -> None:
+    from data.images import ImageError
+    from data.spec import SpecError
+    from pipeline.model import ThresholdError
+    from pipeline.sources import SourceError
+    from pipeline.table import TableError
+    from utils import CheckpointError
+    try:
+        sys.exit(main())
+    except (CheckpointError, ThresholdError, SourceError, TableError, SpecError, ImageError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,157 @@
+"""The prediction table: one row per (image id, model version), in SQLite or PostgreSQL.
+
+`--table` is a database URL: `postgresql://user@host:port/db` for PostgreSQL (psycopg 3),
+otherwise a SQLite file (`sqlite:///relative.db`, `sqlite:////abs/path.db` or a plain path).
+Writes are idempotent upserts on the primary key (image_id, model_version): a message delivered
+twice, a re-run batch or a re-published day leaves one row per image and model version.
+
+The inspectors' typical query, "every dirty or damaged car captured today", is `inspect()`:
+
+    SELECT image_id, source, top1_label, top1_prob, top2_label, top2_prob FROM predictions
+    WHERE captured_date = :day AND status = 'ok'
+      AND (top1_label IN ('dirt', 'defect') OR top2_label IN ('dirt', 'defect'))
+
+served by the index `<table>_day_idx (captured_date, status, top1_label, top2_label)`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import sqlite3
+from pathlib import Path
+
+COLUMNS = [  # name, SQL type (SQLite reads these type names by affinity)
+    ("image_id", "TEXT NOT NULL"), ("model_version", "TEXT NOT NULL"), ("model_name", "TEXT NOT NULL"),
+    ("source", "TEXT NOT NULL"), ("captured_date", "DATE"),
+    ("ood_score", "DOUBLE PRECISION"), ("ood_threshold", "DOUBLE PRECISION"), ("is_ood", "BOOLEAN"),
+    ("top1_label", "TEXT"), ("top1_prob", "DOUBLE PRECISION"),
+    ("top2_label", "TEXT"), ("top2_prob", "DOUBLE PRECISION"),
+    ("status", "TEXT NOT NULL CHECK (status IN ('ok', 'ood', 'error'))"), ("error", "TEXT"),
+    ("processed_at", "TIMESTAMP WITH TIME ZONE NOT NULL"),
+]
+NAMES = [c for c, _ in COLUMNS]
+DEFAULT_TABLE = "predictions"
+DEFAULT_URL = "predictions.db"
+
+
+class TableError(ValueError):
+    """A table URL or name that cannot be used; the message says why."""
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_path(url: str) -> str:
+    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+
+
+class Table:
+    def __init__(self, url: str = DEFAULT_URL, name: str = DEFAULT_TABLE):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
+            raise TableError(f"table name '{name}': use letters, digits and _ (not starting with a digit)")
+        self.url, self.name, self.pg = url, name, is_postgres(url)
+        self.mark = "%s" if self.pg else "?"
+        self.conn = None
+        self.connect()
+        self.create()
+
+    def connect(self) -> None:
+        if self.pg:
+            try:
+                import psycopg
+            except ImportError:
+                raise TableError("PostgreSQL URLs need psycopg: pip install 'psycopg[binary]'") from None
+            self.conn = psycopg.connect(self.url)
+        else:
+            path = sqlite_path(self.url)
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Several consumer processes may share one file: WAL + a generous busy timeout.
+            self.conn = sqlite3.connect(path, timeout=60)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _run(self, sql: str, params=(), many: bool = False, fetch: bool = False):
+        cur = self.conn.cursor()
+        try:
+            (cur.executemany if many else cur.execute)(sql, params)
+            rows = cur.fetchall() if fetch else None
+            cols = [d[0] for d in cur.description] if fetch else None
+            self.conn.commit()
+        except Exception:
+            self.conn.rollback()
+            raise
+        finally:
+            cur.close()
+        return [dict(zip(cols, r)) for r in rows] if fetch else None
+
+    def create(self) -> None:
+        cols = ", ".join(f"{c} {t}" for c, t in COLUMNS)
+        self._run(f"CREATE TABLE IF NOT EXISTS {self.name} ({cols}, PRIMARY KEY (image_id, model_version))")
+        self._run(f"CREATE INDEX IF NOT EXISTS {self.name}_day_idx ON {self.name} "
+                  f"(captured_date, status, top1_label, top2_label)")
+
+    def upsert(self, rows: list[dict]) -> None:
+        """Insert or replace rows by (image_id, model_version), in one transaction."""
+        if not rows:
+            return
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+        values = [tuple(r.get("processed_at") or now if c == "processed_at" else r.get(c) for c in NAMES)
+                  for r in rows]
+        update = ", ".join(f"{c} = excluded.{c}" for c in NAMES[2:])
+        sql = (f"INSERT INTO {self.name} ({', '.join(NAMES)}) VALUES ({', '.join([self.mark] * len(NAMES))}) "
+               f"ON CONFLICT (image_id, model_version) DO UPDATE SET {update}")
+        try:
+            self._run(sql, values, many=True)
+        except Exception as e:
+            if not self._lost(e):
+                raise
+            self.close()
+            self.connect()
+            self._run(sql, values, many=True)
+
+    def _lost(self, e: Exception) -> bool:
+        return self.pg and (self.conn is None or self.conn.closed)
+
+    def query(self, where: str = "", params=(), columns: str = "*") -> list[dict]:
+        """Rows as plain Python values (dates and times as ISO strings, is_ood as bool)."""
+        sql = f"SELECT {columns} FROM {self.name} {where}".replace("?", self.mark)
+        return [plain(r) for r in self._run(sql, params, fetch=True)]
+
+    def existing_ids(self, ids: list[str], model_version: str | None = None) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            where = f"WHERE image_id IN ({', '.join('?' * len(chunk))})"
+            params = list(chunk)
+            if model_version:
+                where += " AND model_version = ?"
+                params.append(model_version)
+            found |= {r["image_id"] for r in self.query(where, params, "image_id")}
+        return found
+
+    def inspect(self, day: str, labels: list[str]) -> list[dict]:
+        """The inspectors' query: images captured on `day` whose top-2 holds one of `labels`."""
+        marks = ", ".join("?" * len(labels))
+        return self.query(f"WHERE captured_date = ? AND status = 'ok' AND (top1_label IN ({marks}) "
+                          f"OR top2_label IN ({marks})) ORDER BY image_id", [day, *labels, *labels],
+                          "image_id, source, top1_label, top1_prob, top2_label, top2_prob")
+
+    def counts(self) -> dict[str, int]:
+        return {r["status"]: r["n"] for r in self.query("GROUP BY status", (), "status, COUNT(*) AS n")}
+
+
+def plain(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, (dt.date, dt.datetime)):
+            v = v.isoformat()
+        elif k == "is_ood" and v is not None:
+            v = bool(v)
+        out[k] = v
+    return out

@@ -1,0 +1,199 @@
+"""Batch mode of the deployed pipeline (no servers): table rows, bad files, thresholds, manifests,
+the inspectors' query, task-centric tables, and the deploy/ manifests agreeing with the code."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.test_pipeline_support import pipeline_cli, tiny_models, write_bad_files, write_images
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return tiny_models(tmp_path_factory)
+
+
+@pytest.fixture()
+def uni(models, tmp_path):
+    """A private copy of the uni checkpoint (its threshold file is written beside it)."""
+    dst = tmp_path / "model" / "best.pt"
+    dst.parent.mkdir()
+    shutil.copy(models["uni"], dst)
+    return dst
+
+
+def test_predict_folder_writes_one_row_per_file_and_bad_files_become_errors(uni, tmp_path):
+    src = tmp_path / "src"
+    write_images(src / "good", 40)
+    expected = write_bad_files(src / "bad")
+    db = tmp_path / "p.db"
+    proc = pipeline_cli("predict", "--checkpoint", uni, "--source", src, "--table", db, "--workers", "2",
+                        "--batch-size", "16")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 48 and summary["error"] == 5 and summary["ok"] + summary["ood"] == 43
+    assert summary["images_per_s"] > 0 and "predict" in proc.stderr  # the tqdm bar
+    assert (uni.parent / "best.pt.threshold.json").is_file()  # computed at first use and cached
+
+    from pipeline.table import Table
+    rows = {r["image_id"]: r for r in Table(str(db)).query()}
+    assert len(rows) == 48
+    for name, kind in expected.items():
+        r = rows[f"bad/{name}"]
+        if kind == "error":
+            assert r["status"] == "error" and name in r["error"] and r["top1_label"] is None
+        else:
+            assert r["status"] in ("ok", "ood") and r["error"] is None
+    assert "decompression bomb" in rows["bad/bomb.png"]["error"]
+    assert "empty file" in rows["bad/zero.jpg"]["error"]
+    good = rows["good/part0/img_00000.jpg"]
+    assert good["top1_label"] in ("normal", "defect", "dirt") and good["top2_label"] != good["top1_label"]
+    assert 1 >= good["top1_prob"] >= good["top2_prob"] >= 0
+    assert good["is_ood"] == (good["ood_score"] < good["ood_threshold"])
+    assert good["model_name"] == "pmg-resnet18-uni" and len(good["model_version"]) == 16
+    assert good["captured_date"] and good["processed_at"]
+
+
+def test_rerun_is_an_idempotent_upsert(uni, tmp_path):
+    from pipeline.batch import run_batch
+    from pipeline.model import Predictor
+    from pipeline.sources import list_source
+    from pipeline.table import Table
+    write_images(tmp_path / "src", 20)
+    pred = Predictor.load(uni)
+    pred.resolve_threshold()
+    table = Table(str(tmp_path / "p.db"))
+    items = list_source(tmp_path / "src")
+    first = run_batch(pred, table, items, batch_size=8, workers=0, progress=False)
+    rows1 = {r["image_id"]: r for r in table.query()}
+    second = run_batch(pred, table, items, batch_size=8, workers=0, progress=False)
+    rows2 = {r["image_id"]: r for r in table.query()}
+    assert first["images"] == second["images"] == len(rows1) == len(rows2) == 20
+    drop = lambda r: {k: v for k, v in r.items() if k not in ("processed_at", "ood_score", "top1_prob", "top2_prob")}
+    assert {k: drop(v) for k, v in rows1.items()} == {k: drop(v) for k, v in rows2.items()}
+
+
+def test_threshold_command_and_override(uni, tmp_path, models):
+    data = models["uni"].parents[2] / "data"
+    proc = pipeline_cli("threshold", "--checkpoint", uni, "--data", data, "--tpr", "0.5")
+    rec = json.loads(proc.stdout)
+    assert rec["tpr"] == 0.5 and 0.5 <= rec["val_accepted"] < 1 and rec["n_val"] == 18
+    stored = json.loads((uni.parent / "best.pt.threshold.json").read_text())
+    assert stored["threshold"] == rec["threshold"]
+
+    from pipeline.batch import run_batch
+    from pipeline.model import Predictor
+    from pipeline.sources import list_source
+    write_images(tmp_path / "src", 6)
+    pred = Predictor.load(uni)
+    assert pred.resolve_threshold() == rec["threshold"]
+    pred.resolve_threshold(override=1e9)  # --threshold: everything is OOD
+    seen = []
+    run_batch(pred, None, list_source(tmp_path / "src"), 4, 0, False, on_rows=seen.extend)
+    assert [r["status"] for r in seen] == ["ood"] * 6 and all(r["is_ood"] for r in seen)
+
+
+def test_manifest_dates_filter_and_the_inspectors_query(uni, tmp_path):
+    imgs = write_images(tmp_path / "img", 9)
+    manifest = tmp_path / "manifest.csv"
+    lines = ["path,captured_date,image_id"]
+    lines += [f"img/{p.parent.name}/{p.name},2026-11-2{1 + i % 2},car-{i}" for i, p in enumerate(imgs)]
+    lines += ["img/missing.jpg,2026-11-22,car-missing"]
+    manifest.write_text("\n".join(lines) + "\n")
+    db = tmp_path / "p.db"
+    pipeline_cli("predict", "--checkpoint", uni, "--source", manifest, "--date", "2026-11-22", "--table",
+                 f"sqlite:///{db}", "--workers", "0", "--no-progress")
+    from pipeline.table import Table
+    t = Table(str(db))
+    rows = {r["image_id"]: r for r in t.query()}
+    assert set(rows) == {"car-1", "car-3", "car-5", "car-7", "car-missing"}
+    assert rows["car-missing"]["status"] == "error" and "file not found" in rows["car-missing"]["error"]
+    assert all(r["captured_date"] == "2026-11-22" for r in rows.values())
+    everything = t.inspect("2026-11-22", ["normal", "defect", "dirt"])
+    assert {r["image_id"] for r in everything} == {k for k, r in rows.items() if r["status"] == "ok"}
+    proc = pipeline_cli("query", "--table", db, "--date", "2026-11-22", "--labels", "dirt", "defect")
+    got = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert all({"dirt", "defect"} & {g["top1_label"], g["top2_label"]} for g in got)
+    plan = t.conn.execute("EXPLAIN QUERY PLAN SELECT * FROM predictions WHERE captured_date = '2026-11-22' "
+                          "AND status = 'ok'").fetchall()
+    assert "predictions_day_idx" in str(plan)
+
+
+def test_task_centric_counterpart_writes_one_table_per_model(models, tmp_path):
+    from pipeline.batch import run_batch
+    from pipeline.model import Predictor
+    from pipeline.sources import list_source
+    from pipeline.table import Table
+    write_images(tmp_path / "src", 12)
+    items = list_source(tmp_path / "src")
+    for key in ("task_defect", "task_dirt"):
+        ckpt = tmp_path / key / "best.pt"
+        ckpt.parent.mkdir()
+        shutil.copy(models[key], ckpt)
+        pred = Predictor.load(ckpt)
+        pred.resolve_threshold()
+        run_batch(pred, Table(str(tmp_path / "p.db"), f"predictions_{key}"), items, 8, 0, False)
+        rows = Table(str(tmp_path / "p.db"), f"predictions_{key}").query()
+        assert len(rows) == 12 and {r["top1_label"] for r in rows} <= set(pred.classes)
+        assert pred.classes == ["normal", key.split("_")[1]]
+
+
+def test_a_multi_task_checkpoint_is_refused_clearly(tmp_path, models):
+    import torch
+    from utils import CheckpointError
+    from pipeline.model import Predictor
+    ckpt = torch.load(models["uni"], weights_only=True)
+    ckpt["heads"] = [["defect", "binary", ["normal", "defect"]], ["others", "softmax", ["dirt"]]]
+    torch.save(ckpt, tmp_path / "multi.pt")
+    with pytest.raises(CheckpointError, match="one-softmax-head"):
+        Predictor.load(tmp_path / "multi.pt")
+
+
+def test_deploy_manifests_agree_with_the_code():
+    from pipeline.cli import ENV, parser
+    from pipeline.streams import GROUP, STREAM
+    docs = {}
+    for f in (ROOT / "deploy" / "k8s").glob("*.yaml"):
+        for d in yaml.safe_load_all(f.read_text()):
+            docs[(d["kind"], d["metadata"]["name"])] = d
+    config = docs[("ConfigMap", "pipeline-config")]["data"]
+    secret = docs[("Secret", "pipeline-db")]["stringData"]
+    assert set(config) | set(secret) <= set(ENV.values())
+    assert config["PIPELINE_STREAM"] == STREAM and config["PIPELINE_GROUP"] == GROUP
+    scaled = docs[("ScaledObject", "pipeline-consumer")]["spec"]
+    trig = scaled["triggers"][0]
+    assert trig["type"] == "redis-streams" and int(trig["metadata"]["lagCount"]) > 0
+    assert trig["metadata"]["stream"] == STREAM and trig["metadata"]["consumerGroup"] == GROUP
+    assert config["REDIS_URL"].split("//")[1].split("/")[0] == trig["metadata"]["address"]
+    assert scaled["minReplicaCount"] == 0 and scaled["maxReplicaCount"] >= 1
+    deployment = docs[("Deployment", scaled["scaleTargetRef"]["name"])]
+    cron = docs[("CronJob", "pipeline-producer")]
+    for spec, cmd in ((deployment["spec"]["template"]["spec"], "consume"),
+                      (cron["spec"]["jobTemplate"]["spec"]["template"]["spec"], "produce")):
+        c = spec["containers"][0]
+        assert c["args"][0] == cmd
+        parser().parse_args(c["args"] + (["--checkpoint", "x"] if cmd == "consume" else ["--source", "x"]))
+        refs = {r.get("configMapRef", r.get("secretRef"))["name"] for r in c["envFrom"]}
+        assert refs == {"pipeline-config", "pipeline-db"}
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "pipeline"]' in dockerfile
+    for path in ("utils.py", "data/", "models/", "evaluation/", "pipeline/"):
+        assert f"COPY {path}" in dockerfile
+
+
+def test_missing_threshold_and_bad_source_are_clear_errors(models, tmp_path):
+    import torch
+    ckpt = torch.load(models["uni"], weights_only=True)
+    ckpt["args"]["data"] = str(tmp_path / "gone")
+    torch.save(ckpt, tmp_path / "moved.pt")
+    write_images(tmp_path / "src", 2)
+    proc = pipeline_cli("predict", "--checkpoint", tmp_path / "moved.pt", "--source", tmp_path / "src",
+                        "--table", tmp_path / "p.db", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "no OOD threshold stored" in proc.stderr and "python -m pipeline threshold" in proc.stderr
+    proc = pipeline_cli("predict", "--checkpoint", tmp_path / "moved.pt", "--threshold", "0", "--source",
+                        tmp_path / "nowhere", "--table", tmp_path / "p.db", check=False)
+    assert proc.returncode == 1 and "no such folder or manifest file" in proc.stderr
