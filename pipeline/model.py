@@ -21,7 +21,7 @@ from data.images import content_hash
 from data.loading import eval_transform
 from data.spec import parse_spec
 from evaluation.scores import SCORERS
-from models import build_model, build_paradigm
+from models import model_from_checkpoint
 from utils import CheckpointError, load_checkpoint
 
 DEFAULT_TPR = 0.95
@@ -61,10 +61,7 @@ class Predictor:
         if score not in SCORERS:
             raise ValueError(f"unknown OOD score '{score}'; choose one of {', '.join(SCORERS)}")
         args = ckpt["args"]
-        paradigm = build_paradigm(ckpt["paradigm"], parse_spec(ckpt["spec"], Path(".")), ckpt["task"])
-        model = build_model(args["backbone"], paradigm, "none", args["branch_mid"], args["branch_out"],
-                            args["hidden"])
-        model.load_state_dict(ckpt["model"])
+        model, _ = model_from_checkpoint(ckpt, parse_spec(ckpt["spec"], Path(".")), path)
         dev = torch.device(device)
         model.to(dev).eval()
         run = f"{ckpt['paradigm']}_{ckpt['task']}" if ckpt.get("task") else ckpt["paradigm"]
@@ -87,18 +84,14 @@ class Predictor:
 
     # --- threshold -------------------------------------------------------------------------
     def val_scores(self, data: str | Path, workers: int = 0, batch_size: int = 64) -> torch.Tensor:
-        from torch.utils.data import DataLoader
-
-        from data.loading import ImageSet, collate_skip_bad
         from data.spec import load_spec
-        spec = load_spec(data)
-        items = [(p, 0) for p, _ in spec.split_samples("val", self.classes)]
-        loader = DataLoader(ImageSet(items, self.transform()), batch_size=batch_size, num_workers=workers,
-                            collate_fn=collate_skip_bad)
-        scores = [SCORERS[self.score](self.logits(x)) for x, _, _ in loader if x is not None]
-        if not scores:
-            raise ThresholdError(f"{data}: no readable val images for classes {self.classes}")
-        return torch.cat(scores)
+        from evaluation.inference import predict, valid_rows
+        items = load_spec(data).split_samples("val", self.classes)
+        try:
+            z = predict(self.model, items, self.crop, batch_size, self.device, "val scores", False, workers)
+        except ValueError as e:
+            raise ThresholdError(f"{data}: {e}") from None
+        return SCORERS[self.score](z[valid_rows(z)])
 
     def compute_threshold(self, data: str | Path, tpr: float = DEFAULT_TPR, workers: int = 0) -> dict:
         """Pick the threshold on the val split, write it beside the checkpoint and use it."""

@@ -1,0 +1,77 @@
+"""Metrics as thin wrappers over scikit-learn, plus ECE (sklearn has none) and the top-2 analysis."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score, roc_curve
+
+
+def accuracy(y_true, y_pred) -> float:
+    return float(accuracy_score(y_true, y_pred))
+
+
+def macro_f1(y_true, y_pred, labels=(0, 1)) -> float:
+    return float(f1_score(y_true, y_pred, labels=list(labels), average="macro", zero_division=0))
+
+
+def _two_classes(y) -> bool:
+    return len(np.unique(np.asarray(y))) == 2
+
+
+def auroc(y_true, score) -> float:
+    """y_true 1 = positive (in-distribution / target class); NaN when only one class is present."""
+    return float(roc_auc_score(y_true, score)) if _two_classes(y_true) else float("nan")
+
+
+def aupr(y_true, score) -> float:
+    return float(average_precision_score(y_true, score)) if _two_classes(y_true) else float("nan")
+
+
+def fpr_at_tpr(y_true, score, tpr_level: float = 0.95) -> float:
+    """False-positive rate at the first threshold whose true-positive rate reaches `tpr_level`."""
+    if not _two_classes(y_true):
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y_true, score)
+    return float(fpr[np.searchsorted(tpr, tpr_level, side="left")])
+
+
+def detection(y_true, score) -> dict:
+    return {"auroc": auroc(y_true, score), "aupr": aupr(y_true, score), "fpr95": fpr_at_tpr(y_true, score)}
+
+
+def ece(confidence, correct, n_bins: int = 15) -> float:
+    """Expected calibration error: sum over equal-width confidence bins of |acc - conf| * share."""
+    conf, corr = np.asarray(confidence, float), np.asarray(correct, float)
+    if conf.size == 0:
+        return float("nan")
+    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # bins (k/n, (k+1)/n]
+    total = 0.0
+    for b in np.unique(idx):
+        m = idx == b
+        total += m.mean() * abs(corr[m].mean() - conf[m].mean())
+    return float(total)
+
+
+def reliability(confidence, correct, n_bins: int = 15) -> dict:
+    """Per bin: mean confidence, accuracy and count (for the reliability diagram)."""
+    conf, corr = np.asarray(confidence, float), np.asarray(correct, float)
+    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    out = {"conf": [], "acc": [], "count": [], "centre": []}
+    for b in range(n_bins):
+        m = idx == b
+        out["centre"].append((b + 0.5) / n_bins)
+        out["count"].append(int(m.sum()))
+        out["conf"].append(float(conf[m].mean()) if m.any() else float("nan"))
+        out["acc"].append(float(corr[m].mean()) if m.any() else float("nan"))
+    return out
+
+
+def topk_analysis(ranked: list[list[str]], labels: list[str], k: int = 2) -> dict:
+    """`ranked`: per image its predicted labels best first. Returns the per-image rate that ALL
+    `labels` are within the top-k, and per label the share of images with it at top-1 and in top-k."""
+    n = len(ranked)
+    if n == 0:
+        return {"n": 0, "all_in_topk": float("nan"), "top1": {}, "topk": {}}
+    return {"n": n,
+            "all_in_topk": sum(all(l in r[:k] for l in labels) for r in ranked) / n,
+            "top1": {l: sum(r[:1] == [l] for r in ranked) / n for l in labels},
+            "topk": {l: sum(l in r[:k] for r in ranked) / n for l in labels}}

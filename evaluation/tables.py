@@ -1,0 +1,74 @@
+"""Tables of mean ± std over trials: Markdown (best per column in bold) and CSV."""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+def mean_std(values) -> tuple[float, float]:
+    v = np.array([x for x in values if x is not None and not math.isnan(x)], float)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std())  # population std over trials (numpy default)
+
+
+def fmt(values, digits: int = 3) -> str:
+    m, s = mean_std(values)
+    if math.isnan(m):
+        return "—"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[tuple[str, dict[str, list[float]]]] = field(default_factory=list)  # name -> column -> per-trial values
+    lower_is_better: set[str] = field(default_factory=set)
+    no_bold: set[str] = field(default_factory=set)
+    digits: int = 3
+    note: str = ""
+    column_digits: dict[str, int] = field(default_factory=dict)  # overrides `digits` per column
+
+    def add(self, name: str, cells: dict[str, list[float]]) -> None:
+        self.rows.append((name, cells))
+
+    def best(self) -> dict[str, float]:
+        out = {}
+        for c in self.columns:
+            means = [mean_std(cells.get(c, []))[0] for _, cells in self.rows]
+            means = [m for m in means if not math.isnan(m)]
+            if len(means) >= 2 and c not in self.no_bold:
+                out[c] = min(means) if c in self.lower_is_better else max(means)
+        return out
+
+    def markdown(self) -> str:
+        best = self.best()
+        lines = [f"| method | {' | '.join(self.columns)} |", "|---" * (len(self.columns) + 1) + "|"]
+        for name, cells in self.rows:
+            parts = []
+            for c in self.columns:
+                d = self.column_digits.get(c, self.digits)
+                text = fmt(cells.get(c, []), d)
+                m = mean_std(cells.get(c, []))[0]
+                if c in best and not math.isnan(m) and round(m, d) == round(best[c], d):
+                    text = f"**{text}**"
+                parts.append(text)
+            lines.append(f"| {name} | {' | '.join(parts)} |")
+        return "\n".join(lines)
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["method", *[f"{c} {k}" for c in self.columns for k in ("mean", "std", "n")]])
+            for name, cells in self.rows:
+                row = [name]
+                for c in self.columns:
+                    vals = [x for x in cells.get(c, []) if x is not None and not math.isnan(x)]
+                    m, s = mean_std(vals)
+                    row += ["" if math.isnan(m) else f"{m:.6g}", "" if math.isnan(s) else f"{s:.6g}", len(vals)]
+                w.writerow(row)

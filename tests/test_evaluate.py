@@ -1,0 +1,285 @@
+"""The evaluation module: hand-checkable metric cases, the per-paradigm rules, and evaluate.py
+through its real command line on tiny checkpoints of every paradigm."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from data.spec import parse_spec
+from evaluation import metrics
+from evaluation.scores import SCORERS, all_scores, kl_to_uniform
+from evaluation.tasks import NoAnswer, class_score, decisions, label_scores, rank_labels, task_positive
+from models import build_paradigm
+from tests.conftest import TINY_TRAIN, run_cli
+from utils import CheckpointError
+
+SPEC = {"name": "toy", "classes": {c: c for c in ("normal", "defect", "dirt", "bubble_wash", "seat", "dashboard")},
+        "splits": {"train": "train"}, "tasks": {"defect": ["normal", "defect"], "dirt": ["normal", "dirt"],
+                                                "seat": ["normal", "seat"]},
+        "multitask": {"negative": "normal", "binary": ["defect", "dirt", "bubble_wash"]}}
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return parse_spec(SPEC, Path("/nonexistent/toy"))
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_perfectly_separated_scores():
+    y = np.array([1, 1, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
+    assert metrics.auroc(y, s) == 1.0 and metrics.aupr(y, s) == 1.0 and metrics.fpr_at_tpr(y, s) == 0.0
+    # reversed scores: every OOD image accepted before any in-distribution one
+    assert metrics.auroc(y, -s) == 0.0 and metrics.fpr_at_tpr(y, -s) == 1.0
+    # one overlap: 4 positives, TPR 95% needs all four, which lets one of the two negatives through
+    y2, s2 = np.array([1, 1, 1, 1, 0, 0]), np.array([0.9, 0.8, 0.7, 0.3, 0.5, 0.1])
+    assert metrics.fpr_at_tpr(y2, s2) == 0.5 and metrics.auroc(y2, s2) == 0.875
+    assert math.isnan(metrics.auroc([1, 1], [0.2, 0.3]))
+
+
+def test_accuracy_and_macro_f1():
+    y, p = [1, 1, 0, 0], [1, 0, 0, 0]
+    assert metrics.accuracy(y, p) == 0.75
+    # F1(pos) = 2/3, F1(neg) = 0.8
+    assert metrics.macro_f1(y, p) == pytest.approx((2 / 3 + 0.8) / 2)
+
+
+def test_ece_calibrated_and_overconfident():
+    conf = np.full(10, 0.8)
+    correct = np.array([1] * 8 + [0] * 2)
+    assert metrics.ece(conf, correct) == pytest.approx(0.0, abs=1e-12)
+    # two bins, each calibrated: 0.3 (3 of 10 right) and 0.9 (9 of 10 right)
+    conf2 = np.r_[np.full(10, 0.3), np.full(10, 0.9)]
+    corr2 = np.r_[[1] * 3 + [0] * 7, [1] * 9 + [0]]
+    assert metrics.ece(conf2, corr2) == pytest.approx(0.0, abs=1e-12)
+    over = metrics.ece(np.full(10, 0.99), np.array([1, 0] * 5))
+    assert over == pytest.approx(0.49)
+    r = metrics.reliability(conf2, corr2)
+    assert sum(r["count"]) == 20 and len(r["count"]) == 15
+
+
+def test_top2_all_labels_rate():
+    ranked = [["defect", "dirt", "normal"],   # both in top-2
+              ["dirt", "defect", "seat"],     # both
+              ["defect", "normal", "dirt"],   # dirt only 3rd
+              ["seat", "dirt", "defect"]]     # defect only 3rd
+    res = metrics.topk_analysis(ranked, ["defect", "dirt"], k=2)
+    assert res["n"] == 4 and res["all_in_topk"] == 0.5
+    assert res["top1"] == {"defect": 0.5, "dirt": 0.25}
+    assert res["topk"] == {"defect": 0.75, "dirt": 0.75}
+
+
+# ---------------------------------------------------------------- OOD scores
+
+def test_scorers_on_known_logits():
+    z = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert SCORERS["max_logit"](z).tolist() == [2.0, 0.0]
+    assert SCORERS["max_softmax"](z)[1].item() == pytest.approx(1 / 3)
+    assert SCORERS["energy"](z)[1].item() == pytest.approx(math.log(3))
+
+
+def test_kl_to_uniform_multi(toy):
+    heads = build_paradigm("multi", toy).heads  # defect, dirt, bubble_wash (binary) + others (seat, dashboard)
+    uniform = torch.zeros(2, 5)  # sigmoid(0) = 0.5 on each binary head, equal logits on the softmax head
+    assert kl_to_uniform(uniform, heads).tolist() == pytest.approx([0.0, 0.0], abs=1e-7)
+    confident = torch.tensor([[30.0, -30.0, -30.0, 30.0, -30.0]])
+    kl = kl_to_uniform(confident, heads)
+    assert kl.shape == (1,)  # one score per image, summed over heads
+    assert kl.item() == pytest.approx(4 * math.log(2), rel=1e-4)  # 3 x log 2 (binary) + log 2 (K = 2)
+    one_head = torch.tensor([[math.log(3.0), 0, 0, 0, 0]])  # p = 0.75 on the defect head only
+    expected = 0.75 * math.log(0.75) + 0.25 * math.log(0.25) + math.log(2)
+    assert kl_to_uniform(one_head, heads).item() == pytest.approx(expected, rel=1e-5)
+    scores = all_scores(confident, heads)
+    assert set(scores) == {"max_logit", "max_softmax", "energy", "kl_uniform"}
+    assert scores["max_softmax"].item() == pytest.approx(1.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- paradigm rules
+
+def test_binary_task_rule_per_paradigm(toy):
+    uni = build_paradigm("uni", toy)  # normal, defect, dirt, bubble_wash, seat, dashboard
+    z = torch.tensor([[0.0, 1.0, 3.0, 0, 0, 0],    # argmax dirt; defect > normal
+                      [0.0, 2.0, 1.0, 0, 0, 0],    # argmax defect
+                      [1.0, 0.5, 0.0, 0, 0, 2.0]])  # argmax dashboard; normal > defect
+    assert task_positive(uni, z, ("normal", "defect")).tolist() == [False, True, False]
+    assert task_positive(uni, z, ("normal", "defect"), restricted=True).tolist() == [True, True, False]
+    task = build_paradigm("task", toy, "defect")
+    assert task_positive(task, torch.tensor([[0.0, 1.0], [2.0, 1.0]]), ("normal", "defect")).tolist() == [True, False]
+    with pytest.raises(NoAnswer):
+        task_positive(task, torch.zeros(1, 2), ("normal", "dirt"))
+    multi = build_paradigm("multi", toy)  # defect, dirt, bubble_wash logits, then seat/dashboard
+    zm = torch.tensor([[0.1, -2.0, 0, 0, 0], [-0.1, 3.0, 0, 0, 0]])
+    assert task_positive(multi, zm, ("normal", "defect")).tolist() == [True, False]
+    assert task_positive(multi, zm, ("normal", "dirt")).tolist() == [False, True]
+    with pytest.raises(NoAnswer, match="no binary head for 'seat'"):
+        task_positive(multi, zm, ("normal", "seat"))
+    prob, logit = class_score(multi, zm, "dirt")
+    assert logit.tolist() == [-2.0, 3.0] and prob[1].item() == pytest.approx(1 / (1 + math.exp(-3)))
+
+
+def test_multi_label_ranking(toy):
+    multi = build_paradigm("multi", toy)
+    zm = torch.tensor([[math.log(9), math.log(4), -math.log(9), 0.0, 0.0]])  # p = 0.9, 0.8, 0.1; softmax 0.5/0.5
+    names, s = label_scores(multi, zm)
+    assert names == ["defect", "dirt", "bubble_wash", "seat", "dashboard", "normal"]
+    assert s[0].tolist() == pytest.approx([0.9, 0.8, 0.1, 0.5, 0.5, 0.1 * 0.2 * 0.9])
+    assert rank_labels(multi, zm)[0][:2] == ["defect", "dirt"]
+    uni = build_paradigm("uni", toy)
+    assert rank_labels(uni, torch.tensor([[0.0, 2.0, 1.0, 3.0, 0, 0]]))[0][:3] == ["bubble_wash", "defect", "dirt"]
+
+
+def test_calibration_decisions_multi(toy):
+    multi = build_paradigm("multi", toy)
+    zm = torch.tensor([[2.0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0.0]])
+    conf, correct = decisions(multi, zm, ["defect", "seat"])
+    # defect image: labelled for the defect head only; seat image: for the softmax head only
+    assert len(conf) == 2 and correct.tolist() == [True, True]
+    conf, correct = decisions(multi, zm, ["normal", "seat"])
+    # normal image is the negative of all three binary heads
+    assert len(conf) == 4 and correct.tolist() == [False, True, True, True]
+
+
+# ---------------------------------------------------------------- checkpoints and the CLI
+
+def make_dataset(root: Path, classes=("cat", "dog", "bird")) -> Path:
+    """A tiny dataset with another spec (other classes), for the mismatch test."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val", "test"):
+        for k, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    spec = {"name": "other", "classes": {c: c for c in classes},
+            "splits": {"train": "train", "val": "val", "test": "test"}, "tasks": {"dog": ["cat", "dog"]}}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="module")
+def eval_data(request):
+    return request.getfixturevalue("tiny_data")
+
+
+@pytest.fixture(scope="module")
+def artifacts(eval_data, tmp_path_factory):
+    """One tiny checkpoint per paradigm (one epoch), plus a second uni trial (a copy) for mean ± std."""
+    out = tmp_path_factory.mktemp("artifacts")
+    for flags in (["--paradigm", "uni"], ["--paradigm", "task", "--task", "defect"],
+                  ["--paradigm", "task", "--task", "dirt"], ["--paradigm", "multi"]):
+        run_cli("train.py", "--data", eval_data, *flags, "--epochs", "1", "--output-dir", out, *TINY_TRAIN)
+    (out / "uni" / "exp2").mkdir()
+    shutil.copy(out / "uni" / "exp1" / "best.pt", out / "uni" / "exp2" / "best.pt")
+    return out
+
+
+def test_run_one_checkpoint_and_cache(eval_data, artifacts, tmp_path):
+    import evaluate
+    ckpt = artifacts / "multi" / "exp1" / "best.pt"
+    argv = ["run", "--checkpoint", str(ckpt), "--data", str(eval_data), "--out", str(tmp_path), "--device", "cpu",
+            "--no-progress", "--workers", "0"]
+    m = json.loads(evaluate.main(argv).read_text())
+    from data.spec import load_spec
+    spec = load_spec(eval_data)
+    assert m["paradigm"] == "multi" and m["rejection"]["paper_scorer"] == "kl_uniform"
+    assert set(m["tasks"]) == set(spec.tasks)
+    for t in spec.tasks:
+        sets = m["tasks"][t]["sets"]
+        assert set(sets) == {"test", *spec.external.get(t, {})}
+        assert 0 <= sets["test"]["accuracy"] <= 1 and 0 <= sets["test"]["f1_macro"] <= 1
+    for o in spec.ood:
+        assert set(m["rejection"][o]) == {"max_logit", "max_softmax", "energy", "kl_uniform"}
+    for name, mset in spec.multilabel.items():
+        assert m["multilabel"][name]["n"] > 0 and set(m["multilabel"][name]["topk"]) == set(mset.labels)
+    assert 0 <= m["calibration"]["ece"] <= 1
+    n_sets = 1 + sum(len(s) for s in spec.external.values()) + len(spec.ood) + len(spec.multilabel)
+    assert len(m["inferred_sets"]) == n_sets
+    again = json.loads(evaluate.main(argv).read_text())
+    assert again["inferred_sets"] == []  # every set came from the cache
+    assert again["tasks"] == m["tasks"]
+
+
+def test_checkpoint_of_another_dataset_is_refused(eval_data, artifacts, tmp_path):
+    from data.spec import load_spec
+    from evaluation.inference import load_model
+    other = make_dataset(tmp_path / "other")
+    ckpt = artifacts / "uni" / "exp1" / "best.pt"
+    with pytest.raises(CheckpointError) as e:
+        load_model(ckpt, load_spec(other))
+    msg = str(e.value)
+    assert str(ckpt) in msg and str(other / "dataset.yaml") in msg
+    assert "['cat', 'dog', 'bird']" in msg and str(load_spec(eval_data).class_names) in msg
+    proc = run_cli("evaluate.py", "run", "--checkpoint", ckpt, "--data", other, "--out", tmp_path / "r",
+                   "--device", "cpu", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_report_on_tiny_checkpoints(eval_data, artifacts, tmp_path):
+    from data.spec import load_spec
+    spec = load_spec(eval_data)
+    out = tmp_path / "results"
+    proc = run_cli("evaluate.py", "report", "--artifacts", artifacts, "--data", eval_data, "--out", out,
+                   "--device", "cpu", "--no-progress", "--efficiency-images", "8", "--workers", "0")
+    assert "REPORT.md" in proc.stdout
+    report = (out / "REPORT.md").read_text()
+    for title in ("Table 1: accuracy", "Table 2: macro F1", "Table 3: one-class recognition AUROC",
+                  "Table 4: irrelevant-sample rejection", "Table 6: calibration", "Table 7: efficiency"):
+        assert f"## {title}" in report
+    assert f"dataset {spec.name}; profile quick" in report and "trials: uni 2, multi 1" in report
+
+    def rows(name):
+        with open(out / name, newline="") as f:
+            return list(csv.DictReader(f))
+
+    t1 = rows("table1_accuracy.csv")
+    assert [r["method"] for r in t1] == ["efficiency-centric", "efficiency-centric, restricted to the task's 2 classes",
+                                         "multi-task", "task-centric"]
+    cols = [f"{t}: {s}" for t in spec.tasks for s in ["test", *spec.external.get(t, {})]]
+    assert [k[:-5] for k in t1[0] if k.endswith(" mean")] == cols
+    assert all(0 <= float(r[f"{c} mean"]) <= 1 for r in t1 for c in cols)
+    assert t1[0][f"{cols[0]} n"] == "2" and float(t1[0][f"{cols[0]} std"]) == 0.0  # the copied trial
+    assert [r["method"] for r in rows("table2_f1.csv")] == [r["method"] for r in t1]
+    t3 = rows("table3_one_class_auroc.csv")
+    assert [r["method"] for r in t3] == ["efficiency-centric", "multi-task", "task-centric"]
+    t4 = rows("table4_rejection.csv")
+    assert [r["method"] for r in t4] == ["efficiency-centric [max_logit]", "multi-task [kl_uniform]",
+                                         *[f"task-centric ({t}) [max_logit]" for t in spec.tasks]]
+    assert {f"{o} {k} mean" for o in spec.ood for k in ("AUROC", "FPR@95")} <= set(t4[0])
+    for name in spec.multilabel:
+        t5 = rows(f"table5_top2_{name}.csv")
+        assert [r["method"] for r in t5] == ["efficiency-centric", "multi-task", "task-centric (union of task tables)"]
+    eff = rows("table7_efficiency.csv")
+    assert [r["models mean"] for r in eff] == ["1", "1", str(len(spec.tasks))]
+    assert "**" in report  # best per column in bold
+    for png in ("top2.png", "roc.png", "reliability.png"):
+        assert (out / png).stat().st_size > 1000 and f"]({png})" in report
+    assert len(list((out / "runs").glob("*/*.json"))) == 5
+
+
+def test_unreadable_image_gives_a_nan_row(eval_data, artifacts, tmp_path, capsys):
+    from data.spec import load_spec
+    from evaluation.inference import load_model, predict, valid_rows
+    spec = load_spec(eval_data)
+    model, paradigm, ckpt = load_model(artifacts / "uni" / "exp1" / "best.pt", spec)
+    good = spec.split_samples("test")[0][0]
+    bad = tmp_path / "empty.jpg"
+    bad.write_bytes(b"")
+    logits = predict(model, [good, bad, good], ckpt["args"]["crop"], progress=False)
+    assert logits.shape == (3, len(spec.classes)) and valid_rows(logits).tolist() == [True, False, True]
+    assert torch.equal(logits[0], logits[2]) and "empty.jpg" in capsys.readouterr().err
+
+
+def test_report_errors_are_one_line(tmp_path):
+    proc = run_cli("evaluate.py", "report", "--artifacts", tmp_path, "--data", tmp_path / "missing",
+                   "--out", tmp_path / "o", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
