@@ -59,15 +59,19 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def read_torch_file(path: str | Path, error: type[Exception], what: str):
+    """torch.load with weights_only=True (no code runs from the file), or `error` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise error(f"{path}: {what} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a checkpoint of this project ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]})") from None
+        raise error(f"{path}: not a {what} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    ckpt = read_torch_file(path, CheckpointError, "checkpoint of this project")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint written by train.py (format "
                               f"{CHECKPOINT_FORMAT}); a bare state_dict goes to --pretrained instead")

