@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .build import generate
+from .build import COUNTS, generate
 
 
 def main(argv=None) -> int:
@@ -18,12 +18,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="folder to write the dataset to")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=96, help="square image side in pixels")
-    ap.add_argument("--train", type=int, default=60, help="images per class in train")
-    ap.add_argument("--val", type=int, default=15, help="images per class in val")
-    ap.add_argument("--test", type=int, default=30, help="images per class in test")
-    ap.add_argument("--ext", type=int, default=30, help="images per class in each external set")
-    ap.add_argument("--ood", type=int, default=40, help="images per OOD set")
-    ap.add_argument("--multilabel", type=int, default=40, help="images in the multi-label set")
+    helps = dict(train="images per class in train", val="images per class in val", test="images per class in test",
+                 ext="images per class in each external set", ood="images per OOD set",
+                 multilabel="images in the multi-label set")
+    for name, default in COUNTS.items():
+        ap.add_argument(f"--{name}", type=int, default=default, help=f"{helps[name]} (default {default})")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-montage", action="store_true", help="skip montage.png")
     ap.add_argument("--force", action="store_true", help="replace the generated files in a non-empty --out")

@@ -139,8 +139,14 @@ def plan(out: Path, seed: int, size: int, train: int, val: int, test: int, ext: 
     return [(str(p), k, s, sd, size) for p, k, s, sd in tasks]
 
 
-def generate(out, seed: int = 0, size: int = 96, train: int = 60, val: int = 15, test: int = 30, ext: int = 30,
-             ood: int = 40, multilabel: int = 40, workers: int = 2, montage: bool = True,
+# Images per class per split (train/val/test), per class in each external set, per OOD set and in
+# the multi-label set: sized so the quick CPU profile trains every paradigm in minutes.
+COUNTS = dict(train=100, val=20, test=40, ext=40, ood=50, multilabel=50)
+
+
+def generate(out, seed: int = 0, size: int = 96, train: int = COUNTS["train"], val: int = COUNTS["val"],
+             test: int = COUNTS["test"], ext: int = COUNTS["ext"], ood: int = COUNTS["ood"],
+             multilabel: int = COUNTS["multilabel"], workers: int = 2, montage: bool = True,
              progress: bool = False) -> dict:
     """Write the dataset to `out` and return its counts. Earlier generator outputs in `out` are
     replaced (only those: other files are left alone); the CLI refuses a non-empty folder."""
