@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 . run/venv.sh
 data=datasets/sofar_embedded
 artifacts=artifacts
+eval_flags=
 prev=
 for a in "$@"; do
+  [ "$a" = --no-progress ] && eval_flags=--no-progress
   case $prev in --data) data=$a ;; --output-dir) artifacts=$a ;; esac
   case $a in --data=*) data=${a#*=} ;; --output-dir=*) artifacts=${a#*=} ;; esac
   prev=$a
@@ -21,6 +23,6 @@ for script in pmg_uni pmg_multi pmg_baseline_defect pmg_baseline_dirt; do
 done
 trained=$(date +%s)
 echo "==== evaluate.py report --artifacts $artifacts --data $data --out results"
-$PY evaluate.py report --artifacts "$artifacts" --data "$data" --out results
+$PY evaluate.py report --artifacts "$artifacts" --data "$data" --out results $eval_flags
 end=$(date +%s)
 echo "==== done in $((end - start)) s (training $((trained - start)) s, evaluation $((end - trained)) s): results/REPORT.md"
