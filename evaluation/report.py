@@ -59,28 +59,35 @@ def _get(d, *keys):
     return d
 
 
-def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cache_dir=None, progress=True,
-                 efficiency_images: int = 64, workers: int = 0) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpts = find_checkpoints(artifacts, spec)
+def evaluate_all(artifacts, spec: Spec, cache_dir, *, device="cpu", batch_size=32, progress=True, workers=0):
+    """({run: {trial: (metrics, raw)}}, {run: model bundle of its first trial}) for every
+    ARTIFACTS/<run>/<trial>/best.pt; each image set is inferred once per checkpoint (cached)."""
     results: dict[str, dict[str, tuple[dict, dict]]] = {}
     first_models = {}
-    for run, trials in ckpts.items():
+    for run, trials in find_checkpoints(artifacts, spec).items():
         results[run] = {}
         for trial, path in trials.items():
             bundle = load_model(path, spec, device)
             if bundle[1].run_name != run:
                 raise CheckpointError(f"{path}: a {bundle[1].run_name} checkpoint in the folder of run '{run}'; "
                                       f"move it to {Path(artifacts) / bundle[1].run_name}")
-            metrics_, raw = evaluate_checkpoint(path, spec, device=device, batch_size=batch_size,
-                                                cache_dir=cache_dir if cache_dir else out / "cache",
-                                                progress=progress, workers=workers, model_bundle=bundle)
-            results[run][trial] = (metrics_, raw)
-            (out / "runs" / run).mkdir(parents=True, exist_ok=True)
+            results[run][trial] = evaluate_checkpoint(path, spec, device=device, batch_size=batch_size,
+                                                      cache_dir=cache_dir, progress=progress, workers=workers,
+                                                      model_bundle=bundle)
+            first_models.setdefault(run, bundle)
+    return results, first_models
+
+
+def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cache_dir=None, progress=True,
+                 efficiency_images: int = 64, workers: int = 0) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, first_models = evaluate_all(artifacts, spec, cache_dir or out / "cache", device=device,
+                                         batch_size=batch_size, progress=progress, workers=workers)
+    for run, trials in results.items():
+        (out / "runs" / run).mkdir(parents=True, exist_ok=True)
+        for trial, (metrics_, _) in trials.items():
             (out / "runs" / run / f"{trial}.json").write_text(to_json(metrics_))
-            if run not in first_models:
-                first_models[run] = bundle
     header = describe(results, spec)
     tables = make_tables(results, spec)
     eff = measure_efficiency(first_models, spec, device, efficiency_images, batch_size)

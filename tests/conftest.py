@@ -24,6 +24,20 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def artifacts(tiny_data, tmp_path_factory) -> Path:
+    """One tiny checkpoint per paradigm (one epoch) in the layout of artifacts/, plus a second uni
+    trial (a copy) so that tables have a mean ± std; shared by the evaluation and notebook tests."""
+    import shutil
+    out = tmp_path_factory.mktemp("artifacts")
+    for flags in (["--paradigm", "uni"], ["--paradigm", "task", "--task", "defect"],
+                  ["--paradigm", "task", "--task", "dirt"], ["--paradigm", "multi"]):
+        run_cli("train.py", "--data", tiny_data, *flags, "--epochs", "1", "--output-dir", out, *TINY_TRAIN)
+    (out / "uni" / "exp2").mkdir()
+    shutil.copy(out / "uni" / "exp1" / "best.pt", out / "uni" / "exp2" / "best.pt")
+    return out
+
+
 def run_cli(*args, cwd=ROOT, check=True) -> subprocess.CompletedProcess:
     """Run `python ARGS...` the way a user does; on failure show what it printed."""
     proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True)

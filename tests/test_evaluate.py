@@ -170,18 +170,6 @@ def eval_data(request):
     return request.getfixturevalue("tiny_data")
 
 
-@pytest.fixture(scope="module")
-def artifacts(eval_data, tmp_path_factory):
-    """One tiny checkpoint per paradigm (one epoch), plus a second uni trial (a copy) for mean ± std."""
-    out = tmp_path_factory.mktemp("artifacts")
-    for flags in (["--paradigm", "uni"], ["--paradigm", "task", "--task", "defect"],
-                  ["--paradigm", "task", "--task", "dirt"], ["--paradigm", "multi"]):
-        run_cli("train.py", "--data", eval_data, *flags, "--epochs", "1", "--output-dir", out, *TINY_TRAIN)
-    (out / "uni" / "exp2").mkdir()
-    shutil.copy(out / "uni" / "exp1" / "best.pt", out / "uni" / "exp2" / "best.pt")
-    return out
-
-
 def test_run_one_checkpoint_and_cache(eval_data, artifacts, tmp_path):
     import evaluate
     ckpt = artifacts / "multi" / "exp1" / "best.pt"
