@@ -279,6 +279,14 @@ def _plt():
     return plt
 
 
+def save(fig, path: Path) -> Path:
+    plt = _plt()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_top2(results, spec: Spec, out: Path):
     if not spec.multilabel:
         return None
@@ -304,11 +312,7 @@ def plot_top2(results, spec: Spec, out: Path):
         ax.set_ylabel("share of images")
         ax.set_title(f"{name}: {' + '.join(labels)}")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "top2.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, out / "top2.png")
 
 
 def plot_roc(results, spec: Spec, out: Path):
@@ -330,11 +334,7 @@ def plot_roc(results, spec: Spec, out: Path):
         ax.set_ylabel("true-positive rate (test images accepted)")
         ax.set_title(f"rejection: test split v {name} (first trial)")
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = out / "roc.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, out / "roc.png")
 
 
 def plot_reliability(results, out: Path):
@@ -357,8 +357,4 @@ def plot_reliability(results, out: Path):
     ax.set_ylim(0, 1)
     ax.set_title("reliability on the test split (15 bins, all trials)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "reliability.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, out / "reliability.png")
