@@ -53,7 +53,7 @@ def train_one_epoch(model, paradigm, loader, optimizer, device, generator, epoch
     total, seen, skipped, start = 0.0, 0, [], time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress)
     for images, targets, bad in bar:
-        skipped += bad
+        skipped += [message for _, message in bad]
         if images is None:
             continue
         images = images.to(device, non_blocking=True)
@@ -77,7 +77,7 @@ def evaluate(model, paradigm, loader, device, *, amp=False, channels_last=False,
     model.eval()
     loss, n, right, seen, skipped = 0.0, 0, 0, 0, []
     for images, targets, bad in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        skipped += bad
+        skipped += [message for _, message in bad]
         if images is None:
             continue
         images, targets = images.to(device), targets.to(device)

@@ -27,7 +27,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.batch import ItemSet, collate, run_batch  # noqa: E402
+from data.loading import ImageSet, collate_skip_bad  # noqa: E402
+from pipeline.batch import run_batch  # noqa: E402
 from pipeline.model import Predictor  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
 from pipeline.table import Table  # noqa: E402
@@ -82,8 +83,8 @@ def make_images(folder: Path, n: int, size: int) -> None:
 
 def bare_forward(pred: Predictor, items, batch: int) -> float:
     """images/s of model(x) alone, on tensors decoded beforehand."""
-    ds = ItemSet(items, pred.transform())
-    xs = [collate([ds[j] for j in range(i, min(i + batch, len(ds)))])[0] for i in range(0, len(ds), batch)]
+    ds = ImageSet([(it.path, i) for i, it in enumerate(items)], pred.transform())
+    xs = [collate_skip_bad([ds[j] for j in range(i, min(i + batch, len(ds)))])[0] for i in range(0, len(ds), batch)]
     pred.logits(xs[0])  # warm-up
     t = time.perf_counter()
     for x in xs:

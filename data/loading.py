@@ -45,9 +45,10 @@ class ImageSet(Dataset):
 
 
 def collate_skip_bad(batch):
-    """Stack the good items; return the messages of the bad ones beside the batch."""
+    """Stack the good items; beside the batch, (target, message) for each bad one, so a caller
+    that uses item indices as targets knows which items failed."""
     good = [b for b in batch if b[0] is not None]
-    bad = [b[2] for b in batch if b[0] is None]
+    bad = [(b[1], b[2]) for b in batch if b[0] is None]
     if not good:
         return None, None, bad
     return torch.stack([b[0] for b in good]), torch.stack([b[1] for b in good]), bad

@@ -51,7 +51,7 @@ def predict(model, items: list, crop: int, batch_size: int = 32, device="cpu", d
     out = None
     model.eval()
     for images, idx, bad in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        for msg in bad:
+        for _, msg in bad:
             print(f"warning: skipped {msg}", file=sys.stderr)
         if images is None:
             continue

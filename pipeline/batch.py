@@ -8,48 +8,24 @@ from __future__ import annotations
 
 import time
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from data.images import load_rgb
+from data.loading import ImageSet, collate_skip_bad
 from pipeline.model import Predictor
 from pipeline.sources import Item
 from pipeline.table import Table
 
 
-def decode(item: Item, transform):
-    """(tensor, None) or (None, error message) — never raises for a bad file."""
-    try:
-        return transform(load_rgb(item.path)), None
-    except Exception as e:  # ImageError has a clear message; anything else is reported as-is
-        msg = str(e) if type(e).__name__ == "ImageError" else f"{item.path}: {type(e).__name__}: {e}"
-        return None, msg
-
-
-class ItemSet(Dataset):
-    def __init__(self, items: list[Item], transform):
-        self.items, self.transform = items, transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        x, err = decode(self.items[i], self.transform)
-        return x, i, err
-
-
-def collate(batch):
-    """(stacked good images or None, their item indices, {item index: error message})."""
-    good = [(x, i) for x, i, _ in batch if x is not None]
-    errors = {i: e for x, i, e in batch if x is None}
-    if not good:
-        return None, [], errors
-    return torch.stack([x for x, _ in good]), [i for _, i in good], errors
-
-
 def decode_items(items: list[Item], transform):
-    """The in-process counterpart of the DataLoader (used by queue consumers)."""
-    return collate([(x, i, e) for i, (x, e) in enumerate(decode(it, transform) for it in items)])
+    """(stacked good images or None, their item indices, {item index: error message}) for a batch
+    of items, whichever way it was loaded (DataLoader workers or in-process for queue consumers)."""
+    return split_batch(collate_skip_bad([ImageSet([(it.path, i) for i, it in enumerate(items)], transform)[i]
+                                         for i in range(len(items))]))
+
+
+def split_batch(batch):
+    x, idx, bad = batch
+    return x, ([] if idx is None else idx.tolist()), {int(i): msg for i, msg in bad}
 
 
 def infer(predictor: Predictor, items: list[Item], x, good: list[int], errors: dict[int, str]) -> list[dict]:
@@ -72,14 +48,15 @@ def run_batch(predictor: Predictor, table: Table | None, items: list[Item], batc
               workers: int = 2, progress: bool = True, on_rows=None) -> dict:
     """Predict every item and upsert each batch; returns the summary counts and images/s."""
     from tqdm import tqdm
-    loader = DataLoader(ItemSet(items, predictor.transform()), batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate, persistent_workers=False,
+    images = ImageSet([(it.path, i) for i, it in enumerate(items)], predictor.transform())
+    loader = DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad,
+                        persistent_workers=False,
                         prefetch_factor=4 if workers > 0 else None)
     counts = {"ok": 0, "ood": 0, "error": 0}
     start = time.perf_counter()
     offset = 0
     with tqdm(total=len(items), unit="img", disable=not progress, desc="predict") as bar:
-        for x, good, errors in loader:
+        for x, good, errors in map(split_batch, loader):
             chunk = items[offset:offset + batch_size]
             rows = infer(predictor, chunk, x, [i - offset for i in good],
                          {i - offset: e for i, e in errors.items()})
