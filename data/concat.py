@@ -24,9 +24,8 @@ from typing import NamedTuple
 from tqdm import tqdm
 
 from data.images import ImageError, content_hash, load_rgb
-from data.spec import SPEC_FILE, SpecError, list_images, load_spec, parse_spec, write_spec
+from data.spec import NAME, SPEC_FILE, SpecError, list_images, load_spec, parse_spec, write_spec
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # source names, class names: usable as folder names
 LINKS = ("copy", "hardlink", "symlink")
 
 
@@ -208,17 +207,7 @@ def concat(sources: dict[str, Path], out: Path, aliases: dict[str, str], link: s
            skip_bad: bool = False, name: str | None = None, force: bool = False) -> dict:
     """Concatenate `sources` (name -> dataset folder) into `out`; returns the report (also in out)."""
     out = Path(out)
-    if link not in LINKS:
-        raise ConcatError(f"--link {link}: unknown; use one of {', '.join(LINKS)}")
-    if not sources:
-        raise ConcatError("no sources; pass --source NAME=PATH at least once")
-    for n, root in sources.items():
-        r, o = Path(root).resolve(), out.resolve()
-        if o == r or r in o.parents or o in r.parents:
-            raise ConcatError(f"{out}: overlaps source '{n}' ({root}); choose an --out outside every source")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
-        raise ConcatError(f"{out}: exists and is not an empty folder; pass --force to replace it "
-                          f"or choose another --out")
+    check_arguments(sources, out, link, force)
     srcs = [read_source(n, Path(p), aliases) for n, p in sources.items()]
     classes = check_classes(srcs, aliases)
     tasks = merge_tasks(srcs)
@@ -230,67 +219,18 @@ def concat(sources: dict[str, Path], out: Path, aliases: dict[str, str], link: s
     items = [i for s in srcs for i in s.items]
     extras = [(s.name, kind, key, its) for s in srcs for kind, key, its in s.extras]
     hashes, bad = check_images(items + [i for *_, its in extras for i in its], skip_bad)
-
-    # duplicates: agreeing -> keep one copy; disagreeing -> all copies move to a multi-label set
-    negatives = {n for n, _ in tasks.values()}
-    removed, moved, dup_report = set(), defaultdict(list), []
-    for h, ks in find_duplicates(items, hashes).items():
-        group = [items[k] for k in ks]
-        labels, dup_splits = sorted({i.cls for i in group}), sorted({i.split for i in group})
-        rec = {"hash": h, "labels": labels, "labels_agree": len(labels) == 1, "leak": len(dup_splits) > 1,
-               "splits": dup_splits, "members": [{"source": i.source, "split": i.split, "class": i.cls,
-                                                  "path": str(i.path)} for i in group]}
-        if len(labels) == 1:
-            keep = min(ks, key=lambda k: keep_rank(items[k].split))
-            removed.update(k for k in ks if k != keep)
-            rec["action"] = (f"kept one copy (source '{items[keep].source}', {items[keep].split}), "
-                             f"dropped {len(ks) - 1}")
-        else:
-            removed.update(ks)
-            moved[tuple(labels)].append(group[0])
-            rec["action"] = f"moved to multilabel/{'_and_'.join(labels)}/ (removed from the single-label splits)"
-            if negatives & set(labels):
-                rec["note"] = "one label is a task negative: more likely a labelling error than two labels"
-        dup_report.append(rec)
+    removed, moved, dup_report = resolve_duplicates(items, hashes, {n for n, _ in tasks.values()})
     for _, kind, key, its in extras:
         if kind == "multilabel":
             moved[key] += its
     kept = [i for k, i in enumerate(items) if k not in removed and i.path in hashes]
-
-    spec = {"name": name or out.name, "version": 1, "classes": {c: c for c in classes},
-            "splits": {s: s for s in splits}, "tasks": {t: list(p) for t, p in tasks.items()}}
-    for src, kind, key, _ in extras:
-        if kind == "multilabel":
-            continue
-        sets = spec.setdefault(kind, {})  # ood: {set: folder}; external: {task: {set: folder}}
-        if kind == "external":
-            sets = sets.setdefault(key[0], {})
-        if key[-1] in sets:
-            raise ConcatError(f"{sources[src]}: {kind} set '{key[-1]}' also comes from another source; rename one")
-        sets[key[-1]] = f"sources/{src}/{kind}/{'/'.join(key)}"
-    if moved:
-        spec["multilabel"] = {"_and_".join(k): {"path": f"multilabel/{'_and_'.join(k)}", "labels": list(k)}
-                              for k in moved}
+    spec = build_spec(name or out.name, classes, splits, tasks, extras, moved, sources)
     parse_spec(spec, out)  # a spec error must come before anything is written
 
     tmp = out.parent / f".{out.name}.concat-tmp-{os.getpid()}"
     try:
         tmp.mkdir(parents=True)
-        used: set[Path] = set()
-        for i in kept:
-            place(i.path, tmp / i.split / i.cls, f"{i.source}__{i.path.name}", link, used)
-        ml_report = {}
-        for labels, its in moved.items():
-            n = "_and_".join(labels)
-            files = [place(i.path, tmp / "multilabel" / n, f"{i.source}__{i.path.name}", link, used)
-                     for i in its if i.path in hashes]
-            ml_report[n] = {"labels": list(labels), "images": [str(f.relative_to(tmp)) for f in files]}
-        for src, kind, key, its in extras:
-            if kind != "multilabel":
-                for i in its:
-                    if i.path in hashes:
-                        place(i.path, tmp / "sources" / src / kind / "/".join(key) / (i.cls or ""),
-                              i.path.name, link, used)
+        ml_report = place_all(tmp, kept, moved, extras, hashes, link)
         write_spec(spec, tmp)
         count = lambda its: {s: dict(Counter(i.cls for i in its if i.split == s)) for s in splits}  # noqa: E731
         after = count(kept)
@@ -311,6 +251,85 @@ def concat(sources: dict[str, Path], out: Path, aliases: dict[str, str], link: s
         if tmp.exists():
             shutil.rmtree(tmp)
     return report
+
+
+def check_arguments(sources: dict[str, Path], out: Path, link: str, force: bool) -> None:
+    if link not in LINKS:
+        raise ConcatError(f"--link {link}: unknown; use one of {', '.join(LINKS)}")
+    if not sources:
+        raise ConcatError("no sources; pass --source NAME=PATH at least once")
+    for n, root in sources.items():
+        r, o = Path(root).resolve(), out.resolve()
+        if o == r or r in o.parents or o in r.parents:
+            raise ConcatError(f"{out}: overlaps source '{n}' ({root}); choose an --out outside every source")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        raise ConcatError(f"{out}: exists and is not an empty folder; pass --force to replace it "
+                          f"or choose another --out")
+
+
+def resolve_duplicates(items: list[Item], hashes: dict[Path, str], negatives: set[str]):
+    """Agreeing duplicates keep one copy; disagreeing ones all move to a multi-label set.
+    Returns (indices of items removed, labels -> items moved, one report record per group)."""
+    removed, moved, dup_report = set(), defaultdict(list), []
+    for h, ks in find_duplicates(items, hashes).items():
+        group = [items[k] for k in ks]
+        labels, dup_splits = sorted({i.cls for i in group}), sorted({i.split for i in group})
+        rec = {"hash": h, "labels": labels, "labels_agree": len(labels) == 1, "leak": len(dup_splits) > 1,
+               "splits": dup_splits, "members": [{"source": i.source, "split": i.split, "class": i.cls,
+                                                  "path": str(i.path)} for i in group]}
+        if len(labels) == 1:
+            keep = min(ks, key=lambda k: keep_rank(items[k].split))
+            removed.update(k for k in ks if k != keep)
+            rec["action"] = (f"kept one copy (source '{items[keep].source}', {items[keep].split}), "
+                             f"dropped {len(ks) - 1}")
+        else:
+            removed.update(ks)
+            moved[tuple(labels)].append(group[0])
+            rec["action"] = f"moved to multilabel/{'_and_'.join(labels)}/ (removed from the single-label splits)"
+            if negatives & set(labels):
+                rec["note"] = "one label is a task negative: more likely a labelling error than two labels"
+        dup_report.append(rec)
+    return removed, moved, dup_report
+
+
+def build_spec(name: str, classes: list[str], splits: list[str], tasks: dict, extras: list, moved: dict,
+               sources: dict[str, Path]) -> dict:
+    """The written dataset.yaml: the sources' external and OOD sets keep their folders under sources/<name>/."""
+    spec = {"name": name, "version": 1, "classes": {c: c for c in classes},
+            "splits": {s: s for s in splits}, "tasks": {t: list(p) for t, p in tasks.items()}}
+    for src, kind, key, _ in extras:
+        if kind == "multilabel":
+            continue
+        sets = spec.setdefault(kind, {})  # ood: {set: folder}; external: {task: {set: folder}}
+        if kind == "external":
+            sets = sets.setdefault(key[0], {})
+        if key[-1] in sets:
+            raise ConcatError(f"{sources[src]}: {kind} set '{key[-1]}' also comes from another source; rename one")
+        sets[key[-1]] = f"sources/{src}/{kind}/{'/'.join(key)}"
+    if moved:
+        spec["multilabel"] = {"_and_".join(k): {"path": f"multilabel/{'_and_'.join(k)}", "labels": list(k)}
+                              for k in moved}
+    return spec
+
+
+def place_all(tmp: Path, kept: list[Item], moved: dict, extras: list, hashes: dict[Path, str], link: str) -> dict:
+    """Place every image in the new dataset folder; returns the multi-label part of the report."""
+    used: set[Path] = set()
+    for i in kept:
+        place(i.path, tmp / i.split / i.cls, f"{i.source}__{i.path.name}", link, used)
+    ml_report = {}
+    for labels, its in moved.items():
+        n = "_and_".join(labels)
+        files = [place(i.path, tmp / "multilabel" / n, f"{i.source}__{i.path.name}", link, used)
+                 for i in its if i.path in hashes]
+        ml_report[n] = {"labels": list(labels), "images": [str(f.relative_to(tmp)) for f in files]}
+    for src, kind, key, its in extras:
+        if kind != "multilabel":
+            for i in its:
+                if i.path in hashes:
+                    place(i.path, tmp / "sources" / src / kind / "/".join(key) / (i.cls or ""),
+                          i.path.name, link, used)
+    return ml_report
 
 
 def format_report(r: dict) -> str:

@@ -7,6 +7,9 @@ is the complete format.
 """
 from __future__ import annotations
 
+import argparse
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +17,8 @@ import yaml
 
 SPEC_FILE = "dataset.yaml"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+KEYS = ("name", "version", "classes", "splits", "tasks", "multitask", "external", "ood", "multilabel")  # top level
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # usable as a folder name and a shell word
 
 
 class SpecError(ValueError):
@@ -115,9 +120,7 @@ class Spec:
         return images
 
     def check_class(self, name: str, where: str) -> None:
-        if name not in self.classes:
-            raise SpecError(f"{self.file}: {where} names class '{name}', which 'classes:' does not define "
-                            f"(defined: {', '.join(self.classes)}); fix the name or add the class")
+        _Checks(self.file, self.classes).known(name, where)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -141,79 +144,106 @@ def load_spec(root: str | Path) -> Spec:
     return parse_spec(raw, root)
 
 
-def parse_spec(raw, root: Path) -> Spec:
-    file = root / SPEC_FILE
+class _Checks:
+    """Validation of one spec file: `need` raises a SpecError that names the file, `known` checks
+    that a class is defined under 'classes:'."""
 
-    def need(cond: bool, msg: str) -> None:
+    def __init__(self, file: Path, classes: dict[str, tuple[str, ...]] | None = None):
+        self.file = file
+        self.classes = classes or {}
+
+    def need(self, cond: bool, msg: str) -> None:
         if not cond:
-            raise SpecError(f"{file}: {msg}")
+            raise SpecError(f"{self.file}: {msg}")
 
-    need(isinstance(raw, dict), "must be a mapping with at least 'classes:' and 'splits:'")
-    unknown = set(raw) - {"name", "version", "classes", "splits", "tasks", "multitask",
-                          "external", "ood", "multilabel", "image_size"}
-    need(not unknown, f"unknown key(s) {sorted(unknown)}; see docs/dataset.example.yaml")
-    classes_raw = raw.get("classes")
-    need(isinstance(classes_raw, dict) and len(classes_raw) >= 2,
-         "'classes:' must map at least two class names to their folder names")
+    def known(self, c, where: str) -> None:
+        self.need(c in self.classes, f"{where} names class '{c}', which 'classes:' does not define "
+                                     f"(defined: {', '.join(self.classes)}); fix the name or add the class")
+
+
+def parse_spec(raw, root: Path) -> Spec:
+    """Validate a spec given as plain data (a parsed dataset.yaml of the folder `root`)."""
+    ck = _Checks(root / SPEC_FILE)
+    ck.need(isinstance(raw, dict), "must be a mapping with at least 'classes:' and 'splits:'")
+    unknown = set(raw) - set(KEYS)
+    ck.need(not unknown, f"unknown key(s) {sorted(unknown)}; see docs/dataset.example.yaml")
+    ck.classes = parse_classes(raw.get("classes"), ck)
+    splits = raw.get("splits")
+    ck.need(isinstance(splits, dict) and "train" in splits,
+            "'splits:' must map split names (at least 'train', best also 'val' and 'test') to folders")
+    tasks = parse_tasks(raw.get("tasks") or {}, ck)
+    multitask = parse_multitask(raw["multitask"], ck) if raw.get("multitask") else None
+    external = {}
+    for t, sets in (raw.get("external") or {}).items():
+        ck.need(t in tasks, f"external suite '{t}' is no task under 'tasks:' ({', '.join(tasks) or 'none'})")
+        ck.need(isinstance(sets, dict), f"external.{t} must map set names to folders")
+        external[str(t)] = {str(k): str(v) for k, v in sets.items()}
+    ood = {str(k): str(v) for k, v in (raw.get("ood") or {}).items()}
+    multilabel = parse_multilabel(raw.get("multilabel") or {}, ck)
+    return Spec(root=root, name=str(raw.get("name", root.name)), classes=ck.classes,
+                splits={str(k): str(v) for k, v in splits.items()}, tasks=tasks, multitask=multitask,
+                external=external, ood=ood, multilabel=multilabel)
+
+
+def parse_classes(classes_raw, ck: _Checks) -> dict[str, tuple[str, ...]]:
+    """class name -> folder aliases; names and folders must stay distinct on a case-insensitive disk."""
+    ck.need(isinstance(classes_raw, dict) and len(classes_raw) >= 2,
+            "'classes:' must map at least two class names to their folder names")
     classes: dict[str, tuple[str, ...]] = {}
     lower: dict[str, str] = {}
     for c, folders in classes_raw.items():
         c = str(c)
-        need(c.lower() not in lower, f"class names '{lower.get(c.lower())}' and '{c}' differ only in case; "
-                                     f"rename one (they would be merged on a case-insensitive disk)")
+        ck.need(c.lower() not in lower, f"class names '{lower.get(c.lower())}' and '{c}' differ only in case; "
+                                        f"rename one (they would be merged on a case-insensitive disk)")
         lower[c.lower()] = c
         folders = [folders] if isinstance(folders, str) else folders
-        need(isinstance(folders, list) and folders and all(isinstance(f, str) for f in folders),
-             f"class '{c}' must name a folder or a list of folders")
+        ck.need(isinstance(folders, list) and folders and all(isinstance(f, str) for f in folders),
+                f"class '{c}' must name a folder or a list of folders")
         classes[c] = tuple(folders)
     seen: dict[str, str] = {}
     for c, folders in classes.items():
         for f in folders:
-            need(f.lower() not in seen, f"folder '{f}' is given to both '{seen.get(f.lower())}' and '{c}'; "
-                                        f"a folder belongs to one class")
+            ck.need(f.lower() not in seen, f"folder '{f}' is given to both '{seen.get(f.lower())}' and '{c}'; "
+                                           f"a folder belongs to one class")
             seen[f.lower()] = c
+    return classes
 
-    def check(c, where):
-        need(c in classes, f"{where} names class '{c}', which 'classes:' does not define "
-                           f"(defined: {', '.join(classes)}); fix the name or add the class")
 
-    splits = raw.get("splits")
-    need(isinstance(splits, dict) and "train" in splits,
-         "'splits:' must map split names (at least 'train', best also 'val' and 'test') to folders")
+def parse_tasks(tasks_raw: dict, ck: _Checks) -> dict[str, tuple[str, str]]:
     tasks = {}
-    for t, pair in (raw.get("tasks") or {}).items():
-        need(isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1],
-             f"task '{t}' must be a list of two classes [negative, positive]")
+    for t, pair in tasks_raw.items():
+        ck.need(isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1],
+                f"task '{t}' must be a list of two classes [negative, positive]")
         for c in pair:
-            check(c, f"task '{t}'")
+            ck.known(c, f"task '{t}'")
+        # a task names its run folder (task_<name>) and is a word in run/reproduce.sh's loop
+        ck.need(NAME.match(str(t)) is not None, f"task name '{t}' is not usable as a folder name; rename it "
+                                                f"(letters, digits, '_', '.', '-')")
         tasks[str(t)] = (pair[0], pair[1])
-    multitask = None
-    if raw.get("multitask"):
-        mt = raw["multitask"]
-        need(isinstance(mt, dict) and "negative" in mt and isinstance(mt.get("binary"), list),
-             "'multitask:' needs 'negative: CLASS' and 'binary: [CLASS, ...]'")
-        check(mt["negative"], "multitask.negative")
-        for c in mt["binary"]:
-            check(c, "multitask.binary")
-        need(mt["negative"] not in mt["binary"], "multitask.negative cannot also be a binary head")
-        rest = [c for c in classes if c != mt["negative"] and c not in mt["binary"]]
-        multitask = {"negative": mt["negative"], "binary": list(mt["binary"]), "softmax": rest}
-    external = {}
-    for t, sets in (raw.get("external") or {}).items():
-        need(t in tasks, f"external suite '{t}' is no task under 'tasks:' ({', '.join(tasks) or 'none'})")
-        need(isinstance(sets, dict), f"external.{t} must map set names to folders")
-        external[str(t)] = {str(k): str(v) for k, v in sets.items()}
-    ood = {str(k): str(v) for k, v in (raw.get("ood") or {}).items()}
+    return tasks
+
+
+def parse_multitask(mt, ck: _Checks) -> dict:
+    """The multi-task heads: a sigmoid head per binary class, a softmax head over every other class."""
+    ck.need(isinstance(mt, dict) and "negative" in mt and isinstance(mt.get("binary"), list),
+            "'multitask:' needs 'negative: CLASS' and 'binary: [CLASS, ...]'")
+    ck.known(mt["negative"], "multitask.negative")
+    for c in mt["binary"]:
+        ck.known(c, "multitask.binary")
+    ck.need(mt["negative"] not in mt["binary"], "multitask.negative cannot also be a binary head")
+    rest = [c for c in ck.classes if c != mt["negative"] and c not in mt["binary"]]
+    return {"negative": mt["negative"], "binary": list(mt["binary"]), "softmax": rest}
+
+
+def parse_multilabel(sets: dict, ck: _Checks) -> dict[str, MultiLabelSet]:
     multilabel = {}
-    for n, m in (raw.get("multilabel") or {}).items():
-        need(isinstance(m, dict) and "path" in m and isinstance(m.get("labels"), list) and len(m["labels"]) >= 2,
-             f"multilabel set '{n}' needs 'path:' and 'labels: [CLASS, CLASS, ...]'")
+    for n, m in sets.items():
+        ck.need(isinstance(m, dict) and "path" in m and isinstance(m.get("labels"), list) and len(m["labels"]) >= 2,
+                f"multilabel set '{n}' needs 'path:' and 'labels: [CLASS, CLASS, ...]'")
         for c in m["labels"]:
-            check(c, f"multilabel set '{n}'")
+            ck.known(c, f"multilabel set '{n}'")
         multilabel[str(n)] = MultiLabelSet(str(m["path"]), tuple(m["labels"]))
-    return Spec(root=root, name=str(raw.get("name", root.name)), classes=classes,
-                splits={str(k): str(v) for k, v in splits.items()}, tasks=tasks, multitask=multitask,
-                external=external, ood=ood, multilabel=multilabel)
+    return multilabel
 
 
 def write_spec(spec_dict: dict, root: str | Path) -> Path:
@@ -223,3 +253,34 @@ def write_spec(spec_dict: dict, root: str | Path) -> Path:
     path = root / SPEC_FILE
     path.write_text(yaml.safe_dump(spec_dict, sort_keys=False, allow_unicode=True))
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m data.spec DIR [--tasks | --multitask]`: run/reproduce.sh's check before training."""
+    ap = argparse.ArgumentParser(prog="python -m data.spec",
+                                 description="Check a dataset folder: its spec, and an image in every class "
+                                             "folder of every split.")
+    ap.add_argument("data", help="dataset folder holding dataset.yaml")
+    what = ap.add_mutually_exclusive_group()
+    what.add_argument("--tasks", action="store_true", help="print the task names, one a line")
+    what.add_argument("--multitask", action="store_true", help="print yes if the spec has a 'multitask:' section, else no")
+    args = ap.parse_args(argv)
+    try:
+        spec = load_spec(args.data)
+        for split in spec.splits:
+            spec.split_samples(split)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.tasks:
+        print("\n".join(spec.tasks))
+    elif args.multitask:
+        print("yes" if spec.multitask else "no")
+    else:
+        print(f"{spec.file}: {len(spec.classes)} classes, splits {', '.join(spec.splits)}, "
+              f"tasks {', '.join(spec.tasks) or '(none)'}, multitask {'yes' if spec.multitask else 'no'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

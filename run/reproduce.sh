@@ -1,28 +1,60 @@
 #!/bin/sh
-# The main job: create .venv, generate the embedded dataset if absent, train every paradigm
-# (--trials N, default 3), evaluate every trial and write results/REPORT.md.
-#   sh run/reproduce.sh [--trials 3] [--profile auto|quick|paper] [--data DIR] [train.py flags]
-# Flags are passed to every run/pmg_*.sh (which pass unknown ones on to train.py).
+# The main job: create .venv, generate the embedded dataset if absent, check the dataset, train
+# every paradigm (--trials N, default 3): uni, multi (when the spec has a 'multitask:' section)
+# and one task-centric model per task of the spec; evaluate every trial and write OUT/REPORT.md.
+#   sh run/reproduce.sh [--trials 3] [--profile auto|quick|paper] [--data DIR] [--output-dir DIR]
+#                       [--out results] [train.py flags]
+# Paths are read from the folder you call it from. Flags other than --out go to every training
+# run (run/train_trials.sh passes unknown ones on to train.py); --device, --workers and
+# --no-progress go to evaluate.py as well.
 set -e
-cd "$(dirname "$0")/.."
-. run/venv.sh
+. "$(dirname "$0")/setup.sh"
 data=datasets/sofar_embedded
 artifacts=artifacts
+results=results
 eval_flags=
+n=$#
 prev=
-for a in "$@"; do
-  [ "$a" = --no-progress ] && eval_flags=--no-progress
-  case $prev in --data) data=$a ;; --output-dir) artifacts=$a ;; esac
-  case $a in --data=*) data=${a#*=} ;; --output-dir=*) artifacts=${a#*=} ;; esac
+while [ "$n" -gt 0 ]; do
+  a=$1; shift; n=$((n - 1))
+  case $a in
+    --out) results=$1; shift; n=$((n - 1)); prev=; continue ;;
+    --out=*) results=${a#*=}; prev=; continue ;;
+    --no-progress|--device=*|--workers=*) eval_flags="$eval_flags $a" ;;
+    --data=*) data=${a#*=} ;;
+    --output-dir=*) artifacts=${a#*=} ;;
+  esac
+  case $prev in
+    --data) data=$a ;;
+    --output-dir) artifacts=$a ;;
+    --device|--workers) eval_flags="$eval_flags $prev $a" ;;
+  esac
+  set -- "$@" "$a"
   prev=$a
 done
+
+# Everything that can be wrong with the dataset fails here, not after an hour of training.
+dataset_ready "$data"
+$PY -m data.spec "$data"
+tasks=$($PY -m data.spec "$data" --tasks)
+multitask=$($PY -m data.spec "$data" --multitask)
+[ -n "$tasks" ] || echo "note: $data/dataset.yaml has no 'tasks:': no task-centric models to train"
+[ "$multitask" = yes ] || echo "note: $data/dataset.yaml has no 'multitask:' section: skipping the multi-task model"
+
 start=$(date +%s)
-for script in pmg_uni pmg_multi pmg_baseline_defect pmg_baseline_dirt; do
-  echo "==== run/$script.sh $*"
-  sh "run/$script.sh" "$@"
+echo "==== run/pmg_uni.sh $*"
+sh run/pmg_uni.sh "$@"
+if [ "$multitask" = yes ]; then
+  echo "==== run/pmg_multi.sh $*"
+  sh run/pmg_multi.sh "$@"
+fi
+for task in $tasks; do
+  echo "==== run/train_trials.sh --paradigm task --task $task $*"
+  sh run/train_trials.sh --paradigm task --task "$task" "$@"
 done
 trained=$(date +%s)
-echo "==== evaluate.py report --artifacts $artifacts --data $data --out results"
-$PY evaluate.py report --artifacts "$artifacts" --data "$data" --out results $eval_flags
+echo "==== evaluate.py report --artifacts $artifacts --data $data --out $results$eval_flags"
+# shellcheck disable=SC2086  # eval_flags: flags and plain values, split on purpose
+$PY evaluate.py report --artifacts "$artifacts" --data "$data" --out "$results" $eval_flags
 end=$(date +%s)
-echo "==== done in $((end - start)) s (training $((trained - start)) s, evaluation $((end - trained)) s): results/REPORT.md"
+echo "==== done in $((end - start)) s (training $((trained - start)) s, evaluation $((end - trained)) s): $results/REPORT.md"

@@ -1,10 +1,12 @@
 #!/bin/sh
-# Shared by run/pmg_*.sh: train.py for --trials N (default 3; seeds 0..N-1, runs exp1..expN),
-# after generating the embedded dataset when the default --data folder has none.
-#   sh run/train_trials.sh --paradigm uni [--trials 3] [--profile paper|quick|auto] [--data DIR] [train.py flags]
+# train.py for --trials N (default 3; seeds 0..N-1, runs exp1..expN) in any paradigm, after
+# generating the embedded dataset when the default --data folder has none. run/pmg_*.sh and
+# run/reproduce.sh call it; call it yourself for a task of your own dataset:
+#   sh run/train_trials.sh --paradigm uni|multi|task [--task NAME] [--trials 3] [--profile paper|quick|auto]
+#                          [--data DIR] [train.py flags]
+# Paths are read from the folder you call it from.
 set -e
-cd "$(dirname "$0")/.."
-. run/venv.sh
+. "$(dirname "$0")/setup.sh"
 trials=3
 data=datasets/sofar_embedded
 n=$#
@@ -18,14 +20,7 @@ while [ "$n" -gt 0 ]; do
     *) set -- "$@" "$a" ;;
   esac
 done
-if [ ! -f "$data/dataset.yaml" ]; then
-  if [ "$data" != datasets/sofar_embedded ]; then
-    echo "error: $data/dataset.yaml not found; point --data at a dataset folder (see README)" >&2
-    exit 2
-  fi
-  echo "no dataset at $data: generating the embedded SOFAR-like dataset"
-  $PY -m data.generate --out "$data"
-fi
+dataset_ready "$data"
 i=1
 while [ "$i" -le "$trials" ]; do
   echo "== trial $i/$trials (seed $((i - 1)))"

@@ -12,9 +12,11 @@ import yaml
 from PIL import Image
 
 from data.generate import generate
-from data.generate.build import CLASSES, EXTERNAL, MULTILABEL, OOD
+from data.generate.build import CLASSES, EXTERNAL, MULTILABEL, OOD, dataset_spec
+from data.spec import KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "docs" / "dataset.example.yaml"
 TINY = dict(size=64, train=3, val=2, test=2, ext=2, ood=2, multilabel=2, workers=1, montage=False)
 
 
@@ -79,6 +81,19 @@ def test_layout_counts_and_spec(tiny):
         with Image.open(p) as im:
             assert im.format == "JPEG" and im.mode == "RGB" and im.size == (64, 64)
     assert (root / "montage.png").stat().st_size > 0
+
+
+def test_docs_example_is_the_generated_spec_and_documents_every_key():
+    example = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    assert example == dataset_spec()
+    assert list(example) == list(KEYS)
+
+
+def test_readme_spec_is_the_generated_spec():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+    drop = lambda d: {k: v for k, v in d.items() if k not in ("name", "version")}  # noqa: E731
+    assert drop(block) == drop(dataset_spec())
 
 
 def test_cli_refuses_non_empty_dir(tmp_path):

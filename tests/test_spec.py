@@ -76,6 +76,27 @@ def test_malformed_spec_errors_name_the_file_and_the_fix(tmp_path, text, match):
     assert str(tmp_path / "dataset.yaml") in str(e.value)
 
 
+@pytest.mark.parametrize("text,match", [
+    ("classes: {a: A, b: B}\nsplits: {train: t}\ntasks: {'my task': [a, b]}\n", "task name 'my task' is not usable"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nimage_size: 96\n", r"unknown key\(s\) \['image_size'\]"),
+])
+def test_task_names_must_be_folder_names_and_image_size_is_no_key(tmp_path, text, match):
+    (tmp_path / "dataset.yaml").write_text(text)
+    with pytest.raises(SpecError, match=match):
+        load_spec(tmp_path)
+
+
+def test_spec_cli_checks_a_dataset_and_prints_what_run_reproduce_needs(tmp_path):
+    root = make(tmp_path, BASE)
+    assert run_cli("-m", "data.spec", root, "--tasks").stdout == "dirt\n"
+    assert run_cli("-m", "data.spec", root, "--multitask").stdout == "no\n"
+    assert "tasks dirt, multitask no" in run_cli("-m", "data.spec", root).stdout
+    for f in (root / "val" / "2_DIRT").iterdir():
+        f.unlink()
+    proc = run_cli("-m", "data.spec", root, "--tasks", check=False)
+    assert proc.returncode == 2 and proc.stdout == "" and "class 'dirt' has no images" in proc.stderr
+
+
 def test_empty_class_folder_and_unknown_folder(tmp_path):
     root = make(tmp_path, BASE)
     for f in (root / "train" / "2_DIRT").iterdir():

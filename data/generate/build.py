@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.spec import write_spec
+
 from . import documents, interior, marks, wash, weather
 from .common import finish
 
@@ -28,62 +30,34 @@ CLASSES = {  # class name -> folder, in label order
     "seat": "9_SEAT",
 }
 SPLITS = ("train", "val", "test")
-EXTERNAL = {  # set -> (shift, negative, positive)
-    "snow": ("snow", "normal", "defect"),
-    "after_snow": ("after_snow", "normal", "defect"),
-    "rain": ("rain", "normal", "defect"),
-    "after_rain": ("after_rain", "normal", "defect"),
-    "h1": ("h1", "normal", "dirt"),
-    "h2": ("h2", "normal", "dirt"),
+TASKS = {"defect": ("normal", "defect"), "dirt": ("normal", "dirt")}  # task -> (negative, positive)
+EXTERNAL = {  # external set (named after its shift) -> task
+    "snow": "defect",
+    "after_snow": "defect",
+    "rain": "defect",
+    "after_rain": "defect",
+    "h1": "dirt",
+    "h2": "dirt",
 }
 OOD = ("receipts", "documents")
-MULTILABEL = "defect_and_dirt"
+MULTILABEL = "defect_and_dirt"  # panels with both marks
 OUTPUTS = ("dataset.yaml", "montage.png", *SPLITS, "ext", "ood", "multilabel")
 
-# The format is docs/dataset.example.yaml; data/spec.py parses it.
-SPEC = """\
-# dataset.yaml — the spec at the root of a dataset folder (format version 1)
-name: sofar-embedded            # shown in reports
-version: 1
-classes:                        # class name -> folder name(s) used inside every split/set folder
-  normal: 0_NORMAL              # a list of folder aliases is allowed too: [0_NORMAL, normal]
-  defect: 1_DEFECT
-  dirt: 2_DIRT
-  bubble_wash: 3_BUBBLE_WASH
-  car_in_wash: 4_CARS_INSIDE_OF_THE_WASHING_MACHINE
-  dashboard: 5_DASHBOARD
-  cup_holder: 6_CUP_HOLDER
-  glovebox: 7_GLOVEBOX
-  washer_fluid: 8_WASHER_FLUID
-  seat: 9_SEAT
-splits:                         # split name -> folder (relative to the dataset root) holding class folders
-  train: train
-  val: val
-  test: test
-tasks:                          # task-centric binary tasks: [negative, positive]
-  defect: [normal, defect]
-  dirt: [normal, dirt]
-multitask:                      # multi-task head layout
-  negative: normal              # the shared negative of the binary heads
-  binary: [defect, dirt, bubble_wash]   # one sigmoid head each: <class> v <negative>
-  # softmax head: every other class (derived)
-external:                       # external-validation suites per task: set name -> folder with the task's class folders
-  defect:
-    ext_snow: ext/snow
-    ext_after_snow: ext/after_snow
-    ext_rain: ext/rain
-    ext_after_rain: ext/after_rain
-  dirt:
-    ext_h1: ext/h1
-    ext_h2: ext/h2
-ood:                            # irrelevant-image sets: set name -> flat folder of images
-  receipts: ood/receipts
-  documents: ood/documents
-multilabel:                     # multi-label sets: flat folder of images that all carry these labels
-  defect_and_dirt:
-    path: multilabel/defect_and_dirt
-    labels: [defect, dirt]
-"""
+
+def dataset_spec() -> dict:
+    """The stand-in's dataset.yaml, from the tables above. docs/dataset.example.yaml is this spec
+    with comments (tests/test_generate.py checks that the two agree); data/spec.py parses it."""
+    return {
+        "name": "sofar-embedded",
+        "version": 1,
+        "classes": dict(CLASSES),
+        "splits": {s: s for s in SPLITS},
+        "tasks": {t: list(pair) for t, pair in TASKS.items()},
+        "multitask": {"negative": "normal", "binary": ["defect", "dirt", "bubble_wash"]},
+        "external": {t: {f"ext_{s}": f"ext/{s}" for s, task in EXTERNAL.items() if task == t} for t in TASKS},
+        "ood": {s: f"ood/{s}" for s in OOD},
+        "multilabel": {MULTILABEL: {"path": f"multilabel/{MULTILABEL}", "labels": ["defect", "dirt"]}},
+    }
 
 
 def render(kind: str, shift: str | None, rng, S: int) -> np.ndarray:
@@ -125,10 +99,10 @@ def plan(out: Path, seed: int, size: int, train: int, val: int, test: int, ext: 
         for cid, c in enumerate(names):
             for i in range(n):
                 tasks.append((out / split / CLASSES[c] / f"{split}_{c}_{i:05d}.jpg", c, None, [seed, set_id, cid, i]))
-    for j, (name, (shift, neg, pos)) in enumerate(EXTERNAL.items()):
-        for c in (neg, pos):
+    for j, (name, task) in enumerate(EXTERNAL.items()):
+        for c in TASKS[task]:
             for i in range(ext):
-                tasks.append((out / "ext" / name / CLASSES[c] / f"ext_{name}_{c}_{i:05d}.jpg", c, shift,
+                tasks.append((out / "ext" / name / CLASSES[c] / f"ext_{name}_{c}_{i:05d}.jpg", c, name,
                               [seed, 10 + j, names.index(c), i]))
     for j, name in enumerate(OOD):
         for i in range(ood):
@@ -161,7 +135,7 @@ def generate(out, seed: int = 0, size: int = 96, train: int = COUNTS["train"], v
     tasks = plan(out, seed, size, train, val, test, ext, ood, multilabel)
     for d in sorted({str(Path(t[0]).parent) for t in tasks}):
         Path(d).mkdir(parents=True, exist_ok=True)
-    (out / "dataset.yaml").write_text(SPEC, encoding="utf-8")
+    write_spec(dataset_spec(), out)
     bar = None
     if progress:
         try:
@@ -187,7 +161,7 @@ def generate(out, seed: int = 0, size: int = 96, train: int = COUNTS["train"], v
         build(out, out / "montage.png")
     counts = {
         "splits": {s: {c: n for c in CLASSES} for s, n in zip(SPLITS, (train, val, test))},
-        "external": {name: {neg: ext, pos: ext} for name, (_, neg, pos) in EXTERNAL.items()},
+        "external": {name: {c: ext for c in TASKS[task]} for name, task in EXTERNAL.items()},
         "ood": {name: ood for name in OOD},
         "multilabel": {MULTILABEL: multilabel},
         "total": len(tasks),

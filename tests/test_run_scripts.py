@@ -1,0 +1,57 @@
+"""run/reproduce.sh on a dataset of one's own, the way a new user runs it: tasks named other than
+SOFAR's, no 'multitask:' section, called from another folder with relative paths."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, TINY_TRAIN
+
+RENAME = {"defect": "scratch", "dirt": "stain"}  # task names that no script knows
+
+
+@pytest.fixture(scope="module")
+def own_data(tmp_path_factory) -> Path:
+    """A tiny generated dataset whose tasks are renamed and whose multi-task section is gone."""
+    from data.generate import generate
+    out = tmp_path_factory.mktemp("own") / "own_data"
+    # smaller than conftest's tiny_data: three train.py runs and one evaluate.py run use it
+    generate(out, seed=0, size=32, train=2, val=1, test=2, ext=1, ood=2, multilabel=1, workers=1, montage=False)
+    spec = yaml.safe_load((out / "dataset.yaml").read_text())
+    spec["tasks"] = {RENAME[t]: pair for t, pair in spec["tasks"].items()}
+    spec["external"] = {RENAME[t]: sets for t, sets in spec["external"].items()}
+    del spec["multitask"]
+    (out / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out
+
+
+def reproduce(cwd: Path, *flags) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(ROOT / "run" / "reproduce.sh"), *flags], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_data, tmp_path):
+    shutil.copytree(own_data, tmp_path / "mine")
+    proc = reproduce(tmp_path, "--data", "mine", "--output-dir", "art", "--out=res", "--trials", "1",
+                     "--epochs", "1", *TINY_TRAIN)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no 'multitask:' section: skipping the multi-task model" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["task_scratch", "task_stain", "uni"]
+    for run in ("task_scratch", "task_stain", "uni"):
+        assert (tmp_path / "art" / run / "exp1" / "best.pt").is_file()
+    report = (tmp_path / "res" / "REPORT.md").read_text()
+    assert "scratch" in report and "stain" in report
+
+
+def test_reproduce_checks_the_dataset_before_training(own_data, tmp_path):
+    data = tmp_path / "mine"
+    shutil.copytree(own_data, data)
+    shutil.rmtree(data / "val" / "2_DIRT")
+    proc = reproduce(tmp_path, "--data", "mine", "--output-dir", "art", *TINY_TRAIN)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "class 'dirt' has no images" in proc.stderr
+    assert not (tmp_path / "art").exists() and "trial" not in proc.stdout
