@@ -17,7 +17,8 @@ from pathlib import Path
 
 from data.spec import SpecError, load_spec
 from models.backbones import WeightsError
-from utils import CheckpointError, resolve_device
+from models.checkpoint import CheckpointError
+from utils import resolve_device
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -1,20 +1,16 @@
 """Small shared pieces of the training and evaluation commands: seeds, devices, distributed
-set-up, checkpoints (one dict, written atomically, read with weights_only=True) and run logs."""
+set-up, reading torch files safely (weights_only=True) and run logs. The checkpoint's own format
+lives in models/checkpoint.py."""
 from __future__ import annotations
 
 import csv
-import json
+import math
+import numbers
 import os
 import random
 from pathlib import Path
 
 import torch
-
-CHECKPOINT_FORMAT = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used here; the message names the file and why."""
 
 
 def seed_everything(seed: int) -> None:
@@ -50,15 +46,6 @@ def init_distributed() -> tuple[int, int, int]:
     return torch.distributed.get_rank(), local, world
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash mid-write leaves the previous
-    checkpoint intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-    os.replace(tmp, path)
-
-
 def read_torch_file(path: str | Path, error: type[Exception], what: str):
     """torch.load with weights_only=True (no code runs from the file), or `error` naming the file."""
     path = Path(path)
@@ -67,24 +54,25 @@ def read_torch_file(path: str | Path, error: type[Exception], what: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise error(f"{path}: not a {what} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    ckpt = read_torch_file(path, CheckpointError, "checkpoint of this project")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not a checkpoint written by train.py (format "
-                              f"{CHECKPOINT_FORMAT}); a bare state_dict goes to --pretrained instead")
-    return ckpt
+        first = (str(e).splitlines() or ["empty or truncated file"])[0][:200]
+        raise error(f"{path}: not a {what} ({type(e).__name__}: {first})") from None
 
 
 def plain(value):
-    """Arguments as data that weights_only loading accepts (paths become strings)."""
+    """Plain data for JSON and for weights_only checkpoints: dicts, lists, str, bool, int, float;
+    numpy numbers become Python numbers, NaN becomes None (strict JSON has no NaN) and anything
+    else (a Path) its string."""
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return None if math.isnan(value) else float(value)
+    return str(value)
 
 
 def append_summary(run_dir: Path, row: dict) -> None:
@@ -98,5 +86,3 @@ def append_summary(run_dir: Path, row: dict) -> None:
         w.writerow(row)
 
 
-def write_json(path: Path, data) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")

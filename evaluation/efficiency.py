@@ -22,25 +22,25 @@ def _batches(x: torch.Tensor, batch_size: int):
 
 @torch.no_grad()
 def measure(systems: dict[str, list], paths: list, batch_size: int = 16, device="cpu", repeats: int = 2) -> dict:
-    """`systems`: name -> list of (model, crop). Returns name -> {models, forward_passes_per_image,
+    """`systems`: name -> list of (model, (resize, crop)). Returns name -> {models, forward_passes_per_image,
     params, ms_per_image, images}."""
-    tensors: dict[int, torch.Tensor] = {}
+    tensors: dict[tuple[int, int], torch.Tensor] = {}
     for models in systems.values():
-        for _, crop in models:
-            if crop not in tensors:
-                tf = eval_transform(crop)
-                tensors[crop] = torch.stack([tf(load_rgb(p)) for p in paths]).to(device)
+        for _, size in models:
+            if size not in tensors:
+                tf = eval_transform(*size)
+                tensors[size] = torch.stack([tf(load_rgb(p)) for p in paths]).to(device)
     out = {}
     for name, models in systems.items():
-        for model, crop in models:  # warm-up
-            model.eval()(tensors[crop][:batch_size])
+        for model, size in models:  # warm-up
+            model.eval()(tensors[size][:batch_size])
         best = float("inf")
         for _ in range(repeats):
             if torch.cuda.is_available() and str(device).startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            for model, crop in models:
-                for b in _batches(tensors[crop], batch_size):
+            for model, size in models:
+                for b in _batches(tensors[size], batch_size):
                     model(b)
             if torch.cuda.is_available() and str(device).startswith("cuda"):
                 torch.cuda.synchronize()

@@ -1,8 +1,8 @@
 """`evaluate.py report`: evaluate every trial under an artifacts folder and write results/.
 
 Layout read: ARTIFACTS/<run>/<trial>/best.pt with run = uni | multi | task_<task>. Written:
-REPORT.md, one CSV per table, per-trial JSON under runs/, and the figures top2.png, roc.png,
-reliability.png. Rows: efficiency-centric, multi-task, task-centric (per task where a table
+REPORT.md, one CSV per table, per-trial JSON under runs/, and the figures of
+evaluation.figures (draw_figures). Rows: efficiency-centric, multi-task, task-centric (per task where a table
 compares whole models; in Tables 1-3 one task-centric row whose task columns each come from
 that task's own model, as in the paper).
 """
@@ -16,21 +16,17 @@ import numpy as np
 from data.spec import Spec
 from evaluation import efficiency
 from evaluation.checkpoint import evaluate_checkpoint, to_json
-from evaluation.inference import load_model
-from evaluation.scores import paper_scorer
-from evaluation.tables import Table, mean_std
-from evaluation.metrics import reliability
-from utils import CheckpointError
+from models import checkpoint as checkpoints
+from models.checkpoint import CheckpointError
+from models.paradigms import TITLES, build_paradigm, run_label, spec_paradigms
+from evaluation.tables import ReportTable
 
-UNI, MULTI, TASK = "efficiency-centric", "multi-task", "task-centric"
+UNI, MULTI, TASK = TITLES["uni"], TITLES["multi"], TITLES["task"]
+display = run_label
 
 
 def run_names(spec: Spec) -> list[str]:
-    return ["uni", "multi", *[f"task_{t}" for t in spec.tasks]]
-
-
-def display(run: str) -> str:
-    return {"uni": UNI, "multi": MULTI}.get(run, f"{TASK} ({run[5:]})")
+    return [p.run_name for p in spec_paradigms(spec)]
 
 
 def find_checkpoints(artifacts: Path, spec: Spec) -> dict[str, dict[str, Path]]:
@@ -60,21 +56,21 @@ def _get(d, *keys):
 
 
 def evaluate_all(artifacts, spec: Spec, cache_dir, *, device="cpu", batch_size=32, progress=True, workers=0):
-    """({run: {trial: (metrics, raw)}}, {run: model bundle of its first trial}) for every
+    """({run: {trial: (metrics, raw)}}, {run: models.checkpoint.Checkpoint of its first trial}) for every
     ARTIFACTS/<run>/<trial>/best.pt; each image set is inferred once per checkpoint (cached)."""
     results: dict[str, dict[str, tuple[dict, dict]]] = {}
     first_models = {}
     for run, trials in find_checkpoints(artifacts, spec).items():
         results[run] = {}
         for trial, path in trials.items():
-            bundle = load_model(path, spec, device)
-            if bundle[1].run_name != run:
-                raise CheckpointError(f"{path}: a {bundle[1].run_name} checkpoint in the folder of run '{run}'; "
-                                      f"move it to {Path(artifacts) / bundle[1].run_name}")
+            ckpt = checkpoints.load(path, spec, device)
+            if ckpt.paradigm.run_name != run:
+                raise CheckpointError(f"{path}: a {ckpt.paradigm.run_name} checkpoint in the folder of run '{run}'; "
+                                      f"move it to {Path(artifacts) / ckpt.paradigm.run_name}")
             results[run][trial] = evaluate_checkpoint(path, spec, device=device, batch_size=batch_size,
                                                       cache_dir=cache_dir, progress=progress, workers=workers,
-                                                      model_bundle=bundle)
-            first_models.setdefault(run, bundle)
+                                                      loaded=ckpt)
+            first_models.setdefault(run, ckpt)
     return results, first_models
 
 
@@ -93,8 +89,7 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
     eff = measure_efficiency(first_models, spec, device, efficiency_images, batch_size)
     if eff is not None:
         tables.append(eff)
-    figures = [f for f in (plot_top2(results, spec, out), plot_roc(results, spec, out),
-                           plot_reliability(results, out)) if f]
+    figures = draw_figures(results, spec, out)
     lines = [f"# Evaluation report: {spec.name}", "", header, "",
              "Every number is mean ± std (population std) over the trials; best per column in bold. "
              "Per-trial metrics: `runs/<run>/<trial>.json`.", ""]
@@ -109,6 +104,15 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
     return report
 
 
+def draw_figures(results, spec: Spec, out: Path) -> list[Path]:
+    """The figures of REPORT.md, in the order shown: RQ3, RQ2, calibration, RQ1."""
+    from evaluation import figures  # imported here because evaluation.figures draws on this module's helpers
+    drawn = [figures.plot_top2(results, spec, out), figures.plot_roc(results, spec, out),
+             figures.plot_score_histograms(results, spec, out), figures.plot_reliability(results, out),
+             *figures.plot_confusion(results, spec, out), figures.plot_ext_val(results, spec, out)]
+    return [f for f in drawn if f]
+
+
 def describe(results, spec: Spec) -> str:
     profiles = sorted({f"{m['profile']} ({m['backbone']}, {m['crop']} px, {m['epochs']} epochs)"
                        for trials in results.values() for m, _ in trials.values()})
@@ -120,111 +124,170 @@ def values(results, run, *keys) -> list[float]:
     return [_get(m, *keys) for m, _ in results.get(run, {}).values()]
 
 
-def make_tables(results, spec: Spec) -> list[tuple[str, Table]]:
-    tasks = list(spec.tasks)
-    task_runs = [f"task_{t}" for t in tasks if f"task_{t}" in results]
-    set_cols = [(t, s) for t in tasks for s in ["test", *spec.external.get(t, {})]]
+TASK_METRICS = {"accuracy": ("table1_accuracy", "Table 1: accuracy (RQ1)"),
+                "f1_macro": ("table2_f1", "Table 2: macro F1 (RQ1)")}
+SET_COLUMNS = {"all": "", "test": ", test split", "external": ", external-validation sets"}
+
+
+def make_tables(results, spec: Spec) -> list[tuple[str, ReportTable]]:
+    """Every table of REPORT.md as (CSV name, table), in the paper's order."""
+    tables = [(TASK_METRICS[m][0], table_task_accuracy(results, spec, m)) for m in TASK_METRICS]
+    tables.append(("table3_one_class_auroc", table_one_class(results, spec)))
+    if spec.ood:
+        tables += [("table4_rejection", table_rejection(results, spec)),
+                   ("table4_rejection_scorers", table_rejection_by_scorer(results, spec))]
+    tables += [(f"table5_top2_{name}", table_top2(results, spec, name)) for name in spec.multilabel]
+    tables.append(("table6_calibration", table_calibration(results)))
+    return tables
+
+
+def task_set_columns(spec: Spec, sets: str = "all") -> list[tuple[str, str]]:
+    """(task, image set) columns of Tables 1-2; `sets` = all | test (the test split) | external."""
+    cols = []
+    for t in spec.tasks:
+        if sets in ("all", "test"):
+            cols.append((t, "test"))
+        if sets in ("all", "external"):
+            cols += [(t, s) for s in spec.external.get(t, {})]
+    return cols
+
+
+def table_task_accuracy(results, spec: Spec, metric: str = "accuracy", sets: str = "all") -> ReportTable:
+    """Tables 1-2 (RQ1): `metric` (accuracy or f1_macro) of each paradigm's answer to each binary task;
+    `sets` = all | test | external picks the columns."""
+    title = TASK_METRICS[metric][1]
+    set_cols = task_set_columns(spec, sets)
     col = {(t, s): f"{t}: {s}" for t, s in set_cols}
-    out = []
-    for key, metric, title in (("table1_accuracy", "accuracy", "Table 1: accuracy (RQ1)"),
-                               ("table2_f1", "f1_macro", "Table 2: macro F1 (RQ1)")):
-        table = Table(title, [col[c] for c in set_cols],
-                      note="Each task on the images of its two classes; external sets as named in the spec. "
-                           "Efficiency-centric: positive iff the argmax over all classes is the task's positive "
-                           "class; 'restricted' compares only the task's two classes; multi-task: the task's sigmoid "
-                           "head > 0.5; task-centric: each task's own 2-class model.")
-        if "uni" in results:
-            table.add(UNI, {col[(t, s)]: values(results, "uni", "tasks", t, "sets", s, metric) for t, s in set_cols})
-            table.add(f"{UNI}, restricted to the task's 2 classes",
-                      {col[(t, s)]: values(results, "uni", "tasks", t, "sets", s, "restricted", metric)
-                       for t, s in set_cols})
-        if "multi" in results:
-            table.add(MULTI, {col[(t, s)]: values(results, "multi", "tasks", t, "sets", s, metric) for t, s in set_cols})
-        if task_runs:
-            table.add(TASK, {col[(t, s)]: values(results, f"task_{t}", "tasks", t, "sets", s, metric)
-                             for t, s in set_cols})
-        missing = sorted({f"{display(run)}, task {t}: {e['missing']}" for run, trials in results.items()
-                          for m, _ in trials.values() for t, e in m["tasks"].items() if "missing" in e})
-        if missing:
-            table.note += " Missing cells: " + "; ".join(missing) + "."
-        out.append((key, table))
+    table = ReportTable(title + SET_COLUMNS[sets], [col[c] for c in set_cols],
+                        note="Each task on the images of its two classes; external sets as named in the spec. "
+                             "Efficiency-centric: positive iff the argmax over all classes is the task's positive "
+                             "class; 'restricted' compares only the task's two classes; multi-task: the task's "
+                             "sigmoid head > 0.5; task-centric: each task's own 2-class model.")
 
-    t3 = Table("Table 3: one-class recognition AUROC (RQ2)", [f"{t} ({spec.tasks[t][1]})" for t in tasks],
-               note="Inside the test split: the task's positive class against every other class, scored by "
-                    "the class's probability (efficiency-centric: softmax over all classes; task-centric: its "
-                    "2-class softmax; multi-task: the class's sigmoid head).")
-    for run, name in (("uni", UNI), ("multi", MULTI)):
-        if run in results:
-            t3.add(name, {f"{t} ({spec.tasks[t][1]})": values(results, run, "tasks", t, "one_class", "auroc")
-                          for t in tasks})
-    if task_runs:
-        t3.add(TASK, {f"{t} ({spec.tasks[t][1]})": values(results, f"task_{t}", "tasks", t, "one_class", "auroc")
-                      for t in tasks})
-    out.append(("table3_one_class_auroc", t3))
+    def cells(run_of, *keys):
+        return {col[(t, s)]: values(results, run_of(t), "tasks", t, "sets", s, *keys, metric) for t, s in set_cols}
 
-    oods = list(spec.ood)
-    if oods:
-        cols = [f"{o} {k}" for o in oods for k in ("AUROC", "FPR@95")]
-        t4 = Table("Table 4: irrelevant-sample rejection (RQ2)", cols,
-                   lower_is_better={f"{o} FPR@95" for o in oods},
-                   note="In-distribution: the whole test split (positive) against each OOD set. Score: the "
-                        "paper's per paradigm (max logit; multi-task: KL divergence of its heads to uniform). "
-                        "Every scorer with AUPR: table4_rejection_scorers.csv.")
-        t4b = Table("Table 4b: rejection AUROC by OOD score", [f"{o} AUROC" for o in oods],
-                    note="kl_uniform = sum over heads of KL(head distribution || uniform); for the multi-task model "
-                         "max_logit / energy are over the concatenated head logits and max_softmax over each "
-                         "head's own probabilities.")
-        for run in results:
-            scorer = paper_scorer(results[run][next(iter(results[run]))][0]["paradigm"])
-            cells = {}
-            for o in oods:
-                cells[f"{o} AUROC"] = values(results, run, "rejection", o, scorer, "auroc")
-                cells[f"{o} FPR@95"] = values(results, run, "rejection", o, scorer, "fpr95")
-            t4.add(f"{display(run)} [{scorer}]", cells)
-            for s in ("max_logit", "max_softmax", "energy", "kl_uniform"):
-                t4b.add(f"{display(run)} [{s}]", {f"{o} AUROC": values(results, run, "rejection", o, s, "auroc")
-                                                  for o in oods})
-        out += [("table4_rejection", t4), ("table4_rejection_scorers", t4b)]
+    if "uni" in results:
+        table.add(UNI, cells(lambda t: "uni"))
+        table.add(f"{UNI}, restricted to the task's 2 classes", cells(lambda t: "uni", "restricted"))
+    if "multi" in results:
+        table.add(MULTI, cells(lambda t: "multi"))
+    if task_runs(results, spec):
+        table.add(TASK, cells(lambda t: task_run(spec, t)))
+    missing = sorted({f"{display(run)}, task {t}: {e['missing']}" for run, trials in results.items()
+                      for m, _ in trials.values() for t, e in m["tasks"].items() if "missing" in e})
+    if missing:
+        table.note += " Missing cells: " + "; ".join(missing) + "."
+    return table
 
-    for name, mset in spec.multilabel.items():
-        labels = list(mset.labels)
-        cols = ["all labels in top-2", *[f"{l} top-1" for l in labels], *[f"{l} in top-2" for l in labels]]
-        t5 = Table(f"Table 5: multi-label set '{name}' ({' + '.join(labels)}), top-2 (RQ3)", cols, no_bold=set(),
-                   note="Share of images. Efficiency-centric: top-2 of the softmax over all classes; multi-task: "
-                        "classes ranked by sigmoid (binary heads), softmax (other head) and prod(1 - sigmoid) "
-                        "(the negative class); task-centric: a label is found when its task's model says positive "
-                        "(the union of the task tables; 'in top-2' = found), a label without a task is never found.")
-        for run, disp in (("uni", UNI), ("multi", MULTI)):
-            if run in results:
-                cells = {"all labels in top-2": values(results, run, "multilabel", name, "all_in_topk")}
-                for l in labels:
-                    cells[f"{l} top-1"] = values(results, run, "multilabel", name, "top1", l)
-                    cells[f"{l} in top-2"] = values(results, run, "multilabel", name, "topk", l)
-                t5.add(disp, cells)
-        union = task_union(results, spec, name, labels)
-        if union:
-            t5.add(f"{TASK} (union of task tables)",
-                   {"all labels in top-2": [u["all"] for u in union],
-                    **{f"{l} in top-2": [u[l] for u in union] for l in labels}})
-        out.append((f"table5_top2_{name}", t5))
 
-    t6 = Table("Table 6: calibration on the test split", ["ECE (15 bins)", "accuracy", "mean confidence"],
-               lower_is_better={"ECE (15 bins)"}, no_bold={"mean confidence"},
-               note="Decisions: efficiency-centric one per image over all classes; task-centric one per image "
-                    "of its two classes; multi-task one per labelled (image, head) pair (binary head confidence "
-                    "max(p, 1-p)). Diagram: reliability.png.")
+def table_one_class(results, spec: Spec) -> ReportTable:
+    """Table 3 (RQ2): AUROC of each task's positive class against every other test image."""
+    col = {t: f"{t} ({spec.tasks[t][1]})" for t in spec.tasks}
+    table = ReportTable("Table 3: one-class recognition AUROC (RQ2)", list(col.values()),
+                        note="Inside the test split: the task's positive class against every other class, scored "
+                             "by the class's probability (efficiency-centric: softmax over all classes; "
+                             "task-centric: its 2-class softmax; multi-task: the class's sigmoid head).")
+    rows = [(run, name) for run, name in (("uni", UNI), ("multi", MULTI)) if run in results]
+    for run, name in rows:
+        table.add(name, {c: values(results, run, "tasks", t, "one_class", "auroc") for t, c in col.items()})
+    if task_runs(results, spec):
+        table.add(TASK, {c: values(results, task_run(spec, t), "tasks", t, "one_class", "auroc") for t, c in col.items()})
+    return table
+
+
+def table_rejection(results, spec: Spec) -> ReportTable:
+    """Table 4 (RQ2): AUROC and FPR at 95 % TPR of the test split against each OOD set, by each run's
+    paper scorer."""
+    table = ReportTable("Table 4: irrelevant-sample rejection (RQ2)",
+                        [f"{o} {k}" for o in spec.ood for k in ("AUROC", "FPR@95")],
+                        lower_is_better={f"{o} FPR@95" for o in spec.ood},
+                        note="In-distribution: the whole test split (positive) against each OOD set. Score: the "
+                             "paper's per paradigm (max logit; multi-task: KL divergence of its heads to uniform). "
+                             "Every scorer with AUPR: table4_rejection_scorers.csv.")
     for run in results:
-        t6.add(display(run), {"ECE (15 bins)": values(results, run, "calibration", "ece"),
-                              "accuracy": values(results, run, "calibration", "accuracy"),
-                              "mean confidence": values(results, run, "calibration", "mean_confidence")})
-    out.append(("table6_calibration", t6))
-    return out
+        scorer = run_paper_scorer(results, run)
+        table.add(f"{display(run)} [{scorer}]",
+                  {f"{o} {k}": values(results, run, "rejection", o, scorer, metric)
+                   for o in spec.ood for k, metric in (("AUROC", "auroc"), ("FPR@95", "fpr95"))})
+    return table
+
+
+def table_rejection_by_scorer(results, spec: Spec) -> ReportTable:
+    """Table 4b: rejection AUROC of every run under every OOD score."""
+    table = ReportTable("Table 4b: rejection AUROC by OOD score", [f"{o} AUROC" for o in spec.ood],
+                        note="kl_uniform = sum over heads of KL(head distribution || uniform); for the multi-task "
+                             "model max_logit / energy are over the concatenated head logits and max_softmax over "
+                             "each head's own probabilities.")
+    for run in results:
+        for s in ("max_logit", "max_softmax", "energy", "kl_uniform"):
+            table.add(f"{display(run)} [{s}]", {f"{o} AUROC": values(results, run, "rejection", o, s, "auroc")
+                                                for o in spec.ood})
+    return table
+
+
+def table_top2(results, spec: Spec, name: str) -> ReportTable:
+    """Table 5 (RQ3): on multi-label set `name`, how often each label (and all of them) is in the top-2."""
+    labels = list(spec.multilabel[name].labels)
+    table = ReportTable(f"Table 5: multi-label set '{name}' ({' + '.join(labels)}), top-2 (RQ3)",
+                        ["all labels in top-2", *[f"{l} top-1" for l in labels], *[f"{l} in top-2" for l in labels]],
+                        no_bold=set(),
+                        note="Share of images. Efficiency-centric: top-2 of the softmax over all classes; multi-task: "
+                             "classes ranked by sigmoid (binary heads), softmax (other head) and prod(1 - sigmoid) "
+                             "(the negative class); task-centric: a label is found when its task's model says "
+                             "positive (the union of the task tables; 'in top-2' = found), a label without a task "
+                             "is never found.")
+    for run, disp in (("uni", UNI), ("multi", MULTI)):
+        if run in results:
+            cells = {"all labels in top-2": values(results, run, "multilabel", name, "all_in_topk")}
+            for l in labels:
+                cells[f"{l} top-1"] = values(results, run, "multilabel", name, "top1", l)
+                cells[f"{l} in top-2"] = values(results, run, "multilabel", name, "topk", l)
+            table.add(disp, cells)
+    union = task_union(results, spec, name, labels)
+    if union:
+        table.add(f"{TASK} (union of task tables)",
+                  {"all labels in top-2": [u["all"] for u in union],
+                   **{f"{l} in top-2": [u[l] for u in union] for l in labels}})
+    return table
+
+
+def table_calibration(results) -> ReportTable:
+    """Table 6: ECE (15 bins), accuracy and mean confidence of each run's own decisions on the test split."""
+    table = ReportTable("Table 6: calibration on the test split", ["ECE (15 bins)", "accuracy", "mean confidence"],
+                        lower_is_better={"ECE (15 bins)"}, no_bold={"mean confidence"},
+                        note="Decisions: efficiency-centric one per image over all classes; task-centric one per "
+                             "image of its two classes; multi-task one per labelled (image, head) pair (binary head "
+                             "confidence max(p, 1-p)). Diagram: reliability.png.")
+    for run in results:
+        table.add(display(run), {"ECE (15 bins)": values(results, run, "calibration", "ece"),
+                                 "accuracy": values(results, run, "calibration", "accuracy"),
+                                 "mean confidence": values(results, run, "calibration", "mean_confidence")})
+    return table
+
+
+def task_run(spec: Spec, task: str) -> str:
+    """The run folder of the task-centric model of `task`."""
+    return build_paradigm("task", spec, task).run_name
+
+
+def task_runs(results, spec: Spec) -> list[str]:
+    return [task_run(spec, t) for t in spec.tasks if task_run(spec, t) in results]
+
+
+def run_paper_scorer(results, run: str) -> str:
+    """The OOD score the paper uses for this run's paradigm (as recorded in its first trial's metrics)."""
+    return first_trial(results, run)[0]["rejection"]["paper_scorer"]
+
+
+def first_trial(results, run: str) -> tuple[dict, dict]:
+    return next(iter(results[run].values()))
 
 
 def task_union(results, spec: Spec, name: str, labels: list[str]) -> list[dict]:
     """Per trial name present in every task run: share of images where each label's task model says
     positive, and where all labels are found."""
-    runs = [f"task_{t}" for t in spec.tasks if f"task_{t}" in results]
+    runs = task_runs(results, spec)
     if not runs:
         return []
     trials = sorted(set.intersection(*[set(results[r]) for r in runs]))
@@ -248,113 +311,26 @@ def measure_efficiency(first_models, spec: Spec, device, n_images: int, batch_si
         systems[UNI] = [first_models["uni"]]
     if "multi" in first_models:
         systems[MULTI] = [first_models["multi"]]
-    task_runs = [f"task_{t}" for t in spec.tasks]
-    if spec.tasks and all(r in first_models for r in task_runs):
-        systems[f"{TASK} ({len(task_runs)} models)"] = [first_models[r] for r in task_runs]
+    task_models = [task_run(spec, t) for t in spec.tasks]
+    if spec.tasks and all(r in first_models for r in task_models):
+        systems[f"{TASK} ({len(task_models)} models)"] = [first_models[r] for r in task_models]
     if not systems:
         return None
     samples = spec.split_samples("test")
     step = max(1, len(samples) // max(n_images, 1))
     paths = [p for p, _ in samples[::step][:n_images]]
-    measured = efficiency.measure({k: [(m, ck["args"]["crop"]) for m, _, ck in v] for k, v in systems.items()},
+    measured = efficiency.measure({k: [(ck.model, (ck.resize, ck.crop)) for ck in v] for k, v in systems.items()},
                                   paths, batch_size=min(batch_size, 16), device=device)
-    table = Table("Table 7: efficiency — serving every task", ["models", "forward passes per image", "parameters (M)",
-                                                              "inference ms per image"],
-                  lower_is_better={"models", "forward passes per image", "parameters (M)", "inference ms per image"},
-                  column_digits={"models": 0, "forward passes per image": 0, "parameters (M)": 2,
-                                 "inference ms per image": 2},
-                  note=f"Measured in one run on the same {len(paths)} test images on {device} (batch "
-                       f"{min(batch_size, 16)}, best of 2 after a warm-up batch), first trial of each run. "
-                       f"Tasks served: {', '.join(spec.tasks)}.")
+    table = ReportTable("Table 7: efficiency — serving every task",
+                        ["models", "forward passes per image", "parameters (M)", "inference ms per image"],
+                        lower_is_better={"models", "forward passes per image", "parameters (M)",
+                                         "inference ms per image"},
+                        column_digits={"models": 0, "forward passes per image": 0, "parameters (M)": 2,
+                                       "inference ms per image": 2},
+                        note=f"Measured in one run on the same {len(paths)} test images on {device} (batch "
+                             f"{min(batch_size, 16)}, best of 2 after a warm-up batch), first trial of each run. "
+                             f"Tasks served: {', '.join(spec.tasks)}.")
     for name, m in measured.items():
         table.add(name, {"models": [m["models"]], "forward passes per image": [m["forward_passes_per_image"]],
                          "parameters (M)": [m["params"] / 1e6], "inference ms per image": [m["ms_per_image"]]})
     return ("table7_efficiency", table)
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save(fig, path: Path) -> Path:
-    plt = _plt()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_top2(results, spec: Spec, out: Path):
-    if not spec.multilabel:
-        return None
-    plt = _plt()
-    sets = list(spec.multilabel.items())
-    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4), squeeze=False)
-    for ax, (name, mset) in zip(axes[0], sets):
-        labels = list(mset.labels)
-        groups = [*[f"{l} in top-2" for l in labels], "all labels"]
-        bars = {}
-        for run, disp in (("uni", UNI), ("multi", MULTI)):
-            if run in results:
-                bars[disp] = [mean_std(values(results, run, "multilabel", name, "topk", l))[0] for l in labels] + \
-                             [mean_std(values(results, run, "multilabel", name, "all_in_topk"))[0]]
-        union = task_union(results, spec, name, labels)
-        if union:
-            bars[TASK] = [mean_std([u[l] for u in union])[0] for l in labels] + [mean_std([u["all"] for u in union])[0]]
-        width = 0.8 / max(len(bars), 1)
-        for i, (disp, ys) in enumerate(bars.items()):
-            ax.bar(np.arange(len(groups)) + i * width, np.nan_to_num(ys), width, label=disp)
-        ax.set_xticks(np.arange(len(groups)) + width * (len(bars) - 1) / 2, groups)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("share of images")
-        ax.set_title(f"{name}: {' + '.join(labels)}")
-        ax.legend(fontsize=8)
-    return save(fig, out / "top2.png")
-
-
-def plot_roc(results, spec: Spec, out: Path):
-    if not spec.ood:
-        return None
-    from sklearn.metrics import roc_curve
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(spec.ood), figsize=(5 * len(spec.ood), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], spec.ood):
-        for run, trials in results.items():
-            m, raw = trials[next(iter(trials))]
-            scorer = paper_scorer(m["paradigm"])
-            id_s, ood_s = raw["rejection"][name][scorer]
-            y = np.r_[np.ones(len(id_s)), np.zeros(len(ood_s))]
-            fpr, tpr, _ = roc_curve(y, np.r_[id_s, ood_s])
-            ax.plot(fpr, tpr, label=f"{display(run)} [{scorer}] {m['rejection'][name][scorer]['auroc']:.3f}")
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.set_xlabel("false-positive rate (OOD accepted)")
-        ax.set_ylabel("true-positive rate (test images accepted)")
-        ax.set_title(f"rejection: test split v {name} (first trial)")
-        ax.legend(fontsize=7, loc="lower right")
-    return save(fig, out / "roc.png")
-
-
-def plot_reliability(results, out: Path):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect calibration")
-    for run, trials in results.items():
-        conf = np.concatenate([raw["calibration"][0] for _, raw in trials.values()])
-        corr = np.concatenate([raw["calibration"][1] for _, raw in trials.values()])
-        if conf.size == 0:
-            continue
-        r = reliability(conf, corr, 15)
-        keep = [i for i, c in enumerate(r["count"]) if c > 0]
-        ece = mean_std(values(results, run, "calibration", "ece"))[0]
-        ax.plot([r["conf"][i] for i in keep], [r["acc"][i] for i in keep], "o-", ms=3,
-                label=f"{display(run)} (ECE {ece:.3f})")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title("reliability on the test split (15 bins, all trials)")
-    ax.legend(fontsize=7)
-    return save(fig, out / "reliability.png")

@@ -1,4 +1,6 @@
-"""Tables of mean ± std over trials: Markdown (best per column in bold) and CSV."""
+"""Tables of mean ± std over trials: Markdown (best per column in bold) and CSV.
+
+A notebook shows a ReportTable by displaying it (`_repr_markdown_`: title, table, note)."""
 from __future__ import annotations
 
 import csv
@@ -24,7 +26,7 @@ def fmt(values, digits: int = 3) -> str:
 
 
 @dataclass
-class Table:
+class ReportTable:
     title: str
     columns: list[str]
     rows: list[tuple[str, dict[str, list[float]]]] = field(default_factory=list)  # name -> column -> per-trial values
@@ -60,6 +62,9 @@ class Table:
                 parts.append(text)
             lines.append(f"| {name} | {' | '.join(parts)} |")
         return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return "\n\n".join(part for part in (f"### {self.title}", self.markdown(), self.note) if part)
 
     def write_csv(self, path: Path) -> None:
         with open(path, "w", newline="") as f:

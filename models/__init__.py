@@ -10,25 +10,5 @@ def build_model(backbone: str, paradigm: Paradigm, pretrained: str = "none",
     return PMG(build_backbone(backbone, pretrained), paradigm.head_sizes, branch_mid, branch_out, hidden)
 
 
-def model_from_checkpoint(ckpt: dict, spec, path="checkpoint"):
-    """(model in eval mode, paradigm) rebuilt from a train.py checkpoint without pretrained weights.
-
-    `spec` is the dataset's Spec (evaluation) or the one stored in the checkpoint (serving)."""
-    from utils import CheckpointError
-    try:
-        paradigm = build_paradigm(ckpt["paradigm"], spec, ckpt.get("task"))
-    except Exception as e:
-        raise CheckpointError(f"{path}: paradigm {ckpt.get('paradigm')} {ckpt.get('task') or ''} cannot be "
-                              f"built from {spec.file}: {e}") from None
-    a = ckpt["args"]
-    model = build_model(a["backbone"], paradigm, "none", a["branch_mid"], a["branch_out"], a["hidden"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit {a['backbone']} with these heads "
-                              f"({str(e).splitlines()[0]})") from None
-    return model.eval(), paradigm
-
-
 __all__ = ["BACKBONES", "CONCAT", "PARADIGMS", "PMG", "Paradigm", "build_backbone", "build_model",
-           "build_paradigm", "model_from_checkpoint"]
+           "build_paradigm"]

@@ -1,13 +1,25 @@
-"""The three paradigms of the paper as values: which classes a model trains on and its heads.
+"""The three paradigms of the paper as values: which classes a model trains on, its heads, and how
+its heads answer each question the evaluation and the pipeline ask.
 
 - uni   (efficiency-centric): one softmax head over every class of the spec;
 - task  (task-centric): one 2-class softmax head over one task's [negative, positive];
 - multi (multi-task): one sigmoid head per binary head of the spec (<class> v <negative>) plus
   one softmax head over the remaining classes; loss = sum of the heads' losses.
 
-A target is one integer per head, -1 where the image says nothing about that head (a Dashboard
+A target is one integer per head, IGNORE where the image says nothing about that head (a Dashboard
 photo for the Defect-v-Normal head). Every head's loss is a mean over its labelled images and 0
 when a batch has none, so no batch gives NaN.
+
+Every rule dispatches on the kind of head, never on the paradigm's name:
+- a binary task (negative, positive) is answered by the binary head whose positive class it is
+  (positive iff logit > 0), else by a softmax head holding both classes (positive iff the argmax
+  over the whole head is the positive class: the authors' rule, so a Normal-v-Defect image
+  predicted as Dirt counts as "not defect"; `restricted=True` compares the two classes' logits);
+- a class's one-class score is its binary head's sigmoid, else its softmax probability;
+- labels are ranked by one score per class: a softmax head's probabilities, a binary head's
+  sigmoid for its positive class, and for the binary heads' shared negative class the probability
+  that none of them fires (heads taken as independent);
+- calibration takes one decision per labelled (image, head) pair (binary: max(p, 1-p)).
 """
 from __future__ import annotations
 
@@ -19,6 +31,11 @@ import torch.nn.functional as F
 from data.spec import Spec, SpecError
 
 IGNORE = -1
+TITLES = {"uni": "efficiency-centric", "task": "task-centric", "multi": "multi-task"}
+
+
+class NoAnswer(ValueError):
+    """This model has no output for this question (e.g. no multi-task head for a task)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +47,10 @@ class Head:
     @property
     def size(self) -> int:
         return 1 if self.kind == "binary" else len(self.classes)
+
+    @property
+    def positive(self) -> str | None:
+        return self.classes[1] if self.kind == "binary" else None
 
     def target(self, cls: str) -> int:
         # binary: negative -> 0, positive -> 1; softmax: the class index
@@ -47,17 +68,32 @@ class Head:
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return (logits[:, 0] > 0).long() if self.kind == "binary" else logits.argmax(1)
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """sigmoid of a binary head's logit (N, 1); softmax over a softmax head's classes."""
+        return torch.sigmoid(logits) if self.kind == "binary" else logits.softmax(1)
+
+    def confidence(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probability of the head's own decision: max(p, 1-p) for binary, max softmax otherwise."""
+        p = self.probabilities(logits)
+        return torch.maximum(p[:, 0], 1 - p[:, 0]) if self.kind == "binary" else p.max(1).values
+
 
 @dataclass(frozen=True)
 class Paradigm:
     name: str
-    task: str | None
+    task: str | None  # set for a task-centric model: it answers this one task only
     classes: tuple[str, ...]  # the dataset classes this model trains and validates on
     heads: tuple[Head, ...]
+    paper_scorer: str  # the paper's OOD score for this design (a key of models.scores.SCORERS)
 
     @property
     def run_name(self) -> str:
         return f"{self.name}_{self.task}" if self.task else self.name
+
+    @property
+    def label(self) -> str:
+        """The design's name in reports: 'efficiency-centric', 'task-centric (defect)'."""
+        return run_label(self.run_name)
 
     @property
     def head_sizes(self) -> dict[str, int]:
@@ -67,6 +103,7 @@ class Paradigm:
         return [h.target(cls) for h in self.heads]
 
     def split(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The concatenated logits cut into one block per head (the only place that slices them)."""
         return dict(zip((h.name for h in self.heads), logits.split([h.size for h in self.heads], 1)))
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -83,10 +120,113 @@ class Paradigm:
             seen.append(keep.sum())
         return torch.stack(right), torch.stack(seen)
 
+    # --- the questions of the evaluation and the pipeline --------------------------------------
+    def tasks(self, all_tasks) -> list[str]:
+        """The tasks this model answers: its own for a task-centric model, every task otherwise."""
+        return [self.task] if self.task else list(all_tasks)
+
+    def _binary_head(self, cls: str) -> Head | None:
+        return next((h for h in self.heads if h.kind == "binary" and h.positive == cls), None)
+
+    def _task_head(self, task: tuple[str, str]) -> Head:
+        neg, pos = task
+        head = self._binary_head(pos) or next(
+            (h for h in self.heads if h.kind == "softmax" and neg in h.classes and pos in h.classes), None)
+        if head is None:
+            raise NoAnswer(f"the {self.label} model has no head for task {tuple(task)}: no binary head for "
+                           f"'{pos}' and no softmax head over both classes (heads: {[h.name for h in self.heads]})")
+        return head
+
+    def has_restricted_rule(self, task: tuple[str, str]) -> bool:
+        """Whether `restricted=True` differs from the plain rule: a softmax head with other classes."""
+        head = self._task_head(task)
+        return head.kind == "softmax" and len(head.classes) > 2
+
+    def task_positive(self, logits: torch.Tensor, task: tuple[str, str], restricted: bool = False) -> torch.Tensor:
+        """Bool (N,): does the model say the task's positive class? (rules in the module doc)"""
+        neg, pos = task
+        head = self._task_head(task)
+        z = self.split(logits)[head.name]
+        if head.kind == "binary":
+            return z[:, 0] > 0
+        i, j = head.classes.index(neg), head.classes.index(pos)
+        return z[:, j] > z[:, i] if restricted else z.argmax(1) == j
+
+    def class_score(self, logits: torch.Tensor, cls: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probability, logit) per image that the image is `cls`."""
+        head = self._binary_head(cls) or next((h for h in self.heads if h.kind == "softmax" and cls in h.classes),
+                                              None)
+        if head is None:
+            raise NoAnswer(f"the {self.label} model has no binary head for '{cls}' and no softmax head with it "
+                           f"(heads: {[h.name for h in self.heads]})")
+        z = self.split(logits)[head.name]
+        j = 0 if head.kind == "binary" else head.classes.index(cls)
+        return head.probabilities(z)[:, j], z[:, j]
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels this model ranks (the columns of `label_scores`)."""
+        names = []
+        for h in self.heads:
+            names += [h.positive] if h.kind == "binary" else list(h.classes)
+        negative = next((h.classes[0] for h in self.heads if h.kind == "binary"), None)
+        return names + ([negative] if negative and negative not in names else [])
+
+    def label_scores(self, logits: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """(self.labels, one score per label (N, K)) for ranking labels (module doc)."""
+        cols, none_fires = [], torch.ones(len(logits), 1)
+        for h, z in zip(self.heads, self.split(logits).values()):
+            p = h.probabilities(z)
+            if h.kind == "binary":
+                none_fires = none_fires * (1 - p)
+            cols.append(p)
+        names = self.labels
+        if len(names) > sum(c.shape[1] for c in cols):  # the binary heads' shared negative class
+            cols.append(none_fires)
+        return names, torch.cat(cols, 1)
+
+    def rank_labels(self, logits: torch.Tensor) -> list[list[str]]:
+        names, scores = self.label_scores(logits)
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+        return [[names[j] for j in row] for row in order.tolist()]
+
+    def top_labels(self, logits: torch.Tensor, k: int = 2) -> tuple[list[list[str]], torch.Tensor]:
+        """The k best labels per image and their scores (the prediction table's top-2)."""
+        names, scores = self.label_scores(logits)
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        return [[names[j] for j in row] for row in top.indices.tolist()], top.values
+
+    def decisions(self, logits: torch.Tensor, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(confidence, correct) of every prediction on images with these class labels (module doc)."""
+        conf, corr = [], []
+        for h, z in zip(self.heads, self.split(logits).values()):
+            target = torch.tensor([h.target(c) for c in labels], dtype=torch.long)
+            keep = target != IGNORE
+            if keep.any():
+                conf.append(h.confidence(z[keep]))
+                corr.append(h.predict(z[keep]) == target[keep])
+        if not conf:
+            return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+        return torch.cat(conf), torch.cat(corr)
+
+
+def parse_run_name(run: str) -> tuple[str, str | None]:
+    """(paradigm name, task) of a run folder name: the inverse of `Paradigm.run_name`."""
+    name, _, task = run.partition("_")
+    if name not in PARADIGMS or bool(task) != (name == "task"):
+        raise ValueError(f"'{run}' is not a run name (uni, multi or task_<task>)")
+    return name, task or None
+
+
+def run_label(run: str) -> str:
+    """'efficiency-centric', 'multi-task', 'task-centric (defect)' for a run name."""
+    name, task = parse_run_name(run)
+    return f"{TITLES[name]} ({task})" if task else TITLES[name]
+
 
 def uni(spec: Spec, task: str | None) -> Paradigm:
     classes = tuple(spec.class_names)
-    return Paradigm("uni", None, classes, (Head("classes", "softmax", classes),))
+    return Paradigm("uni", None, classes, (Head("classes", "softmax", classes),), "max_logit")
 
 
 def task_centric(spec: Spec, task: str | None) -> Paradigm:
@@ -94,7 +234,7 @@ def task_centric(spec: Spec, task: str | None) -> Paradigm:
         raise SpecError(f"{spec.file}: paradigm 'task' needs --task, one of "
                         f"{', '.join(spec.tasks) or '(none: add tasks: to the spec)'}; got '{task}'")
     pair = tuple(spec.tasks[task])
-    return Paradigm("task", task, pair, (Head(task, "softmax", pair),))
+    return Paradigm("task", task, pair, (Head(task, "softmax", pair),), "max_logit")
 
 
 def multi(spec: Spec, task: str | None) -> Paradigm:
@@ -105,7 +245,8 @@ def multi(spec: Spec, task: str | None) -> Paradigm:
     heads = [Head(c, "binary", (mt["negative"], c)) for c in mt["binary"]]
     if mt["softmax"]:
         heads.append(Head("others", "softmax", tuple(mt["softmax"])))
-    return Paradigm("multi", None, tuple(spec.class_names), tuple(heads))
+    # The paper scores the multi-task model by KL divergence of its heads from uniform.
+    return Paradigm("multi", None, tuple(spec.class_names), tuple(heads), "kl_uniform")
 
 
 PARADIGMS = {"uni": uni, "task": task_centric, "multi": multi}
@@ -115,3 +256,11 @@ def build_paradigm(name: str, spec: Spec, task: str | None = None) -> Paradigm:
     if name not in PARADIGMS:
         raise ValueError(f"unknown paradigm '{name}'; choose one of {', '.join(PARADIGMS)}")
     return PARADIGMS[name](spec, task if name == "task" else None)
+
+
+def spec_paradigms(spec: Spec) -> list[Paradigm]:
+    """Every model the spec can train: uni, multi (when it has a multitask section), one task model per task."""
+    out = [uni(spec, None)]
+    if spec.multitask:
+        out.append(multi(spec, None))
+    return out + [task_centric(spec, t) for t in spec.tasks]

@@ -5,32 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from PIL import Image
 
-from data.spec import parse_spec
 from evaluation import metrics
-from evaluation.scores import SCORERS, all_scores, kl_to_uniform
-from evaluation.tasks import NoAnswer, class_score, decisions, label_scores, rank_labels, task_positive
 from models import build_paradigm
-from tests.conftest import TINY_TRAIN, run_cli
-from utils import CheckpointError
-
-SPEC = {"name": "toy", "classes": {c: c for c in ("normal", "defect", "dirt", "bubble_wash", "seat", "dashboard")},
-        "splits": {"train": "train"}, "tasks": {"defect": ["normal", "defect"], "dirt": ["normal", "dirt"],
-                                                "seat": ["normal", "seat"]},
-        "multitask": {"negative": "normal", "binary": ["defect", "dirt", "bubble_wash"]}}
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return parse_spec(SPEC, Path("/nonexistent/toy"))
+from models.checkpoint import CheckpointError
+from models.paradigms import NoAnswer
+from models.scores import SCORERS, all_scores, kl_uniform
+from tests.builders import make_dataset
+from tests.conftest import run_cli
 
 
 # ---------------------------------------------------------------- metrics
@@ -89,16 +75,16 @@ def test_scorers_on_known_logits():
 
 
 def test_kl_to_uniform_multi(toy):
-    heads = build_paradigm("multi", toy).heads  # defect, dirt, bubble_wash (binary) + others (seat, dashboard)
+    heads = build_paradigm("multi", toy)  # defect, dirt, bubble_wash (binary) + others (seat, dashboard)
     uniform = torch.zeros(2, 5)  # sigmoid(0) = 0.5 on each binary head, equal logits on the softmax head
-    assert kl_to_uniform(uniform, heads).tolist() == pytest.approx([0.0, 0.0], abs=1e-7)
+    assert kl_uniform(uniform, heads).tolist() == pytest.approx([0.0, 0.0], abs=1e-7)
     confident = torch.tensor([[30.0, -30.0, -30.0, 30.0, -30.0]])
-    kl = kl_to_uniform(confident, heads)
+    kl = kl_uniform(confident, heads)
     assert kl.shape == (1,)  # one score per image, summed over heads
     assert kl.item() == pytest.approx(4 * math.log(2), rel=1e-4)  # 3 x log 2 (binary) + log 2 (K = 2)
     one_head = torch.tensor([[math.log(3.0), 0, 0, 0, 0]])  # p = 0.75 on the defect head only
     expected = 0.75 * math.log(0.75) + 0.25 * math.log(0.25) + math.log(2)
-    assert kl_to_uniform(one_head, heads).item() == pytest.approx(expected, rel=1e-5)
+    assert kl_uniform(one_head, heads).item() == pytest.approx(expected, rel=1e-5)
     scores = all_scores(confident, heads)
     assert set(scores) == {"max_logit", "max_softmax", "energy", "kl_uniform"}
     assert scores["max_softmax"].item() == pytest.approx(1.0, abs=1e-6)
@@ -111,73 +97,59 @@ def test_binary_task_rule_per_paradigm(toy):
     z = torch.tensor([[0.0, 1.0, 3.0, 0, 0, 0],    # argmax dirt; defect > normal
                       [0.0, 2.0, 1.0, 0, 0, 0],    # argmax defect
                       [1.0, 0.5, 0.0, 0, 0, 2.0]])  # argmax dashboard; normal > defect
-    assert task_positive(uni, z, ("normal", "defect")).tolist() == [False, True, False]
-    assert task_positive(uni, z, ("normal", "defect"), restricted=True).tolist() == [True, True, False]
+    assert uni.task_positive(z, ("normal", "defect")).tolist() == [False, True, False]
+    assert uni.task_positive(z, ("normal", "defect"), restricted=True).tolist() == [True, True, False]
     task = build_paradigm("task", toy, "defect")
-    assert task_positive(task, torch.tensor([[0.0, 1.0], [2.0, 1.0]]), ("normal", "defect")).tolist() == [True, False]
+    assert task.task_positive(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), ("normal", "defect")).tolist() == [True, False]
     with pytest.raises(NoAnswer):
-        task_positive(task, torch.zeros(1, 2), ("normal", "dirt"))
+        task.task_positive(torch.zeros(1, 2), ("normal", "dirt"))
     multi = build_paradigm("multi", toy)  # defect, dirt, bubble_wash logits, then seat/dashboard
     zm = torch.tensor([[0.1, -2.0, 0, 0, 0], [-0.1, 3.0, 0, 0, 0]])
-    assert task_positive(multi, zm, ("normal", "defect")).tolist() == [True, False]
-    assert task_positive(multi, zm, ("normal", "dirt")).tolist() == [False, True]
+    assert multi.task_positive(zm, ("normal", "defect")).tolist() == [True, False]
+    assert multi.task_positive(zm, ("normal", "dirt")).tolist() == [False, True]
     with pytest.raises(NoAnswer, match="no binary head for 'seat'"):
-        task_positive(multi, zm, ("normal", "seat"))
-    prob, logit = class_score(multi, zm, "dirt")
+        multi.task_positive(zm, ("normal", "seat"))
+    prob, logit = multi.class_score(zm, "dirt")
     assert logit.tolist() == [-2.0, 3.0] and prob[1].item() == pytest.approx(1 / (1 + math.exp(-3)))
 
 
 def test_multi_label_ranking(toy):
     multi = build_paradigm("multi", toy)
     zm = torch.tensor([[math.log(9), math.log(4), -math.log(9), 0.0, 0.0]])  # p = 0.9, 0.8, 0.1; softmax 0.5/0.5
-    names, s = label_scores(multi, zm)
+    names, s = multi.label_scores(zm)
     assert names == ["defect", "dirt", "bubble_wash", "seat", "dashboard", "normal"]
     assert s[0].tolist() == pytest.approx([0.9, 0.8, 0.1, 0.5, 0.5, 0.1 * 0.2 * 0.9])
-    assert rank_labels(multi, zm)[0][:2] == ["defect", "dirt"]
+    assert multi.rank_labels(zm)[0][:2] == ["defect", "dirt"]
     uni = build_paradigm("uni", toy)
-    assert rank_labels(uni, torch.tensor([[0.0, 2.0, 1.0, 3.0, 0, 0]]))[0][:3] == ["bubble_wash", "defect", "dirt"]
+    assert uni.rank_labels(torch.tensor([[0.0, 2.0, 1.0, 3.0, 0, 0]]))[0][:3] == ["bubble_wash", "defect", "dirt"]
 
 
 def test_calibration_decisions_multi(toy):
     multi = build_paradigm("multi", toy)
     zm = torch.tensor([[2.0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0.0]])
-    conf, correct = decisions(multi, zm, ["defect", "seat"])
+    conf, correct = multi.decisions(zm, ["defect", "seat"])
     # defect image: labelled for the defect head only; seat image: for the softmax head only
     assert len(conf) == 2 and correct.tolist() == [True, True]
-    conf, correct = decisions(multi, zm, ["normal", "seat"])
+    conf, correct = multi.decisions(zm, ["normal", "seat"])
     # normal image is the negative of all three binary heads
     assert len(conf) == 4 and correct.tolist() == [False, True, True, True]
 
 
 # ---------------------------------------------------------------- checkpoints and the CLI
 
-def make_dataset(root: Path, classes=("cat", "dog", "bird")) -> Path:
-    """A tiny dataset with another spec (other classes), for the mismatch test."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val", "test"):
-        for k, c in enumerate(classes):
-            (root / split / c).mkdir(parents=True)
-            for i in range(2):
-                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
-    spec = {"name": "other", "classes": {c: c for c in classes},
-            "splits": {"train": "train", "val": "val", "test": "test"}, "tasks": {"dog": ["cat", "dog"]}}
-    (root / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    return root
+# Another dataset (other classes), for the mismatch test.
+OTHER = {"name": "other", "classes": {c: c for c in ("cat", "dog", "bird")},
+         "splits": {"train": "train", "val": "val", "test": "test"}, "tasks": {"dog": ["cat", "dog"]}}
 
 
-@pytest.fixture(scope="module")
-def eval_data(request):
-    return request.getfixturevalue("tiny_data")
-
-
-def test_run_one_checkpoint_and_cache(eval_data, artifacts, tmp_path):
+def test_run_one_checkpoint_and_cache(tiny_data, artifacts, tmp_path):
     import evaluate
     ckpt = artifacts / "multi" / "exp1" / "best.pt"
-    argv = ["run", "--checkpoint", str(ckpt), "--data", str(eval_data), "--out", str(tmp_path), "--device", "cpu",
+    argv = ["run", "--checkpoint", str(ckpt), "--data", str(tiny_data), "--out", str(tmp_path), "--device", "cpu",
             "--no-progress", "--workers", "0"]
     m = json.loads(evaluate.main(argv).read_text())
     from data.spec import load_spec
-    spec = load_spec(eval_data)
+    spec = load_spec(tiny_data)
     assert m["paradigm"] == "multi" and m["rejection"]["paper_scorer"] == "kl_uniform"
     assert set(m["tasks"]) == set(spec.tasks)
     for t in spec.tasks:
@@ -196,27 +168,27 @@ def test_run_one_checkpoint_and_cache(eval_data, artifacts, tmp_path):
     assert again["tasks"] == m["tasks"]
 
 
-def test_checkpoint_of_another_dataset_is_refused(eval_data, artifacts, tmp_path):
+def test_checkpoint_of_another_dataset_is_refused(tiny_data, artifacts, tmp_path):
     from data.spec import load_spec
-    from evaluation.inference import load_model
-    other = make_dataset(tmp_path / "other")
+    from models.checkpoint import load
+    other = make_dataset(tmp_path / "other", OTHER)
     ckpt = artifacts / "uni" / "exp1" / "best.pt"
     with pytest.raises(CheckpointError) as e:
-        load_model(ckpt, load_spec(other))
+        load(ckpt, load_spec(other))
     msg = str(e.value)
     assert str(ckpt) in msg and str(other / "dataset.yaml") in msg
-    assert "['cat', 'dog', 'bird']" in msg and str(load_spec(eval_data).class_names) in msg
+    assert "['cat', 'dog', 'bird']" in msg and str(load_spec(tiny_data).class_names) in msg
     proc = run_cli("evaluate.py", "run", "--checkpoint", ckpt, "--data", other, "--out", tmp_path / "r",
                    "--device", "cpu", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_report_on_tiny_checkpoints(eval_data, artifacts, tmp_path):
+def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
     from data.spec import load_spec
-    spec = load_spec(eval_data)
+    spec = load_spec(tiny_data)
     out = tmp_path / "results"
-    proc = run_cli("evaluate.py", "report", "--artifacts", artifacts, "--data", eval_data, "--out", out,
+    proc = run_cli("evaluate.py", "report", "--artifacts", artifacts, "--data", tiny_data, "--out", out,
                    "--device", "cpu", "--no-progress", "--efficiency-images", "8", "--workers", "0")
     assert "REPORT.md" in proc.stdout
     report = (out / "REPORT.md").read_text()
@@ -254,15 +226,16 @@ def test_report_on_tiny_checkpoints(eval_data, artifacts, tmp_path):
     assert len(list((out / "runs").glob("*/*.json"))) == 5
 
 
-def test_unreadable_image_gives_a_nan_row(eval_data, artifacts, tmp_path, capsys):
+def test_unreadable_image_gives_a_nan_row(tiny_data, artifacts, tmp_path, capsys):
     from data.spec import load_spec
-    from evaluation.inference import load_model, predict, valid_rows
-    spec = load_spec(eval_data)
-    model, paradigm, ckpt = load_model(artifacts / "uni" / "exp1" / "best.pt", spec)
+    from models.checkpoint import load
+    from models.inference import predict, valid_rows
+    spec = load_spec(tiny_data)
+    ckpt = load(artifacts / "uni" / "exp1" / "best.pt", spec)
     good = spec.split_samples("test")[0][0]
     bad = tmp_path / "empty.jpg"
     bad.write_bytes(b"")
-    logits = predict(model, [good, bad, good], ckpt["args"]["crop"], progress=False)
+    logits = predict(ckpt.model, [good, bad, good], ckpt.transform(), progress=False)
     assert logits.shape == (3, len(spec.classes)) and valid_rows(logits).tolist() == [True, False, True]
     assert torch.equal(logits[0], logits[2]) and "empty.jpg" in capsys.readouterr().err
 
