@@ -31,7 +31,7 @@ from data.loading import ImageSet, collate_skip_bad  # noqa: E402
 from pipeline.batch import run_batch  # noqa: E402
 from pipeline.model import Predictor  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
-from pipeline.table import Table  # noqa: E402
+from pipeline.table import PredictionTable  # noqa: E402
 
 CLASSES = {"normal": (90, 90, 90), "defect": (200, 40, 40), "dirt": (120, 90, 30), "bubble": (60, 160, 220)}
 SPEC = """name: bench
@@ -99,13 +99,13 @@ def timed_pipeline(ckpts, items, db: Path, batch: int, workers: int) -> tuple[fl
     for name, ckpt in ckpts:
         pred = Predictor.load(ckpt)
         pred.resolve_threshold()
-        run_batch(pred, Table(str(db), f"predictions_{name}"), items, batch, workers, progress=False)
+        run_batch(pred, PredictionTable(str(db), f"predictions_{name}"), items, batch, workers, progress=False)
     return time.perf_counter() - t0, usage() - c0
 
 
 def replicate(db: Path, names: list[str], days: int) -> None:
     """Copy each table's rows onto `days` earlier days, so a query must pick one day out of many."""
-    t = Table(str(db))
+    t = PredictionTable(str(db))
     for n in names:
         cols = "image_id, model_version, model_name, source, captured_date, ood_score, ood_threshold, is_ood, " \
                "top1_label, top1_prob, top2_label, top2_prob, status, error, processed_at"
@@ -119,7 +119,7 @@ def replicate(db: Path, names: list[str], days: int) -> None:
 
 
 def query_time(db: Path, sql: str, params, reps: int) -> tuple[float, int]:
-    t = Table(str(db))
+    t = PredictionTable(str(db))
     n = len(t.conn.execute(sql, params).fetchall())
     start = time.perf_counter()
     for _ in range(reps):
@@ -157,7 +157,7 @@ def main() -> None:
         print(f"{len(items)} images {args.size}px -> {args.crop}px, {args.backbone} PMG, batch {args.batch_size}, "
               f"{args.workers} decode workers, torch threads {torch.get_num_threads()}, CPU")
         fwd = bare_forward(pred, items, args.batch_size)
-        s = run_batch(pred, Table(str(work / "a.db")), items, args.batch_size, args.workers, progress=False)
+        s = run_batch(pred, PredictionTable(str(work / "a.db")), items, args.batch_size, args.workers, progress=False)
         print(f"\n| mode | images/s |\n|---|---|\n| bare model forward | {fwd:.0f} |\n"
               f"| batch pipeline (decode+OOD+top-2+upsert) | {s['images_per_s']:.0f} "
               f"({(s['images_per_s'] / fwd - 1) * 100:+.0f}% vs forward) |")

@@ -12,11 +12,11 @@ from torch.utils.data import DataLoader
 
 from data.loading import ImageSet, collate_skip_bad
 from pipeline.model import Predictor
-from pipeline.sources import Item
-from pipeline.table import Table
+from pipeline.sources import SourceImage
+from pipeline.table import PredictionTable
 
 
-def decode_items(items: list[Item], transform):
+def decode_items(items: list[SourceImage], transform):
     """(stacked good images or None, their item indices, {item index: error message}) for a batch
     of items, whichever way it was loaded (DataLoader workers or in-process for queue consumers)."""
     return split_batch(collate_skip_bad([ImageSet([(it.path, i) for i, it in enumerate(items)], transform)[i]
@@ -28,7 +28,7 @@ def split_batch(batch):
     return x, ([] if idx is None else idx.tolist()), {int(i): msg for i, msg in bad}
 
 
-def infer(predictor: Predictor, items: list[Item], x, good: list[int], errors: dict[int, str]) -> list[dict]:
+def infer(predictor: Predictor, items: list[SourceImage], x, good: list[int], errors: dict[int, str]) -> list[dict]:
     """One row per item, in order: ok / ood rows for decoded images, error rows for the rest."""
     preds: dict[int, dict] = {}
     if x is not None:
@@ -44,7 +44,7 @@ def infer(predictor: Predictor, items: list[Item], x, good: list[int], errors: d
     return rows
 
 
-def run_batch(predictor: Predictor, table: Table | None, items: list[Item], batch_size: int = 64,
+def run_batch(predictor: Predictor, table: PredictionTable | None, items: list[SourceImage], batch_size: int = 64,
               workers: int = 2, progress: bool = True, on_rows=None) -> dict:
     """Predict every item and upsert each batch; returns the summary counts and images/s."""
     from tqdm import tqdm

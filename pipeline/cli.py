@@ -38,7 +38,9 @@ def today(text: str) -> str:
 def model_flags(p):
     from pipeline.model import DEFAULT_TPR, SCORERS
     env_arg(p, "--checkpoint", help="a train.py checkpoint (best.pt)")
-    p.add_argument("--score", choices=list(SCORERS), default="max_logit", help="OOD score (higher = in-distribution)")
+    p.add_argument("--score", choices=list(SCORERS),
+                   help="OOD score, higher = in-distribution (default: the paradigm's own: max_logit; "
+                        "kl_uniform for a multi-task model)")
     p.add_argument("--threshold", type=float, help="OOD threshold; overrides the one stored beside the checkpoint")
     p.add_argument("--data", help="dataset whose val split sets the threshold when none is stored "
                                   "(default: the checkpoint's training data)")
@@ -100,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="the inspectors' query: a day's images whose top-2 holds LABELS")
     table_flags(p, required=False)
     p.add_argument("--date", type=today, default="today")
-    p.add_argument("--labels", nargs="+", default=["dirt", "defect"])
+    p.add_argument("--labels", nargs="+", help="top-2 labels to look for, e.g. dirt defect (required; "
+                                                "without it the command lists the table's labels)")
     return ap
 
 
@@ -117,7 +120,7 @@ def load_predictor(args):
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from pipeline.table import Table
+    from pipeline.table import PredictionTable
     if args.command == "threshold":
         from pipeline.model import Predictor
         if not args.data:
@@ -129,23 +132,27 @@ def main(argv=None) -> int:
         from pipeline.sources import list_source
         pred = load_predictor(args)
         items = list_source(args.source, args.date)
-        table = Table(args.table, args.table_name)
+        table = PredictionTable(args.table, args.table_name)
         summary = run_batch(pred, table, items, args.batch_size, args.workers, not args.no_progress)
         print(json.dumps({"model": pred.name, "version": pred.version, "threshold": pred.threshold,
                           "table": f"{args.table}#{args.table_name}", **summary}))
     elif args.command == "produce":
         from pipeline.streams import produce
-        table = Table(args.table, args.table_name) if args.table else None
+        table = PredictionTable(args.table, args.table_name) if args.table else None
         print(json.dumps(produce(args.redis, args.source, args.date, args.stream, args.group, table)))
     elif args.command == "consume":
         from pipeline.streams import Consumer
         pred = load_predictor(args)
-        c = Consumer(pred, Table(args.table, args.table_name), args.redis, args.stream, args.group, args.consumer,
-                     args.batch_size, args.block_ms, args.min_idle_ms, args.max_deliveries, args.max_idle,
-                     args.exit_when_empty)
+        table = PredictionTable(args.table, args.table_name)
+        c = Consumer(pred, table, args.redis, args.stream, args.group, args.consumer, args.batch_size,
+                     args.block_ms, args.min_idle_ms, args.max_deliveries, args.max_idle, args.exit_when_empty)
         print(json.dumps(c.run()))
     elif args.command == "query":
-        for row in Table(args.table, args.table_name).inspect(args.date, args.labels):
+        table = PredictionTable(args.table, args.table_name)
+        if not args.labels:
+            sys.exit(f"error: query needs --labels (the top-2 labels to look for); the labels in "
+                     f"{args.table}#{args.table_name} are: {', '.join(table.labels()) or 'none yet'}")
+        for row in table.inspect(args.date, args.labels):
             print(json.dumps(row))
     return 0
 
@@ -156,7 +163,7 @@ def run() -> None:
     from pipeline.model import ThresholdError
     from pipeline.sources import SourceError
     from pipeline.table import TableError
-    from utils import CheckpointError
+    from models.checkpoint import CheckpointError
     try:
         sys.exit(main())
     except (CheckpointError, ThresholdError, SourceError, TableError, SpecError, ImageError) as e:

@@ -1,10 +1,14 @@
 """The deployed model: a train.py checkpoint, its OOD score, its threshold and its top-2.
 
-`Predictor.load(ckpt)` rebuilds the network, names it (`pmg-<backbone>-<run>`) and versions it by
-the checkpoint's content hash. The OOD threshold is stored beside the checkpoint in
-`<ckpt>.threshold.json` (keyed by that hash): chosen on the validation split so that a stated
-fraction (TPR, default 0.95) of in-distribution val images score at or above it. It is computed
-by `python -m pipeline threshold`, or at first use from the dataset the checkpoint was trained on.
+`Predictor.load(ckpt)` rebuilds the network through models.checkpoint, names it
+(`pmg-<backbone>-<run>`) and versions it by the checkpoint's content hash. Every paradigm is
+served the same way: the OOD score is the design's own (max logit; KL to uniform for the
+multi-task model) unless `--score` names another, and the top-2 comes from the paradigm's label
+ranking (softmax probabilities; for the multi-task model each head's own probability).
+The OOD threshold is stored beside the checkpoint in `<ckpt>.threshold.json` (keyed by that hash):
+chosen on the validation split so that a stated fraction (TPR, default 0.95) of in-distribution
+val images score at or above it. It is computed by `python -m pipeline threshold`, or at first use
+from the dataset the checkpoint was trained on.
 """
 from __future__ import annotations
 
@@ -18,11 +22,9 @@ from pathlib import Path
 import torch
 
 from data.images import content_hash
-from data.loading import eval_transform
-from data.spec import parse_spec
-from evaluation.scores import SCORERS
-from models import model_from_checkpoint
-from utils import CheckpointError, load_checkpoint
+from models import checkpoint as checkpoints
+from models.checkpoint import Checkpoint
+from models.scores import SCORERS, check_scorer
 
 DEFAULT_TPR = 0.95
 
@@ -38,60 +40,57 @@ def threshold_file(ckpt: str | Path) -> Path:
 
 @dataclass
 class Predictor:
-    model: torch.nn.Module
-    classes: list[str]
-    crop: int
-    name: str
+    ckpt: Checkpoint
     version: str
-    ckpt_path: Path
-    ckpt_args: dict
-    score: str = "max_logit"
+    score: str
     threshold: float | None = None
     device: torch.device = torch.device("cpu")
 
     @classmethod
-    def load(cls, path: str | Path, score: str = "max_logit", device: str = "cpu") -> "Predictor":
-        path = Path(path)
-        ckpt = load_checkpoint(path)
-        heads = ckpt.get("heads") or []
-        if len(heads) != 1 or heads[0][1] != "softmax":
-            raise CheckpointError(f"{path}: the pipeline serves one-softmax-head models (paradigm uni or "
-                                  f"task); this one has heads {[h[:2] for h in heads]} "
-                                  f"(paradigm {ckpt.get('paradigm')})")
-        if score not in SCORERS:
-            raise ValueError(f"unknown OOD score '{score}'; choose one of {', '.join(SCORERS)}")
-        args = ckpt["args"]
-        model, _ = model_from_checkpoint(ckpt, parse_spec(ckpt["spec"], Path(".")), path)
+    def load(cls, path: str | Path, score: str | None = None, device: str = "cpu") -> "Predictor":
+        """`score` None: the paradigm's own OOD score (Paradigm.paper_scorer)."""
         dev = torch.device(device)
-        model.to(dev).eval()
-        run = f"{ckpt['paradigm']}_{ckpt['task']}" if ckpt.get("task") else ckpt["paradigm"]
-        return cls(model, list(heads[0][2]), int(args["crop"]), f"pmg-{args['backbone']}-{run}",
-                   content_hash(path)[:16], path, args, score, None, dev)
+        ckpt = checkpoints.load(path, device=dev)
+        score = check_scorer(score or ckpt.paradigm.paper_scorer)
+        return cls(ckpt, content_hash(ckpt.path)[:16], score, None, dev)
+
+    @property
+    def name(self) -> str:
+        return self.ckpt.name
+
+    @property
+    def classes(self) -> list[str]:
+        """The labels this model can write into the table."""
+        return self.ckpt.paradigm.labels
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.ckpt.path
 
     def transform(self):
-        return eval_transform(self.crop)
+        return self.ckpt.transform()
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.device)).float().cpu()
+        return self.ckpt.model(x.to(self.device)).float().cpu()
 
-    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(OOD scores, top-2 probabilities, top-2 class indices) for a batch of images."""
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[list[str]], torch.Tensor]:
+        """(OOD scores, top-2 labels, their scores) for a batch of images."""
         z = self.logits(x)
-        probs = z.softmax(1)
-        top = probs.topk(min(2, probs.shape[1]), dim=1)
-        return SCORERS[self.score](z), top.values, top.indices
+        labels, top = self.ckpt.paradigm.top_labels(z, 2)
+        return SCORERS[self.score](z, self.ckpt.paradigm), labels, top
 
     # --- threshold -------------------------------------------------------------------------
     def val_scores(self, data: str | Path, workers: int = 0, batch_size: int = 64) -> torch.Tensor:
         from data.spec import load_spec
-        from evaluation.inference import predict, valid_rows
-        items = load_spec(data).split_samples("val", self.classes)
+        from models.inference import predict, valid_rows
+        items = load_spec(data).split_samples("val", list(self.ckpt.paradigm.classes))
         try:
-            z = predict(self.model, items, self.crop, batch_size, self.device, "val scores", False, workers)
+            z = predict(self.ckpt.model, items, self.transform(), batch_size, self.device, "val scores", False,
+                        workers)
         except ValueError as e:
             raise ThresholdError(f"{data}: {e}") from None
-        return SCORERS[self.score](z[valid_rows(z)])
+        return SCORERS[self.score](z[valid_rows(z)], self.ckpt.paradigm)
 
     def compute_threshold(self, data: str | Path, tpr: float = DEFAULT_TPR, workers: int = 0) -> dict:
         """Pick the threshold on the val split, write it beside the checkpoint and use it."""
@@ -128,7 +127,7 @@ class Predictor:
                     (data is None or rec.get("tpr") == tpr):
                 self.threshold = float(rec["threshold"])
                 return self.threshold
-        data = data or self.ckpt_args.get("data")
+        data = data or self.ckpt.args.get("data")
         if not data or not (Path(data) / "dataset.yaml").is_file():
             raise ThresholdError(
                 f"{self.ckpt_path}: no OOD threshold stored for this checkpoint ({f.name}) and its training "
@@ -136,15 +135,15 @@ class Predictor:
                 f"{self.ckpt_path} --data DATASET' or pass --threshold")
         return self.compute_threshold(data, tpr)["threshold"]
 
-    def rows(self, scores, top_p, top_i) -> list[dict]:
+    def rows(self, scores, top_labels, top_p) -> list[dict]:
         """The prediction columns of each image (status ok or ood)."""
         out = []
-        for s, p, i in zip(scores.tolist(), top_p.tolist(), top_i.tolist()):
+        for s, names, p in zip(scores.tolist(), top_labels, top_p.tolist()):
             ood = self.threshold is not None and s < self.threshold
             out.append({"model_name": self.name, "model_version": self.version, "ood_score": s,
                         "ood_threshold": self.threshold, "is_ood": ood,
-                        "top1_label": self.classes[i[0]], "top1_prob": p[0],
-                        "top2_label": self.classes[i[1]] if len(i) > 1 else None,
+                        "top1_label": names[0], "top1_prob": p[0],
+                        "top2_label": names[1] if len(names) > 1 else None,
                         "top2_prob": p[1] if len(p) > 1 else None,
                         "status": "ood" if ood else "ok", "error": None})
         return out

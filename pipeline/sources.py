@@ -23,16 +23,14 @@ class SourceError(ValueError):
 
 
 @dataclass(frozen=True)
-class Item:
+class SourceImage:
+    """One image to predict: its id in the table, where to read it, the day it was captured."""
     image_id: str
     path: str
     captured_date: str | None
 
-    def as_fields(self) -> dict[str, str]:
-        return {"image_id": self.image_id, "path": self.path, "captured_date": self.captured_date or ""}
-
     @classmethod
-    def from_fields(cls, f: dict) -> "Item":
+    def from_fields(cls, f: dict) -> "SourceImage":
         return cls(f["image_id"], f["path"], f.get("captured_date") or None)
 
 
@@ -50,11 +48,11 @@ def parse_date(text: str, where: str) -> str:
         raise SourceError(f"{where}: captured_date '{text}' is not a date (YYYY-MM-DD)") from None
 
 
-def list_source(source: str | Path, day: str | None = None) -> list[Item]:
+def list_source(source: str | Path, day: str | None = None) -> list[SourceImage]:
     """Every image of a folder tree or manifest, sorted by image id; only `day`'s when given."""
     source = Path(source)
     if source.is_dir():
-        items = [Item(p.relative_to(source).as_posix(), str(p), mtime_date(p))
+        items = [SourceImage(p.relative_to(source).as_posix(), str(p), mtime_date(p))
                  for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     elif source.is_file():
         items = read_manifest(source)
@@ -66,7 +64,7 @@ def list_source(source: str | Path, day: str | None = None) -> list[Item]:
     return sorted(items, key=lambda i: i.image_id)
 
 
-def read_manifest(path: Path) -> list[Item]:
+def read_manifest(path: Path) -> list[SourceImage]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "path" not in reader.fieldnames:
@@ -84,12 +82,5 @@ def read_manifest(path: Path) -> list[Item]:
             seen.add(image_id)
             date = row.get("captured_date")
             date = parse_date(date, f"{path}:{n}") if date and date.strip() else mtime_date(p)
-            items.append(Item(image_id, str(p), date))
+            items.append(SourceImage(image_id, str(p), date))
     return items
-
-
-def write_manifest(path: str | Path, items: list[Item]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["image_id", "path", "captured_date"])
-        w.writeheader()
-        w.writerows(i.as_fields() for i in items)

@@ -25,7 +25,7 @@ import time
 import redis
 
 from pipeline.batch import decode_items, infer
-from pipeline.sources import Item, list_source, parse_date
+from pipeline.sources import SourceImage, list_source, parse_date
 
 STREAM, GROUP = "pipeline:images", "pipeline-consumers"
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
@@ -186,7 +186,7 @@ class Consumer:
             log(event="dead_letter", consumer=self.name, message_id=mid, error=err)
         if not keep:
             return
-        items = [Item.from_fields(f) for _, f in keep]
+        items = [SourceImage.from_fields(f) for _, f in keep]
         try:
             rows = infer(self.predictor, items, *decode_items(items, self.transform))
             self.table.upsert(rows)

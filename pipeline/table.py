@@ -3,7 +3,8 @@
 `--table` is a database URL: `postgresql://user@host:port/db` for PostgreSQL (psycopg 3),
 otherwise a SQLite file (`sqlite:///relative.db`, `sqlite:////abs/path.db` or a plain path).
 Writes are idempotent upserts on the primary key (image_id, model_version): a message delivered
-twice, a re-run batch or a re-published day leaves one row per image and model version.
+twice, a re-run batch or a re-published day leaves one row per image and model version. SQL here
+is written once, with SQLite's `?` placeholders; `postgres_sql` translates it for psycopg.
 
 The inspectors' typical query, "every dirty or damaged car captured today", is `inspect()`:
 
@@ -46,12 +47,25 @@ def sqlite_path(url: str) -> str:
     return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
 
 
-class Table:
+# A quoted SQL string ('it''s') or identifier ("x"): its text is data, never a placeholder.
+QUOTED = re.compile(r"""('(?:[^']|'')*'|"(?:[^"]|"")*")""")
+
+
+def postgres_sql(sql: str) -> str:
+    """`sql` with psycopg's placeholders: each `?` outside quotes becomes `%s`, and every `%` is
+    doubled, since psycopg reads a `%` as the start of a placeholder even inside quotes."""
+    parts = QUOTED.split(sql)  # odd indices: the quoted parts
+    return "".join(p.replace("%", "%%") if i % 2 else p.replace("%", "%%").replace("?", "%s")
+                   for i, p in enumerate(parts))
+
+
+class PredictionTable:
+    """The prediction table of one database URL: created on first use, written by upserts."""
+
     def __init__(self, url: str = DEFAULT_URL, name: str = DEFAULT_TABLE):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
             raise TableError(f"table name '{name}': use letters, digits and _ (not starting with a digit)")
         self.url, self.name, self.pg = url, name, is_postgres(url)
-        self.mark = "%s" if self.pg else "?"
         self.conn = None
         self.connect()
         self.create()
@@ -77,6 +91,9 @@ class Table:
             self.conn = None
 
     def _run(self, sql: str, params=(), many: bool = False, fetch: bool = False):
+        """Run `sql` (with `?` placeholders) in its own transaction; rows as dicts with `fetch`."""
+        if self.pg:
+            sql = postgres_sql(sql)
         cur = self.conn.cursor()
         try:
             (cur.executemany if many else cur.execute)(sql, params)
@@ -104,7 +121,7 @@ class Table:
         values = [tuple(r.get("processed_at") or now if c == "processed_at" else r.get(c) for c in NAMES)
                   for r in rows]
         update = ", ".join(f"{c} = excluded.{c}" for c in NAMES[2:])
-        sql = (f"INSERT INTO {self.name} ({', '.join(NAMES)}) VALUES ({', '.join([self.mark] * len(NAMES))}) "
+        sql = (f"INSERT INTO {self.name} ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))}) "
                f"ON CONFLICT (image_id, model_version) DO UPDATE SET {update}")
         try:
             self._run(sql, values, many=True)
@@ -120,8 +137,7 @@ class Table:
 
     def query(self, where: str = "", params=(), columns: str = "*") -> list[dict]:
         """Rows as plain Python values (dates and times as ISO strings, is_ood as bool)."""
-        sql = f"SELECT {columns} FROM {self.name} {where}".replace("?", self.mark)
-        return [plain(r) for r in self._run(sql, params, fetch=True)]
+        return [plain(r) for r in self._run(f"SELECT {columns} FROM {self.name} {where}", params, fetch=True)]
 
     def existing_ids(self, ids: list[str], model_version: str | None = None) -> set[str]:
         found: set[str] = set()
@@ -141,6 +157,12 @@ class Table:
         return self.query(f"WHERE captured_date = ? AND status = 'ok' AND (top1_label IN ({marks}) "
                           f"OR top2_label IN ({marks})) ORDER BY image_id", [day, *labels, *labels],
                           "image_id, source, top1_label, top1_prob, top2_label, top2_prob")
+
+    def labels(self) -> list[str]:
+        """Every label in the top-2 columns, sorted: what `inspect` can be asked for."""
+        rows = self._run(f"SELECT top1_label AS label FROM {self.name} UNION "
+                         f"SELECT top2_label FROM {self.name}", fetch=True)
+        return sorted(r["label"] for r in rows if r["label"] is not None)
 
     def counts(self) -> dict[str, int]:
         return {r["status"]: r["n"] for r in self.query("GROUP BY status", (), "status, COUNT(*) AS n")}

@@ -1,6 +1,8 @@
-"""Shared fixtures: one tiny embedded dataset per test session, and the CLI runner."""
+"""Shared fixtures: one tiny embedded dataset and one tiny checkpoint per paradigm per test session,
+the toy spec, and the CLI runner. What they are built from is in tests/builders.py."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +20,21 @@ TINY_TRAIN = ["--backbone", "resnet18", "--pretrained", "none", "--resize", "36"
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from data.generate import generate
-    out = tmp_path_factory.mktemp("data") / "sofar_tiny"
-    generate(out, seed=0, size=40, train=6, val=3, test=3, ext=2, ood=2, multilabel=2, workers=1, montage=False)
-    return out
+    from tests.builders import embedded_dataset
+    return embedded_dataset(tmp_path_factory.mktemp("data") / "sofar_tiny")
+
+
+@pytest.fixture(scope="session")
+def toy():
+    from tests.builders import toy_spec
+    return toy_spec()
 
 
 @pytest.fixture(scope="session")
 def artifacts(tiny_data, tmp_path_factory) -> Path:
     """One tiny checkpoint per paradigm (one epoch) in the layout of artifacts/, plus a second uni
-    trial (a copy) so that tables have a mean ± std; shared by the evaluation and notebook tests."""
-    import shutil
+    trial (a copy) so that tables have a mean ± std; shared by the evaluation, notebook, serving
+    and pipeline tests."""
     out = tmp_path_factory.mktemp("artifacts")
     for flags in (["--paradigm", "uni"], ["--paradigm", "task", "--task", "defect"],
                   ["--paradigm", "task", "--task", "dirt"], ["--paradigm", "multi"]):
@@ -36,6 +42,19 @@ def artifacts(tiny_data, tmp_path_factory) -> Path:
     (out / "uni" / "exp2").mkdir()
     shutil.copy(out / "uni" / "exp1" / "best.pt", out / "uni" / "exp2" / "best.pt")
     return out
+
+
+@pytest.fixture(scope="session")
+def models(artifacts, tmp_path_factory) -> dict[str, Path]:
+    """The checkpoints of `artifacts` by run name, copied where the pipeline may write beside them
+    (its OOD threshold files) without changing what the evaluation tests read."""
+    out = tmp_path_factory.mktemp("models")
+    ckpts = {}
+    for run in ("uni", "task_defect", "task_dirt", "multi"):
+        ckpts[run] = out / run / "best.pt"
+        ckpts[run].parent.mkdir()
+        shutil.copy(artifacts / run / "exp1" / "best.pt", ckpts[run])
+    return ckpts
 
 
 def run_cli(*args, cwd=ROOT, check=True) -> subprocess.CompletedProcess:

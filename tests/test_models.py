@@ -7,20 +7,14 @@ import io
 import pytest
 import torch
 
-from data.spec import parse_spec
 from engine import pmg_step
 from models import BACKBONES, build_model, build_paradigm
 from models.jigsaw import jigsaw
 from models.paradigms import IGNORE
 from models.pmg import CONCAT
+from tests.builders import toy_spec
 
-SPEC = parse_spec({
-    "classes": {"normal": "0_NORMAL", "defect": "1_DEFECT", "dirt": "2_DIRT", "bubble_wash": "3_BW",
-                "dashboard": "5_DASH", "seat": "9_SEAT"},
-    "splits": {"train": "train"},
-    "tasks": {"defect": ["normal", "defect"], "dirt": ["normal", "dirt"]},
-    "multitask": {"negative": "normal", "binary": ["defect", "dirt", "bubble_wash"]},
-}, root=__import__("pathlib").Path("/nonexistent"))
+SPEC = toy_spec()
 SMALL = dict(branch_mid=16, branch_out=32, hidden=16)
 
 
@@ -33,7 +27,7 @@ def paradigms():
 def test_output_shapes_every_paradigm_and_backbone(backbone, size):
     torch.manual_seed(0)
     x = torch.randn(2, 3, size, size)
-    expected = {"uni": 6, "task": 2, "multi": 3 + 2}  # multi: 3 sigmoid heads + softmax over dashboard, seat
+    expected = {"uni": 6, "task": 2, "multi": 3 + 2}  # multi: 3 sigmoid heads + softmax over seat, dashboard
     for p in paradigms():
         model = build_model(backbone, p, **SMALL).eval()
         for step in range(4):
@@ -47,7 +41,7 @@ def test_multi_heads_layout_and_targets():
                                                    ("bubble_wash", "binary"), ("others", "softmax")]
     assert p.targets("normal") == [0, 0, 0, IGNORE]
     assert p.targets("dirt") == [IGNORE, 1, IGNORE, IGNORE]
-    assert p.targets("seat") == [IGNORE, IGNORE, IGNORE, 1]
+    assert p.targets("dashboard") == [IGNORE, IGNORE, IGNORE, 1]
     assert build_paradigm("task", SPEC, "defect").targets("defect") == [1]
 
 

@@ -1,12 +1,14 @@
 """The same batch into SQLite and into a real PostgreSQL (initdb in tmp, pg_ctl on a free loopback
-port) gives the same rows. Skipped with the reason where the server binaries or psycopg are missing."""
+port) gives the same rows, and the same SQL text (`?` placeholders; `?` and `%` inside quotes) means
+the same in both. Skipped with the reason where the server binaries or psycopg are missing."""
 from __future__ import annotations
 
 import shutil
 
 import pytest
 
-from tests.test_pipeline_support import PostgresServer, tiny_models, write_bad_files, write_images
+from tests.builders import write_bad_files, write_images
+from tests.test_pipeline_support import PostgresServer
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
 
@@ -19,13 +21,13 @@ def postgres():
     srv.stop()
 
 
-def test_sqlite_and_postgres_hold_the_same_rows(postgres, tmp_path_factory, tmp_path):
+def test_sqlite_and_postgres_hold_the_same_rows(postgres, models, tmp_path):
     from pipeline.batch import run_batch
     from pipeline.model import Predictor
     from pipeline.sources import list_source
-    from pipeline.table import Table
+    from pipeline.table import PredictionTable
     ckpt = tmp_path / "best.pt"
-    shutil.copy(tiny_models(tmp_path_factory)["uni"], ckpt)
+    shutil.copy(models["uni"], ckpt)
     write_images(tmp_path / "src" / "good", 30)
     write_bad_files(tmp_path / "src" / "bad")
     items = list_source(tmp_path / "src")
@@ -35,7 +37,7 @@ def test_sqlite_and_postgres_hold_the_same_rows(postgres, tmp_path_factory, tmp_
     run_batch(pred, None, items, 16, 0, False, on_rows=rows.extend)
     stamp = "2026-11-23T10:00:00+00:00"
     rows = [{**r, "processed_at": stamp} for r in rows]
-    lite, pg = Table(str(tmp_path / "p.db")), Table(postgres.url, "predictions")
+    lite, pg = PredictionTable(str(tmp_path / "p.db")), PredictionTable(postgres.url, "predictions")
     for t in (lite, pg):
         t.upsert(rows)
         t.upsert(rows[:10])  # a redelivered batch: still one row per image
@@ -48,6 +50,22 @@ def test_sqlite_and_postgres_hold_the_same_rows(postgres, tmp_path_factory, tmp_
     assert lite.counts() == pg.counts() and pg.counts()["error"] == 5
     day = a[0]["captured_date"]
     assert lite.inspect(day, ["dirt", "defect"]) == pg.inspect(day, ["dirt", "defect"])
-    names = {r["indexname"] for r in pg._run("SELECT indexname FROM pg_indexes WHERE tablename = %s",
+    names = {r["indexname"] for r in pg._run("SELECT indexname FROM pg_indexes WHERE tablename = ?",
                                                ("predictions",), fetch=True)}
     assert "predictions_day_idx" in names
+
+
+def test_question_marks_and_percent_signs_in_sql_text_stay_text(postgres, tmp_path):
+    """SQL is written once with `?` placeholders: a `?` or `%` inside a quoted string is not one."""
+    from pipeline.table import PredictionTable
+    rows = [{"image_id": name, "model_version": "v1", "model_name": "m", "source": f"/img/{name}",
+             "captured_date": "2026-11-23", "status": "ok", "top1_label": label, "top2_label": "normal"}
+            for name, label in (("what?.jpg", "dirt"), ("100%.jpg", "dirt"), ("plain.jpg", "defect"))]
+    lite, pg = PredictionTable(str(tmp_path / "p.db")), PredictionTable(postgres.url, "literals")
+    for t in (lite, pg):
+        t.upsert(rows)
+        got = t.query("WHERE (image_id = 'what?.jpg' OR image_id LIKE '100%') AND top1_label = ? "
+                      "ORDER BY image_id", ["dirt"], "image_id")
+        assert [r["image_id"] for r in got] == ["100%.jpg", "what?.jpg"]
+        assert t.labels() == ["defect", "dirt", "normal"]
+        assert t.existing_ids(["what?.jpg", "nope?"], "v1") == {"what?.jpg"}

@@ -10,21 +10,19 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from tests.builders import write_bad_files, write_images
 from tests.conftest import ROOT
-from tests.test_pipeline_support import RedisServer, pipeline_cli, tiny_models, write_bad_files, write_images
+from tests.test_pipeline_support import RedisServer, pipeline_cli
 
 redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install redis)")
 
 DAY = "2026-11-20"
 NOON = calendar.timegm((2026, 11, 20, 12, 0, 0))
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return tiny_models(tmp_path_factory)
+STREAM, GROUP = "pipeline:images", "pipeline-consumers"
 
 
 @pytest.fixture()
@@ -52,8 +50,8 @@ def finish(procs, timeout=150) -> list[dict]:
 
 
 def rows_of(db):
-    from pipeline.table import Table
-    t = Table(str(db))
+    from pipeline.table import PredictionTable
+    t = PredictionTable(str(db))
     rows = t.query()
     t.close()
     return rows
@@ -68,36 +66,61 @@ def wait_rows(db, n, timeout=120):
     raise TimeoutError(f"fewer than {n} rows after {timeout}s")
 
 
+def pending(r, consumer) -> list[str]:
+    """Ids of the messages delivered to `consumer` and not yet acknowledged."""
+    return [p["message_id"] for p in r.xpending_range(STREAM, GROUP, "-", "+", 10_000, consumername=consumer)]
+
+
+def stopped(proc) -> bool:
+    """Whether the kernel has stopped `proc` (a SIGSTOP takes effect asynchronously)."""
+    assert proc.poll() is None, f"the consumer exited {proc.returncode}"
+    return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("t", "T")
+
+
+def stop_holding_a_batch(proc, r, consumer, timeout=60) -> list[str]:
+    """SIGSTOP the consumer `proc` at a moment it holds an unacknowledged batch; the batch's ids.
+    Stopped, it can neither ack nor read more, so whatever is done to it next happens mid-batch."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        proc.send_signal(signal.SIGSTOP)
+        while not stopped(proc):
+            time.sleep(0.001)
+        held = pending(r, consumer)
+        if held:
+            return held
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+    raise TimeoutError(f"{consumer} held no batch within {timeout}s")
+
+
 def test_sigkill_mid_batch_loses_and_duplicates_nothing(models, server, tmp_path):
     src = tmp_path / "src"
     write_images(src, 2100, mtime=NOON)
     db = tmp_path / "p.db"
     out = json.loads(pipeline_cli("produce", "--source", src, "--date", DAY, "--redis", server.url).stdout)
     assert out["published"] == 2100
-    procs = [start_consumer(models["uni"], db, server.url, f"c{i}", tmp_path) for i in range(3)]
-    wait_rows(db, 200)
     r = redis.Redis.from_url(server.url, decode_responses=True)
-    for _ in range(100):  # kill c0 while it holds an unacknowledged batch
-        if r.xpending_range("pipeline:images", "pipeline-consumers", "-", "+", 10, consumername="c0"):
-            break
-        time.sleep(0.02)
-    procs[0].send_signal(signal.SIGKILL)
-    procs[0].wait()
-    stolen = len(r.xpending_range("pipeline:images", "pipeline-consumers", "-", "+", 1000, consumername="c0"))
-    stats = finish(procs[1:])
+    c0 = start_consumer(models["uni"], db, server.url, "c0", tmp_path)
+    stop_holding_a_batch(c0, r, "c0")
+    c0.kill()
+    c0.communicate()
+    stolen = pending(r, "c0")
+    assert stolen, "c0 was killed holding a batch"
+    # The survivors: nothing is drained while c0's batch is pending, so with --exit-when-empty they
+    # cannot exit before one of them has reclaimed it (once idle for --min-idle-ms).
+    stats = finish([start_consumer(models["uni"], db, server.url, f"c{i}", tmp_path) for i in (1, 2)])
     rows = rows_of(db)
     ids = [row["image_id"] for row in rows]
     assert len(ids) == len(set(ids)) == 2100, "every image exactly one row"
     assert set(ids) == {f"part{i // 500}/img_{i:05d}.jpg" for i in range(2100)}
     assert all(row["status"] in ("ok", "ood") for row in rows)
-    group = r.xinfo_groups("pipeline:images")[0]
-    assert group["pending"] == 0 and group["lag"] == 0
-    assert stolen > 0, "c0 was killed holding a batch"
-    assert sum(s["reclaimed"] for s in stats) >= stolen
+    group = r.xinfo_groups(STREAM)[0]
+    assert group["pending"] == 0 and group["lag"] == 0 and not pending(r, "c0")
+    assert sum(s["reclaimed"] for s in stats) >= len(stolen)
     # Re-running the producer for the same day publishes nothing again.
     again = json.loads(pipeline_cli("produce", "--source", src, "--date", DAY, "--redis", server.url,
                                     "--table", db).stdout)
-    assert again["published"] == 0 and again["in_table"] == 2100 and r.xlen("pipeline:images") == 2100
+    assert again["published"] == 0 and again["in_table"] == 2100 and r.xlen(STREAM) == 2100
 
 
 def test_consumers_reconnect_when_redis_restarts(models, server, tmp_path):
@@ -118,7 +141,7 @@ def test_consumers_reconnect_when_redis_restarts(models, server, tmp_path):
 
 def test_producer_rerun_publishes_nothing_twice(server, tmp_path):
     from pipeline.streams import produce
-    from pipeline.table import Table
+    from pipeline.table import PredictionTable
     src = tmp_path / "src"
     write_images(src, 30, mtime=NOON)
     write_images(tmp_path / "src" / "other_day", 5, seed=3, mtime=NOON + 86400)
@@ -127,20 +150,20 @@ def test_producer_rerun_publishes_nothing_twice(server, tmp_path):
     assert (first["listed"], first["published"]) == (30, 30)
     assert (second["published"], second["already_queued"]) == (0, 30)
     r = redis.Redis.from_url(server.url, decode_responses=True)
-    assert r.xlen("pipeline:images") == 30
+    assert r.xlen(STREAM) == 30
     # Once processed, the table alone keeps a re-run (after the day's set expired) from republishing.
-    table = Table(str(tmp_path / "p.db"))
+    table = PredictionTable(str(tmp_path / "p.db"))
     table.upsert([{"image_id": f"part0/img_{i:05d}.jpg", "model_version": "v", "model_name": "m",
                    "source": "s", "captured_date": DAY, "status": "ok"} for i in range(30)])
     r.delete(f"pipeline:images:published:{DAY}")
     third = produce(server.url, src, DAY, table=table)
-    assert third["in_table"] == 30 and third["published"] == 0 and r.xlen("pipeline:images") == 30
+    assert third["in_table"] == 30 and third["published"] == 0 and r.xlen(STREAM) == 30
 
 
 def test_bad_files_dead_letters_and_malformed_messages(models, server, tmp_path):
     from pipeline.model import Predictor
     from pipeline.streams import Consumer, produce
-    from pipeline.table import Table
+    from pipeline.table import PredictionTable
     src = tmp_path / "src"
     expected = write_bad_files(src / "bad")
     write_images(src / "good", 10)
@@ -148,19 +171,19 @@ def test_bad_files_dead_letters_and_malformed_messages(models, server, tmp_path)
         os.utime(p, (NOON, NOON))
     from pipeline.streams import ensure_group
     r = redis.Redis.from_url(server.url, decode_responses=True)
-    ensure_group(r, "pipeline:images", "pipeline-consumers")
-    poison = r.xadd("pipeline:images", {"image_id": "poison", "path": str(src / "good/part0/img_00000.jpg"),
-                                        "captured_date": DAY})
+    ensure_group(r, STREAM, GROUP)
+    poison = r.xadd(STREAM, {"image_id": "poison", "path": str(src / "good/part0/img_00000.jpg"),
+                             "captured_date": DAY})
     # The poison message has already been delivered 3 times, to consumers that died or failed.
-    r.xreadgroup("pipeline-consumers", "ghost", {"pipeline:images": ">"}, count=1)
+    r.xreadgroup(GROUP, "ghost", {STREAM: ">"}, count=1)
     for _ in range(2):
-        r.xclaim("pipeline:images", "pipeline-consumers", "ghost", 0, [poison])
+        r.xclaim(STREAM, GROUP, "ghost", 0, [poison])
     r.hset("pipeline:images:errors", poison, "RuntimeError: out of memory")
     assert produce(server.url, src, DAY)["published"] == 18
-    r.xadd("pipeline:images", {"oops": "no image id"})
+    r.xadd(STREAM, {"oops": "no image id"})
     pred = Predictor.load(models["uni"])
     pred.resolve_threshold()
-    table = Table(str(tmp_path / "p.db"))
+    table = PredictionTable(str(tmp_path / "p.db"))
     stats = Consumer(pred, table, server.url, batch_size=8, block_ms=100, min_idle_ms=0,
                      max_deliveries=3, exit_when_empty=True, max_idle_s=30).run()
     rows = {row["image_id"]: row for row in table.query()}
@@ -174,7 +197,7 @@ def test_bad_files_dead_letters_and_malformed_messages(models, server, tmp_path)
     assert stats["dead_lettered"] == 2 and set(dead) == {"poison", "?"}
     assert dead["poison"]["error"] == "RuntimeError: out of memory" and int(dead["poison"]["deliveries"]) == 4
     assert "malformed" in dead["?"]["error"]
-    assert r.xinfo_groups("pipeline:images")[0]["pending"] == 0
+    assert r.xinfo_groups(STREAM)[0]["pending"] == 0
 
 
 def test_sigterm_finishes_and_acks_the_current_batch(models, server, tmp_path):
@@ -182,12 +205,15 @@ def test_sigterm_finishes_and_acks_the_current_batch(models, server, tmp_path):
     write_images(src, 1500, mtime=NOON)
     db = tmp_path / "p.db"
     pipeline_cli("produce", "--source", src, "--date", DAY, "--redis", server.url)
-    proc = start_consumer(models["uni"], db, server.url, "c0", tmp_path)
-    wait_rows(db, 64)
-    proc.send_signal(signal.SIGTERM)
-    stats = finish([proc], timeout=60)[0]
     r = redis.Redis.from_url(server.url, decode_responses=True)
-    group = r.xinfo_groups("pipeline:images")[0]
+    proc = start_consumer(models["uni"], db, server.url, "c0", tmp_path)
+    held = stop_holding_a_batch(proc, r, "c0")
+    proc.send_signal(signal.SIGTERM)  # handled when it continues, in the middle of that batch
+    proc.send_signal(signal.SIGCONT)
+    stats = finish([proc], timeout=60)[0]
+    group = r.xinfo_groups(STREAM)[0]
     assert group["pending"] == 0, "the batch in hand was acknowledged before exiting"
     assert group["lag"] > 0, "it stopped early rather than draining the stream"
-    assert len(rows_of(db)) == group["entries-read"] == stats["ok"] + stats["ood"] + stats["error"]
+    rows = rows_of(db)
+    assert len(rows) == group["entries-read"] == stats["ok"] + stats["ood"] + stats["error"]
+    assert {r.xrange(STREAM, m, m)[0][1]["image_id"] for m in held} <= {row["image_id"] for row in rows}

@@ -10,20 +10,10 @@ from PIL import Image
 
 from data.images import ImageError, load_rgb
 from data.spec import SpecError, load_spec
+from tests.builders import make_dataset
 from tests.conftest import TINY_TRAIN, run_cli
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "dataset.example.yaml"
-
-
-def make(root: Path, spec: dict, classes=("0_NORMAL", "2_DIRT"), n=2) -> Path:
-    for split in ("train", "val"):
-        for folder in classes:
-            d = root / split / folder
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(d / f"{i}.jpg")
-    (root / "dataset.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    return root
 
 
 BASE = {"classes": {"normal": "0_NORMAL", "dirt": "2_DIRT"}, "splits": {"train": "train", "val": "val"},
@@ -44,7 +34,7 @@ def load_spec_dict(d):
 
 
 def test_samples_map_folders_to_classes(tmp_path):
-    spec = load_spec(make(tmp_path, BASE))
+    spec = load_spec(make_dataset(tmp_path, BASE))
     samples = spec.split_samples("train")
     assert [(p.parent.name, c) for p, c in samples] == [("0_NORMAL", "normal")] * 2 + [("2_DIRT", "dirt")] * 2
 
@@ -87,7 +77,7 @@ def test_task_names_must_be_folder_names_and_image_size_is_no_key(tmp_path, text
 
 
 def test_spec_cli_checks_a_dataset_and_prints_what_run_reproduce_needs(tmp_path):
-    root = make(tmp_path, BASE)
+    root = make_dataset(tmp_path, BASE)
     assert run_cli("-m", "data.spec", root, "--tasks").stdout == "dirt\n"
     assert run_cli("-m", "data.spec", root, "--multitask").stdout == "no\n"
     assert "tasks dirt, multitask no" in run_cli("-m", "data.spec", root).stdout
@@ -98,7 +88,7 @@ def test_spec_cli_checks_a_dataset_and_prints_what_run_reproduce_needs(tmp_path)
 
 
 def test_empty_class_folder_and_unknown_folder(tmp_path):
-    root = make(tmp_path, BASE)
+    root = make_dataset(tmp_path, BASE)
     for f in (root / "train" / "2_DIRT").iterdir():
         f.unlink()
     with pytest.raises(SpecError, match="class 'dirt' has no images .*2_DIRT"):
@@ -110,7 +100,7 @@ def test_empty_class_folder_and_unknown_folder(tmp_path):
 
 def test_unknown_split_is_named(tmp_path):
     with pytest.raises(SpecError, match="no split 'test'"):
-        load_spec(make(tmp_path, BASE)).split_dir("test")
+        load_spec(make_dataset(tmp_path, BASE)).split_dir("test")
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "empty", "text", "truncated"])
@@ -133,7 +123,7 @@ def test_unusual_modes_decode_to_rgb(tmp_path, mode):
 
 
 def test_training_skips_counts_and_lists_a_corrupt_image(tmp_path):
-    root = make(tmp_path / "ds", BASE, n=4)
+    root = make_dataset(tmp_path / "ds", BASE, n=4)
     bad = root / "train" / "2_DIRT" / "broken.jpg"
     bad.write_bytes(b"not an image")
     proc = run_cli("train.py", "--data", root, "--paradigm", "uni", "--epochs", "1", "--output-dir",
@@ -144,7 +134,7 @@ def test_training_skips_counts_and_lists_a_corrupt_image(tmp_path):
 
 
 def test_train_cli_reports_spec_errors_in_one_line(tmp_path):
-    root = make(tmp_path / "ds", BASE)
+    root = make_dataset(tmp_path / "ds", BASE)
     proc = run_cli("train.py", "--data", root, "--paradigm", "task", "--task", "defect", *TINY_TRAIN, check=False)
     assert proc.returncode != 0 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert "--task, one of dirt" in proc.stderr
