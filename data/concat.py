@@ -225,6 +225,8 @@ def concat(sources: dict[str, Path], out: Path, aliases: dict[str, str], link: s
             moved[key] += its
     kept = [i for k, i in enumerate(items) if k not in removed and i.path in hashes]
     spec = build_spec(name or out.name, classes, splits, tasks, extras, moved, sources)
+    if link == "symlink":  # its images are links back into the sources, outside the new root by design
+        spec["allow_outside_root"] = True
     parse_spec(spec, out)  # a spec error must come before anything is written
 
     tmp = out.parent / f".{out.name}.concat-tmp-{os.getpid()}"

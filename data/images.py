@@ -2,10 +2,13 @@
 
 Training, evaluation, concatenation and the pipeline all read images through `load_rgb`, so a
 corrupt, truncated, empty, CMYK, 16-bit, RGBA or decompression-bomb file is handled the same way.
+Only regular files are ever read: a FIFO opened for reading blocks until someone writes to it.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -20,16 +23,51 @@ class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and what is wrong."""
 
 
+def file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is ('a FIFO', 'a socket', ...), for messages."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder",
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device", stat.S_ISLNK: "a symbolic link"}
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a file")
+
+
+def open_regular(path: Path):
+    """`path` opened for binary reading if it is a regular file, else ImageError naming what it is.
+
+    The open does not block (O_NONBLOCK) and the check is on the opened file, so a FIFO or a device
+    swapped in after a listing is refused, never waited on or read without end.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except OSError as e:  # a socket cannot be opened (ENXIO)
+        raise ImageError(f"{path}: cannot be opened ({e.strerror}); remove it or replace it with a regular "
+                         f"file") from None
+    kind = file_kind(os.fstat(fd).st_mode)
+    if kind:
+        os.close(fd)
+        raise ImageError(f"{path}: not a regular file ({kind}); remove it or replace it with a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Open `path` fully decoded as 8-bit RGB, or raise ImageError naming the file."""
     path = Path(path)
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    with open_regular(path) as f:
+        return _decode_rgb(f, path)
+
+
+def _decode_rgb(f, path: Path) -> Image.Image:
+    """load_rgb on an opened regular file; `path` is for the messages."""
     try:
-        if path.stat().st_size == 0:
+        if os.fstat(f.fileno()).st_size == 0:
             raise ImageError(f"{path}: empty file (0 bytes); re-export or remove it")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(f) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise ImageError(f"{path}: {im.width}x{im.height} pixels exceeds the limit of "
                                      f"{MAX_PIXELS:,} (possible decompression bomb); downscale it")
@@ -37,8 +75,6 @@ def load_rgb(path: str | Path) -> Image.Image:
                 return to_rgb(im)
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise ImageError(f"{path}: file not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{path}: too many pixels (possible decompression bomb); downscale it") from None
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad files
@@ -63,7 +99,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def content_hash(path: str | Path) -> str:
     """SHA-256 of the file's bytes: the identity of an image across datasets."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(Path(path)) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

@@ -4,10 +4,16 @@ Every command takes a dataset as a folder and reads classes, splits, tasks, the 
 layout, external-validation suites, OOD sets and multi-label sets from this one file, so no code
 assumes SOFAR's class names, their number or the number of tasks. `docs/dataset.example.yaml`
 is the complete format.
+
+A dataset cannot reach out of its folder: a path in the spec that leaves the root, or a symbolic
+link that leads out of it, is refused unless the spec says `allow_outside_root: true`; a link loop
+is always refused; a FIFO, socket or folder with an image's name is skipped and named on stderr,
+never opened. The YAML itself may not use aliases (nested ones expand without bound).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -15,9 +21,14 @@ from pathlib import Path
 
 import yaml
 
+from data.images import file_kind
+
 SPEC_FILE = "dataset.yaml"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 KEYS = ("name", "version", "classes", "splits", "tasks", "multitask", "external", "ood", "multilabel")  # top level
+# accepted too, but no part of the generated example (the embedded dataset never needs it): the README says when
+OPT_IN_KEYS = ("allow_outside_root",)
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few kB; a bigger file is the wrong file, and is not read
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # usable as a folder name and a shell word
 
 
@@ -42,10 +53,16 @@ class Spec:
     external: dict[str, dict[str, str]] = field(default_factory=dict)
     ood: dict[str, str] = field(default_factory=dict)
     multilabel: dict[str, MultiLabelSet] = field(default_factory=dict)
+    allow_outside_root: bool = False  # paths and symbolic links may lead out of `root`
 
     @property
     def file(self) -> Path:
         return self.root / SPEC_FILE
+
+    @property
+    def bound(self) -> Path:
+        """The folder that the spec's paths and links must stay in."""
+        return Path("/") if self.allow_outside_root else self.root
 
     @property
     def class_names(self) -> list[str]:
@@ -67,6 +84,8 @@ class Spec:
         if self.multilabel:
             d["multilabel"] = {n: {"path": m.path, "labels": list(m.labels)}
                                for n, m in self.multilabel.items()}
+        if self.allow_outside_root:
+            d["allow_outside_root"] = True
         return d
 
     def folder_to_class(self) -> dict[str, str]:
@@ -82,23 +101,24 @@ class Spec:
         """(image path, class name) for every image of `classes` under a folder of class folders.
 
         Every listed class must have a non-empty folder; a folder that is no class of the spec is an
-        error (a typo would otherwise drop a whole class silently).
+        error (a typo would otherwise drop a whole class silently). Links are followed as in `scan_images`.
         """
-        base = Path(folder) if Path(folder).is_absolute() else self.root / folder
-        if not base.is_dir():
-            raise SpecError(f"{base}: folder not found (named by {self.file}); create it or fix the path")
+        base = self.folder(folder)
         wanted = self.class_names if classes is None else list(classes)
         for c in wanted:
             self.check_class(c, "a sample request")
         known = self.folder_to_class()
         found: dict[str, list[Path]] = {c: [] for c in wanted}
-        for sub in sorted(p for p in base.iterdir() if p.is_dir()):
+        for sub in sorted(base.iterdir()):
+            real = follow(sub, self.bound) if sub.is_symlink() else sub
+            if real is None or not real.is_dir():
+                continue
             if sub.name not in known:
                 raise SpecError(f"{sub}: folder is no class of {self.file} (classes and their folders: "
                                 f"{ {c: list(a) for c, a in self.classes.items()} }); "
                                 f"add it under 'classes:' or move it out")
             if known[sub.name] in found:
-                found[known[sub.name]] += list_images(sub)
+                found[known[sub.name]] += list_images(sub, self.bound)
         out = []
         for c in wanted:
             if not found[c]:
@@ -111,20 +131,74 @@ class Spec:
         return self.samples(self.split_dir(split), classes)
 
     def flat_images(self, folder: str) -> list[Path]:
-        base = self.root / folder
-        if not base.is_dir():
-            raise SpecError(f"{base}: folder not found (named by {self.file}); create it or fix the path")
-        images = list_images(base)
+        base = self.folder(folder)
+        images = list_images(base, self.bound)
         if not images:
             raise SpecError(f"{base}: no images in this set named by {self.file}; add images or remove the set")
         return images
+
+    def folder(self, folder: str | Path) -> Path:
+        """A folder named by the spec, relative to the root; SpecError if it is missing or leads out."""
+        base = Path(folder) if Path(folder).is_absolute() else self.root / folder
+        real = follow(base, self.bound)
+        if real is None or not real.is_dir():
+            raise SpecError(f"{base}: folder not found (named by {self.file}); create it or fix the path")
+        return base
 
     def check_class(self, name: str, where: str) -> None:
         _Checks(self.file, self.classes).known(name, where)
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def follow(path: Path, bound: Path) -> Path | None:
+    """`path` with its symbolic links resolved, None for a broken link. A link loop, or a link that
+    leads out of `bound`, is a SpecError naming the link and where it leads."""
+    try:
+        real = path.resolve(strict=True)
+    except FileNotFoundError:
+        return None
+    except (RuntimeError, OSError):  # a loop: RuntimeError up to Python 3.12, OSError (ELOOP) after
+        raise SpecError(f"{path}: symbolic link loop; remove the link or point it at a file") from None
+    if not real.is_relative_to(bound.resolve()):
+        # name the outermost link below `bound`: the one to remove or to point elsewhere
+        links = [a for a in (path, *path.parents) if a != bound and a.is_relative_to(bound) and a.is_symlink()]
+        link = links[-1] if links else path
+        raise SpecError(f"{link}: symbolic link to {link.resolve()}, outside the dataset root {bound}; copy the "
+                        f"data into the dataset, or add 'allow_outside_root: true' to its {SPEC_FILE}")
+    return real
+
+
+def scan_images(folder: Path, bound: Path | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(image files, skipped entries with what they are) directly in `folder`; nothing is opened.
+
+    Only names with an image extension count. One that is no regular file (a FIFO, a socket, a
+    folder, a broken link) is skipped: opening a FIFO would block. Links are followed only within
+    `bound` (default: `folder` itself) and never in a loop; see `follow`.
+    """
+    folder = Path(folder)
+    images, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        real = follow(p, bound or folder) if p.is_symlink() else p
+        kind = "a broken symbolic link" if real is None else file_kind(real.stat().st_mode)
+        if kind:
+            skipped.append((p, kind))
+        else:
+            images.append(p)
+    return images, skipped
+
+
+_reported: set[Path] = set()  # skipped entries already named on stderr (a folder is listed many times)
+
+
+def list_images(folder: Path, bound: Path | None = None) -> list[Path]:
+    """The image files of `scan_images`; each skipped entry is named once on stderr."""
+    images, skipped = scan_images(folder, bound)
+    for p, kind in skipped:
+        if p not in _reported:
+            _reported.add(p)
+            print(f"warning: {p}: skipped, {kind} (only regular files are read as images)", file=sys.stderr)
+    return images
 
 
 def load_spec(root: str | Path) -> Spec:
@@ -137,11 +211,43 @@ def load_spec(root: str | Path) -> Spec:
     if not file.is_file():
         raise SpecError(f"{file}: missing; every dataset folder needs a {SPEC_FILE} "
                         f"(see docs/dataset.example.yaml)")
+    if (size := file.stat().st_size) > MAX_SPEC_BYTES:
+        raise SpecError(f"{file}: {size:,} bytes; a spec is a few kB (limit {MAX_SPEC_BYTES:,}), "
+                        f"so this is not one; replace it")
     try:
-        raw = yaml.safe_load(file.read_text())
+        raw = yaml.load(file.read_text(), Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
+    except _AliasFound as e:
+        raise SpecError(f"{file}: line {e.line}: alias *{e.anchor} is not allowed in a spec (nested aliases "
+                        f"expand without bound); write the value out") from None
     except yaml.YAMLError as e:
         raise SpecError(f"{file}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+    except RecursionError:
+        raise SpecError(f"{file}: nested too deeply to be a spec; fix the structure") from None
     return parse_spec(raw, root)
+
+
+class _AliasFound(yaml.YAMLError):
+    def __init__(self, anchor: str, line: int):
+        super().__init__(anchor)
+        self.anchor, self.line = anchor, line
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses aliases: a spec never needs one, and nine nested ones make a
+    'billion laughs' document that expands to 9**9 strings once anything walks it."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasFound(event.anchor, event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """yaml.safe_dump that writes a value used twice out twice, as load_spec refuses aliases."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
 
 
 class _Checks:
@@ -156,6 +262,13 @@ class _Checks:
         if not cond:
             raise SpecError(f"{self.file}: {msg}")
 
+    def inside(self, path: str, where: str, allowed: bool) -> str:
+        """A folder named by the spec: relative, and not climbing out of the root, unless allowed."""
+        out = os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] == os.pardir
+        self.need(allowed or not out, f"{where} '{path}' is outside the dataset root {self.file.parent}; move "
+                                      f"the folder into the dataset, or add 'allow_outside_root: true' to the spec")
+        return path
+
     def known(self, c, where: str) -> None:
         self.need(c in self.classes, f"{where} names class '{c}', which 'classes:' does not define "
                                      f"(defined: {', '.join(self.classes)}); fix the name or add the class")
@@ -165,24 +278,28 @@ def parse_spec(raw, root: Path) -> Spec:
     """Validate a spec given as plain data (a parsed dataset.yaml of the folder `root`)."""
     ck = _Checks(root / SPEC_FILE)
     ck.need(isinstance(raw, dict), "must be a mapping with at least 'classes:' and 'splits:'")
-    unknown = set(raw) - set(KEYS)
+    unknown = set(raw) - set(KEYS) - set(OPT_IN_KEYS)
     ck.need(not unknown, f"unknown key(s) {sorted(unknown)}; see docs/dataset.example.yaml")
+    outside = raw.get("allow_outside_root", False)
+    ck.need(isinstance(outside, bool), "'allow_outside_root:' must be true or false")
     ck.classes = parse_classes(raw.get("classes"), ck)
     splits = raw.get("splits")
     ck.need(isinstance(splits, dict) and "train" in splits,
             "'splits:' must map split names (at least 'train', best also 'val' and 'test') to folders")
+    splits = {str(k): ck.inside(str(v), f"splits.{k}", outside) for k, v in splits.items()}
     tasks = parse_tasks(raw.get("tasks") or {}, ck)
     multitask = parse_multitask(raw["multitask"], ck) if raw.get("multitask") else None
     external = {}
     for t, sets in (raw.get("external") or {}).items():
         ck.need(t in tasks, f"external suite '{t}' is no task under 'tasks:' ({', '.join(tasks) or 'none'})")
         ck.need(isinstance(sets, dict), f"external.{t} must map set names to folders")
-        external[str(t)] = {str(k): str(v) for k, v in sets.items()}
-    ood = {str(k): str(v) for k, v in (raw.get("ood") or {}).items()}
+        external[str(t)] = {str(k): ck.inside(str(v), f"external.{t}.{k}", outside) for k, v in sets.items()}
+    ood = {str(k): ck.inside(str(v), f"ood.{k}", outside) for k, v in (raw.get("ood") or {}).items()}
     multilabel = parse_multilabel(raw.get("multilabel") or {}, ck)
-    return Spec(root=root, name=str(raw.get("name", root.name)), classes=ck.classes,
-                splits={str(k): str(v) for k, v in splits.items()}, tasks=tasks, multitask=multitask,
-                external=external, ood=ood, multilabel=multilabel)
+    for n, m in multilabel.items():
+        ck.inside(m.path, f"multilabel.{n}", outside)
+    return Spec(root=root, name=str(raw.get("name", root.name)), classes=ck.classes, splits=splits, tasks=tasks,
+                multitask=multitask, external=external, ood=ood, multilabel=multilabel, allow_outside_root=outside)
 
 
 def parse_classes(classes_raw, ck: _Checks) -> dict[str, tuple[str, ...]]:
@@ -199,6 +316,10 @@ def parse_classes(classes_raw, ck: _Checks) -> dict[str, tuple[str, ...]]:
         folders = [folders] if isinstance(folders, str) else folders
         ck.need(isinstance(folders, list) and folders and all(isinstance(f, str) for f in folders),
                 f"class '{c}' must name a folder or a list of folders")
+        for f in folders:  # matched against the entries of a split folder, so never a path
+            ck.need(f not in ("", os.curdir, os.pardir) and "/" not in f and "\\" not in f,
+                    f"class '{c}' names folder '{f}'; a class folder is one plain name inside each split "
+                    f"(no '/', '.' or '..'); rename it")
         classes[c] = tuple(folders)
     seen: dict[str, str] = {}
     for c, folders in classes.items():
@@ -251,7 +372,7 @@ def write_spec(spec_dict: dict, root: str | Path) -> Path:
     root = Path(root)
     parse_spec(spec_dict, root)
     path = root / SPEC_FILE
-    path.write_text(yaml.safe_dump(spec_dict, sort_keys=False, allow_unicode=True))
+    path.write_text(yaml.dump(spec_dict, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True))
     return path
 
 
