@@ -4,6 +4,16 @@ One PMG training step on a batch is four optimizer steps: jigsaw n=8 -> loss on 
 n=4 -> output 1, n=2 -> output 2, the whole image -> concat output with loss x2. Each pass
 computes only what its loss uses (`model(x, step=k)`); `naive=True` runs the whole network in
 every pass as the paper's code does (same loss and gradients, more compute) for the benchmark.
+
+`zero_grad`: "zeros" is PyTorch 1.x's `zero_grad()` (the paper's code ran on it): gradients are
+filled with zeros, so in every one of the four steps every parameter that has had a gradient
+receives its weight decay and momentum update, also the parts the step's loss does not reach
+(with step-skipping too: their gradient is a zero tensor, as in the full forward). "none" is
+PyTorch 2's default: those parameters are left alone in that step.
+
+A non-finite loss stops training at once (`Divergence`, naming the epoch and step): a NaN model
+must never be selected or written as best. (GradScaler's skipped fp16 steps come from
+non-finite gradients, not losses, and do not trip it.)
 """
 from __future__ import annotations
 
@@ -25,17 +35,26 @@ def autocast(device: torch.device, amp: bool):
     return torch.autocast(device.type, dtype=dtype)
 
 
+ZERO_GRAD = ("zeros", "none")
+
+
+class Divergence(RuntimeError):
+    """A non-finite training loss; the message names where and what to try."""
+
+
 def pmg_step(model, paradigm, images, targets, optimizer, generator, granularities=(8, 4, 2),
-             scaler=None, amp=False, naive=False) -> list[float]:
+             scaler=None, amp=False, naive=False, zero_grad="none", permutation="cycle") -> list[float]:
     """The four optimizer steps of PMG on one batch; returns the four losses."""
     losses = []
     steps = [(k, n) for k, n in enumerate(granularities)] + [(CONCAT, 1)]
     for k, n in steps:
-        optimizer.zero_grad(set_to_none=True)
-        x = jigsaw(images, n, generator) if k != CONCAT else images
+        optimizer.zero_grad(set_to_none=zero_grad == "none")
+        x = jigsaw(images, n, generator, permutation) if k != CONCAT else images
         with autocast(images.device, amp):
             logits = model.forward_all(x)[k] if naive else model(x, step=k)
         loss = paradigm.loss(logits, targets) * (2 if k == CONCAT else 1)
+        if not torch.isfinite(loss):
+            raise Divergence(f"granularity step {k} (jigsaw n={n}) gave loss {loss.item()}")
         if scaler is not None and scaler.is_enabled():
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -48,11 +67,12 @@ def pmg_step(model, paradigm, images, targets, optimizer, generator, granulariti
 
 
 def train_one_epoch(model, paradigm, loader, optimizer, device, generator, epoch, *, granularities=(8, 4, 2),
-                    scaler=None, amp=False, channels_last=False, naive=False, progress=True) -> dict:
+                    scaler=None, amp=False, channels_last=False, naive=False, progress=True, zero_grad="none",
+                    permutation="cycle") -> dict:
     model.train()
     total, seen, skipped, start = 0.0, 0, [], time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress)
-    for images, targets, bad in bar:
+    for batch, (images, targets, bad) in enumerate(bar, 1):
         skipped += [message for _, message in bad]
         if images is None:
             continue
@@ -60,8 +80,12 @@ def train_one_epoch(model, paradigm, loader, optimizer, device, generator, epoch
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
-        losses = pmg_step(model, paradigm, images, targets, optimizer, generator, granularities,
-                          scaler, amp, naive)
+        try:
+            losses = pmg_step(model, paradigm, images, targets, optimizer, generator, granularities,
+                              scaler, amp, naive, zero_grad, permutation)
+        except Divergence as e:
+            raise Divergence(f"training diverged in epoch {epoch}, batch {batch}: {e}; nothing of this epoch was "
+                             f"saved (try a lower --lr, or --no-amp)") from None
         total += sum(losses) * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{sum(losses):.3f}")

@@ -10,8 +10,8 @@ and last.pt; `--resume` continues from last.pt of the same run folder or from a 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,25 +20,27 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from data.loading import ImageSet, collate_skip_bad, eval_transform, train_transform
 from data.spec import SpecError, load_spec
-from engine import evaluate, train_one_epoch
+from engine import ZERO_GRAD, Divergence, evaluate, train_one_epoch
 from models import BACKBONES, PARADIGMS, build_model, build_paradigm
+from models import checkpoint
 from models.backbones import WeightsError
-from utils import (CheckpointError, append_summary, init_distributed, load_checkpoint, plain, resolve_device,
-                   save_checkpoint, seed_everything)
+from models.jigsaw import PERMUTATIONS
+from models.checkpoint import CheckpointError
+from utils import append_summary, init_distributed, plain, resolve_device, seed_everything
 
 # A profile fills every flag the command line leaves unset. `paper` is the paper's configuration
 # (a GPU configuration: ~9 h per epoch of 5,000 images on 2 CPU cores); `quick` is sized for a CPU.
 PROFILES = {
     "paper": dict(backbone="resnet50", pretrained="imagenet", resize=550, crop=448, epochs=20, amp=True,
-                  channels_last=False),
+                  channels_last=False, zero_grad="zeros"),
     # CPU-sized: a pretrained small backbone, 64 px and half-width PMG branches (the 3x3 conv to
     # 1024 channels costs more than the backbone at this size).
     "quick": dict(backbone="efficientnet_lite0", pretrained="imagenet", resize=72, crop=64, epochs=5,
-                  branch_mid=256, branch_out=512, amp=False, channels_last=False),
+                  branch_mid=256, branch_out=512, amp=False, channels_last=False, zero_grad="none"),
 }
 DEFAULTS = dict(batch_size=16, lr=2e-3, momentum=0.9, weight_decay=5e-4, workers=2, seed=0, trial="exp1",
                 output_dir="artifacts", device="auto", branch_mid=512, branch_out=1024, hidden=512,
-                granularities=[8, 4, 2])
+                granularities=[8, 4, 2], jigsaw="cycle")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,13 +54,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=list(BACKBONES))
     p.add_argument("--pretrained", help="none | imagenet | PATH to a local weights file")
     p.add_argument("--resize", type=int, help="train images are resized to this square, then cropped")
-    p.add_argument("--crop", type=int, help="input size (train random crop, eval resize)")
+    p.add_argument("--crop", type=int, help="input size (train: random crop; evaluation and serving: centre crop)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="new layers; the backbone gets lr/10")
     p.add_argument("--momentum", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--granularities", type=int, nargs=3, help="jigsaw n of the three steps (8 4 2)")
+    p.add_argument("--jigsaw", choices=PERMUTATIONS,
+                   help="cycle: no block stays in place (the PMG reference); uniform: any permutation")
+    p.add_argument("--zero-grad", choices=ZERO_GRAD,
+                   help="zeros: PyTorch 1.x zero_grad (the paper's code: every parameter gets weight decay and "
+                        "momentum in each of the 4 steps); none: PyTorch 2's set_to_none")
     p.add_argument("--branch-mid", type=int)
     p.add_argument("--branch-out", type=int)
     p.add_argument("--hidden", type=int)
@@ -73,7 +80,20 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="continue: no value = last.pt of this run folder, or a checkpoint path")
     p.add_argument("--keep-epochs", action="store_true", help="also keep epoch_N.pt for every epoch")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    show_defaults(p)
     return p
+
+
+def show_defaults(p: argparse.ArgumentParser) -> None:
+    """Flags left unset are filled by the profile (or DEFAULTS): say which value each one gets."""
+    for action in p._actions:
+        values = {name: {**DEFAULTS, **prof}[action.dest] for name, prof in PROFILES.items()
+                  if action.dest in {**DEFAULTS, **prof}}
+        if not values:
+            continue
+        distinct = {str(v) for v in values.values()}
+        shown = distinct.pop() if len(distinct) == 1 else ", ".join(f"{k} {v}" for k, v in values.items())
+        action.help = f"{action.help or ''} (default: {shown})".strip()
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -91,7 +111,7 @@ def load_data(spec, paradigm, args, world: int):
     def items(split):
         return [(p, paradigm.targets(c)) for p, c in spec.split_samples(split, list(paradigm.classes))]
     train = ImageSet(items("train"), train_transform(args.resize, args.crop))
-    val = ImageSet(items("val"), eval_transform(args.crop))
+    val = ImageSet(items("val"), eval_transform(args.resize, args.crop))
     sampler = DistributedSampler(train, seed=args.seed) if world > 1 else None
     loader_gen = torch.Generator()
     common = dict(batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_skip_bad,
@@ -100,6 +120,63 @@ def load_data(spec, paradigm, args, world: int):
                               drop_last=len(train) > args.batch_size, **common)
     val_loader = DataLoader(val, shuffle=False, **common)
     return train_loader, val_loader, loader_gen, sampler
+
+
+def build_training(args, paradigm, device):
+    """(model, optimizer, scheduler, scaler) of the paper: SGD with momentum, backbone at lr/10,
+    cosine annealing over the epochs."""
+    model = build_model(args.backbone, paradigm, args.pretrained, args.branch_mid, args.branch_out,
+                        args.hidden).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.param_groups(args.lr), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
+    return model, optimizer, scheduler, scaler
+
+
+def log_skipped(run_dir: Path, epoch: int, skipped: list[str]) -> None:
+    if skipped:
+        with open(run_dir / "skipped.txt", "a") as f:
+            f.writelines(f"epoch {epoch}: {m}\n" for m in skipped)
+        print(f"skipped {len(skipped)} unreadable image(s) in epoch {epoch}; listed in "
+              f"{run_dir / 'skipped.txt'}", file=sys.stderr)
+
+
+SELECTION = "highest val accuracy; ties broken by lower val loss; never a non-finite val loss"
+
+
+def better(val: dict, best: dict | None) -> bool:
+    """Model selection (SELECTION): does this epoch's validation beat the best so far?"""
+    if not math.isfinite(val["val_loss"]):
+        return False
+    if best is None:
+        return True
+    return val["val_acc"] > best["acc"] or (val["val_acc"] == best["acc"] and val["val_loss"] < best["loss"])
+
+
+def end_epoch(args, epoch: int, lr: float, stats: dict, model, paradigm, spec, val_loader, device, run_dir: Path,
+              best: dict | None, training) -> dict | None:
+    """Validate (val split, never test), log the epoch to summary.csv, write last.pt and, when the
+    model is better by SELECTION, best.pt. Returns the best {acc, loss} so far."""
+    val = evaluate(model, paradigm, val_loader, device, amp=args.amp, channels_last=args.channels_last,
+                   progress=not args.no_progress)
+    log_skipped(run_dir, epoch, stats.pop("skipped") + val.pop("val_skipped"))
+    improved = better(val, best)
+    best = {"acc": val["val_acc"], "loss": val["val_loss"]} if improved else best
+    row = {"epoch": epoch, "lr": lr, **stats, **val, "best": improved}
+    append_summary(run_dir, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
+    print(f"epoch {epoch}/{args.epochs}: train loss {stats['train_loss']:.4f} "
+          f"({stats['train_images_per_s']:.1f} img/s), val loss {val['val_loss']:.4f}, "
+          f"val acc {val['val_acc']:.4f}{' *' if improved else ''}", flush=True)
+    state = checkpoint.training_state(model, paradigm, spec, args, *training, epoch, val, best, SELECTION)
+    checkpoint.save(state, run_dir / "last.pt")
+    if improved:
+        checkpoint.save(state, run_dir / "best.pt")
+    if args.keep_epochs:
+        checkpoint.save(state, run_dir / f"epoch_{epoch}.pt")
+    return best
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -116,29 +193,14 @@ def main(args: argparse.Namespace) -> Path:
               f"{f' x{world}' if world > 1 else ''}; run folder {run_dir}", flush=True)
     seed_everything(args.seed)
     train_loader, val_loader, loader_gen, sampler = load_data(spec, paradigm, args, world)
-    model = build_model(args.backbone, paradigm, args.pretrained, args.branch_mid, args.branch_out,
-                        args.hidden).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.param_groups(args.lr), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
+    model, optimizer, scheduler, scaler = build_training(args, paradigm, device)
     start, best = 1, None
     if args.resume:
         path = run_dir / "last.pt" if args.resume == "auto" else Path(args.resume)
-        ckpt = load_checkpoint(path)
-        if (ckpt["paradigm"], ckpt["task"], ckpt["classes"]) != (paradigm.name, paradigm.task, list(paradigm.classes)):
-            raise CheckpointError(f"{path}: trained as {ckpt['paradigm']} {ckpt['task'] or ''} on classes "
-                                  f"{ckpt['classes']}, but this run is {paradigm.name} {paradigm.task or ''} on "
-                                  f"{list(paradigm.classes)} ({spec.file}); resume with matching flags")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start, best = ckpt["epoch"] + 1, ckpt["best_val_acc"]
+        start, best = checkpoint.restore_training(checkpoint.read(path), path, paradigm, spec, model, optimizer,
+                                                  scheduler, scaler)
         if main_proc:
-            print(f"resumed from {path} at epoch {ckpt['epoch']}", flush=True)
+            print(f"resumed from {path} at epoch {start - 1}", flush=True)
     net = model
     if world > 1:
         # Each granularity step uses a different part of the network.
@@ -159,36 +221,13 @@ def main(args: argparse.Namespace) -> Path:
         lr = optimizer.param_groups[-1]["lr"]
         stats = train_one_epoch(net, paradigm, train_loader, optimizer, device, jigsaw_gen, epoch,
                                 granularities=tuple(args.granularities), scaler=scaler, amp=args.amp,
-                                channels_last=args.channels_last, progress=main_proc and not args.no_progress)
+                                channels_last=args.channels_last, progress=main_proc and not args.no_progress,
+                                zero_grad=args.zero_grad, permutation=args.jigsaw)
         scheduler.step()
         if not main_proc:
             continue
-        val = evaluate(model, paradigm, val_loader, device, amp=args.amp, channels_last=args.channels_last,
-                       progress=not args.no_progress)
-        skipped = stats.pop("skipped") + val.pop("val_skipped")
-        if skipped:
-            with open(run_dir / "skipped.txt", "a") as f:
-                f.writelines(f"epoch {epoch}: {m}\n" for m in skipped)
-            print(f"skipped {len(skipped)} unreadable image(s) in epoch {epoch}; listed in "
-                  f"{run_dir / 'skipped.txt'}", file=sys.stderr)
-        improved = best is None or val["val_acc"] > best
-        best = val["val_acc"] if improved else best
-        row = {"epoch": epoch, "lr": lr, **stats, **val, "best": improved}
-        append_summary(run_dir, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
-        print(f"epoch {epoch}/{args.epochs}: train loss {stats['train_loss']:.4f} "
-              f"({stats['train_images_per_s']:.1f} img/s), val loss {val['val_loss']:.4f}, "
-              f"val acc {val['val_acc']:.4f}{' *' if improved else ''}", flush=True)
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                 "args": plain(vars(args)), "paradigm": paradigm.name, "task": paradigm.task,
-                 "classes": list(paradigm.classes),
-                 "heads": [[h.name, h.kind, list(h.classes)] for h in paradigm.heads],
-                 "spec": spec.as_dict(), "val": plain(val), "best_val_acc": best}
-        save_checkpoint(state, run_dir / "last.pt")
-        if improved:
-            save_checkpoint(state, run_dir / "best.pt")
-        if args.keep_epochs:
-            save_checkpoint(state, run_dir / f"epoch_{epoch}.pt")
+        best = end_epoch(args, epoch, lr, stats, model, paradigm, spec, val_loader, device, run_dir, best,
+                         (optimizer, scheduler, scaler))
     if world > 1:
         torch.distributed.destroy_process_group()
     return run_dir
@@ -197,5 +236,5 @@ def main(args: argparse.Namespace) -> Path:
 if __name__ == "__main__":
     try:
         main(get_args_parser().parse_args())
-    except (SpecError, CheckpointError, WeightsError) as e:
+    except (SpecError, CheckpointError, WeightsError, Divergence) as e:
         sys.exit(f"error: {e}")

@@ -22,8 +22,11 @@ def train_transform(resize: int, crop: int) -> T.Compose:
                       T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def eval_transform(crop: int) -> T.Compose:
-    return T.Compose([T.Resize((crop, crop)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def eval_transform(resize: int, crop: int) -> T.Compose:
+    """The PMG reference's test transform: Resize((550,550)) -> CenterCrop(448). Objects keep the
+    scale they had in training (resize, then a crop), which resizing straight to `crop` would not."""
+    return T.Compose([T.Resize((resize, resize)), T.CenterCrop(crop), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 class ImageSet(Dataset):

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import csv
+import io
+import os
 import subprocess
 
 import pytest
 import torch
 import yaml
 
+from models import checkpoint
 from tests.conftest import ROOT, TINY_TRAIN, run_cli
-from utils import CheckpointError, load_checkpoint
 
 
 @pytest.mark.parametrize("flags,run", [
@@ -26,7 +28,7 @@ def test_one_epoch_per_paradigm(tiny_data, tmp_path, flags, run):
     assert len(rows) == 1 and 0.0 <= float(rows[0]["val_acc"]) <= 1.0
     args = yaml.safe_load((run_dir / "args.yaml").read_text())
     assert args["paradigm"] == flags[1] and args["crop"] == 32 and args["seed"] == 0
-    ckpt = load_checkpoint(run_dir / "best.pt")
+    ckpt = checkpoint.read(run_dir / "best.pt")
     spec_classes = list(ckpt["spec"]["classes"])
     expected = {"uni": spec_classes, "task_defect": ["normal", "defect"], "task_dirt": ["normal", "dirt"],
                 "multi": spec_classes}[run]
@@ -47,7 +49,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_data, tmp_path)
     (b / "last.pt").write_bytes((a / "epoch_1.pt").read_bytes())
     proc = run_cli("train.py", *common, "--output-dir", tmp_path / "b", "--resume")
     assert "resumed from" in proc.stdout and "epoch 1/2" not in proc.stdout
-    final_a, final_b = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    final_a, final_b = checkpoint.read(a / "last.pt"), checkpoint.read(b / "last.pt")
     assert final_b["epoch"] == 2
     for k, v in final_a["model"].items():
         assert torch.equal(v, final_b["model"][k]), k
@@ -64,21 +66,33 @@ def test_resume_refuses_a_checkpoint_of_another_model(tiny_data, tmp_path):
     assert "trained as task dirt" in proc.stderr and str(ckpt) in proc.stderr
     junk = tmp_path / "junk.pt"
     torch.save({"weights": torch.zeros(2)}, junk)
-    with pytest.raises(CheckpointError, match="not a checkpoint written by train.py"):
-        load_checkpoint(junk)
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint written by train.py"):
+        checkpoint.read(junk)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    from utils import save_checkpoint
+    """A save killed half-way through writing leaves the previous checkpoint whole, and no temp file."""
     path = tmp_path / "last.pt"
-    save_checkpoint({"model": {"w": torch.ones(1)}, "epoch": 1}, path)
+    checkpoint.save({"format": checkpoint.FORMAT, "model": {"w": torch.ones(1)}, "epoch": 1}, path)
+    real_save = torch.save
 
-    def crash(*a, **k):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(torch, "save", crash)
+    def killed_mid_write(obj, f, *args, **kwargs):
+        whole = io.BytesIO()
+        real_save(obj, whole, *args, **kwargs)
+        half = whole.getvalue()[: len(whole.getvalue()) // 2]
+        if isinstance(f, (str, os.PathLike)):
+            with open(f, "wb") as out:
+                out.write(half)
+        else:
+            f.write(half)
+            f.flush()
+        raise KeyboardInterrupt  # the process dies here, its file half written
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint({"model": {"w": torch.zeros(1)}, "epoch": 2}, path)
-    assert load_checkpoint(path)["epoch"] == 1
+        checkpoint.save({"format": checkpoint.FORMAT, "model": {"w": torch.zeros(1)}, "epoch": 2}, path)
+    assert checkpoint.read(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_run_script_trains_n_trials_with_different_seeds(tiny_data, tmp_path):
@@ -105,4 +119,4 @@ def test_torchrun_two_processes_on_cpu(tiny_data, tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x2" in proc.stdout
-    assert load_checkpoint(tmp_path / "multi" / "exp1" / "best.pt")["epoch"] == 1
+    assert checkpoint.read(tmp_path / "multi" / "exp1" / "best.pt")["epoch"] == 1
