@@ -136,8 +136,8 @@ def plot_reliability(results, out: Path):
 
 
 def model_classes(metrics: dict, spec) -> list[str]:
-    """The classes a run predicts: its task's two for a task-centric model, else every class."""
-    return list(spec.tasks[metrics["task"]]) if metrics["paradigm"] == "task" else list(spec.class_names)
+    """The classes a run was trained on: its task's two for a task-centric model, else every class."""
+    return list(metrics["classes"])
 
 
 def plot_confusion(results, spec, out: Path) -> list[Path]:

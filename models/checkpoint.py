@@ -103,7 +103,7 @@ class Checkpoint:
     def provenance(self) -> dict:
         a = self.args
         return {"checkpoint": str(self.path), "run": self.paradigm.run_name, "paradigm": self.paradigm.name,
-                "task": self.paradigm.task, "epoch": self.epoch, "profile": a.get("profile"),
+                "task": self.paradigm.task, "classes": list(self.paradigm.classes), "epoch": self.epoch, "profile": a.get("profile"),
                 "backbone": a.get("backbone"), "crop": a.get("crop"), "epochs": a.get("epochs"),
                 "seed": a.get("seed"), "trial": a.get("trial"), "data": a.get("data")}
 

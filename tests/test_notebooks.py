@@ -105,7 +105,9 @@ def written(path) -> bool:
 
 
 def trial(paradigm, task=None, **raw):
-    m = {"paradigm": paradigm, "task": task, "rejection": {"paper_scorer": "max_logit"}}
+    from models import build_paradigm
+    classes = list(build_paradigm(paradigm, SPEC, task).classes)
+    m = {"paradigm": paradigm, "task": task, "classes": classes, "rejection": {"paper_scorer": "max_logit"}}
     return m, raw
 
 
