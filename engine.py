@@ -36,6 +36,20 @@ def autocast(device: torch.device, amp: bool):
 
 
 ZERO_GRAD = ("zeros", "none")
+METHODS = ("pmg", "plain")
+
+
+def training_steps(method: str, granularities=(8, 4, 2)) -> list[tuple[int, int, float]]:
+    """(output, jigsaw n, loss weight) of each optimizer step on a batch.
+
+    pmg: the paper's progressive steps, then the whole image on the concat output with loss x2;
+    plain: plain fine-tuning of the same network and heads, one step per batch on the whole image
+    (loss x1: the x2 of PMG balances its three jigsaw steps)."""
+    if method == "plain":
+        return [(CONCAT, 1, 1.0)]
+    if method != "pmg":
+        raise ValueError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    return [(k, n, 1.0) for k, n in enumerate(granularities)] + [(CONCAT, 1, 2.0)]
 
 
 class Divergence(RuntimeError):
@@ -43,16 +57,16 @@ class Divergence(RuntimeError):
 
 
 def pmg_step(model, paradigm, images, targets, optimizer, generator, granularities=(8, 4, 2),
-             scaler=None, amp=False, naive=False, zero_grad="none", permutation="cycle") -> list[float]:
-    """The four optimizer steps of PMG on one batch; returns the four losses."""
+             scaler=None, amp=False, naive=False, zero_grad="none", permutation="cycle",
+             method="pmg") -> list[float]:
+    """The optimizer steps of one batch (four for PMG, one for plain); returns their losses."""
     losses = []
-    steps = [(k, n) for k, n in enumerate(granularities)] + [(CONCAT, 1)]
-    for k, n in steps:
+    for k, n, weight in training_steps(method, granularities):
         optimizer.zero_grad(set_to_none=zero_grad == "none")
         x = jigsaw(images, n, generator, permutation) if k != CONCAT else images
         with autocast(images.device, amp):
             logits = model.forward_all(x)[k] if naive else model(x, step=k)
-        loss = paradigm.loss(logits, targets) * (2 if k == CONCAT else 1)
+        loss = paradigm.loss(logits, targets) * weight
         if not torch.isfinite(loss):
             raise Divergence(f"granularity step {k} (jigsaw n={n}) gave loss {loss.item()}")
         if scaler is not None and scaler.is_enabled():
@@ -68,11 +82,17 @@ def pmg_step(model, paradigm, images, targets, optimizer, generator, granulariti
 
 def train_one_epoch(model, paradigm, loader, optimizer, device, generator, epoch, *, granularities=(8, 4, 2),
                     scaler=None, amp=False, channels_last=False, naive=False, progress=True, zero_grad="none",
-                    permutation="cycle") -> dict:
+                    permutation="cycle", method="pmg", max_batches=None, on_batch=None) -> dict:
+    """One pass over the loader (or its first `max_batches` batches: the step budget's last epoch);
+    `on_batch()` runs after every batch (a per-batch schedule)."""
     model.train()
-    total, seen, skipped, start = 0.0, 0, [], time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress)
+    total, seen, batches, skipped, start = 0.0, 0, 0, [], time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress,
+               total=min(len(loader), max_batches) if max_batches is not None else None)
     for batch, (images, targets, bad) in enumerate(bar, 1):
+        if max_batches is not None and batch > max_batches:
+            break
+        batches += 1
         skipped += [message for _, message in bad]
         if images is None:
             continue
@@ -82,15 +102,17 @@ def train_one_epoch(model, paradigm, loader, optimizer, device, generator, epoch
         targets = targets.to(device, non_blocking=True)
         try:
             losses = pmg_step(model, paradigm, images, targets, optimizer, generator, granularities,
-                              scaler, amp, naive, zero_grad, permutation)
+                              scaler, amp, naive, zero_grad, permutation, method)
         except Divergence as e:
             raise Divergence(f"training diverged in epoch {epoch}, batch {batch}: {e}; nothing of this epoch was "
                              f"saved (try a lower --lr, or --no-amp)") from None
         total += sum(losses) * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{sum(losses):.3f}")
+        if on_batch is not None:
+            on_batch()
     seconds = time.perf_counter() - start
-    return {"train_loss": total / max(seen, 1), "train_images": seen, "train_seconds": seconds,
+    return {"train_loss": total / max(seen, 1), "train_images": seen, "train_batches": batches, "train_seconds": seconds,
             "train_images_per_s": seen / max(seconds, 1e-9), "skipped": skipped}
 
 

@@ -20,13 +20,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from data.loading import ImageSet, collate_skip_bad, eval_transform, train_transform
 from data.spec import SpecError, load_spec
-from engine import ZERO_GRAD, Divergence, evaluate, train_one_epoch
+from engine import METHODS, ZERO_GRAD, Divergence, evaluate, train_one_epoch
 from models import BACKBONES, PARADIGMS, build_model, build_paradigm
 from models import checkpoint
 from models.backbones import WeightsError
 from models.jigsaw import PERMUTATIONS
 from models.checkpoint import CheckpointError
-from utils import append_summary, init_distributed, plain, resolve_device, seed_everything
+from utils import append_summary, init_distributed, plain, resolve_device, seed_everything, truncate_summary
 
 # A profile fills every flag the command line leaves unset. `paper` is the paper's configuration
 # (a GPU configuration: ~9 h per epoch of 5,000 images on 2 CPU cores); `quick` is sized for a CPU.
@@ -40,7 +40,7 @@ PROFILES = {
 }
 DEFAULTS = dict(batch_size=16, lr=2e-3, momentum=0.9, weight_decay=5e-4, workers=2, seed=0, trial="exp1",
                 output_dir="artifacts", device="auto", branch_mid=512, branch_out=1024, hidden=512,
-                granularities=[8, 4, 2], jigsaw="cycle")
+                granularities=[8, 4, 2], jigsaw="cycle", method="pmg", budget="epochs")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -61,6 +61,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--granularities", type=int, nargs=3, help="jigsaw n of the three steps (8 4 2)")
+    p.add_argument("--method", choices=METHODS,
+                   help="pmg: the 4 progressive jigsaw steps per batch; plain: plain fine-tuning of the same "
+                        "network and heads (one step per batch on the whole image)")
+    p.add_argument("--budget", choices=["epochs", "steps"],
+                   help="epochs: --epochs over this paradigm's data (the paper); steps: as many batches as the "
+                        "efficiency-centric model gets in --epochs (equal compute)")
     p.add_argument("--jigsaw", choices=PERMUTATIONS,
                    help="cycle: no block stays in place (the PMG reference); uniform: any permutation")
     p.add_argument("--zero-grad", choices=ZERO_GRAD,
@@ -122,16 +128,39 @@ def load_data(spec, paradigm, args, world: int):
     return train_loader, val_loader, loader_gen, sampler
 
 
-def build_training(args, paradigm, device):
+def plan_budget(args, spec, train_loader, world: int) -> tuple[int, int | None]:
+    """(epochs to run, total training batches or None).
+
+    budget=epochs (the paper's protocol): --epochs passes over this paradigm's own data.
+    budget=steps: every paradigm gets the number of batches the efficiency-centric model takes in
+    --epochs over the whole train split (all classes), so a 2-class task model is not compared
+    after seeing a fraction of the updates; the last epoch is cut where the budget ends."""
+    if args.budget == "epochs":
+        return args.epochs, None
+    per_rank = math.ceil(len(spec.split_samples("train")) / world)
+    reference = per_rank // args.batch_size if per_rank > args.batch_size else 1  # drop_last as load_data
+    total = args.epochs * reference
+    return math.ceil(total / len(train_loader)), total
+
+
+def cosine(total: int):
+    """lr factor after t steps of `total`: 1 at the start, 0 after the last step."""
+    return lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
+
+
+def build_training(args, paradigm, device, epochs: int, total_batches: int | None):
     """(model, optimizer, scheduler, scaler) of the paper: SGD with momentum, backbone at lr/10,
-    cosine annealing over the epochs."""
+    cosine annealing over the epochs (per epoch), or over the batches under a step budget."""
     model = build_model(args.backbone, paradigm, args.pretrained, args.branch_mid, args.branch_out,
                         args.hidden).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.param_groups(args.lr), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    if total_batches is None:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(total_batches))
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     return model, optimizer, scheduler, scaler
 
@@ -165,17 +194,20 @@ def end_epoch(args, epoch: int, lr: float, stats: dict, model, paradigm, spec, v
     log_skipped(run_dir, epoch, stats.pop("skipped") + val.pop("val_skipped"))
     improved = better(val, best)
     best = {"acc": val["val_acc"], "loss": val["val_loss"]} if improved else best
-    row = {"epoch": epoch, "lr": lr, **stats, **val, "best": improved}
-    append_summary(run_dir, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
-    print(f"epoch {epoch}/{args.epochs}: train loss {stats['train_loss']:.4f} "
-          f"({stats['train_images_per_s']:.1f} img/s), val loss {val['val_loss']:.4f}, "
-          f"val acc {val['val_acc']:.4f}{' *' if improved else ''}", flush=True)
+    # Crash-consistent order: best.pt, the summary row, then last.pt (the commit point). Killed
+    # before last.pt is replaced, --resume re-runs this epoch (deterministically: the same best.pt
+    # again) and first cuts the summary back to it, so no row is doubled or missing.
     state = checkpoint.training_state(model, paradigm, spec, args, *training, epoch, val, best, SELECTION)
-    checkpoint.save(state, run_dir / "last.pt")
     if improved:
         checkpoint.save(state, run_dir / "best.pt")
     if args.keep_epochs:
         checkpoint.save(state, run_dir / f"epoch_{epoch}.pt")
+    row = {"epoch": epoch, "lr": lr, **stats, **val, "best": improved}
+    append_summary(run_dir, {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
+    checkpoint.save(state, run_dir / "last.pt")
+    print(f"epoch {epoch}/{args.epochs_run}: train loss {stats['train_loss']:.4f} "
+          f"({stats['train_images_per_s']:.1f} img/s), val loss {val['val_loss']:.4f}, "
+          f"val acc {val['val_acc']:.4f}{' *' if improved else ''}", flush=True)
     return best
 
 
@@ -193,13 +225,18 @@ def main(args: argparse.Namespace) -> Path:
               f"{f' x{world}' if world > 1 else ''}; run folder {run_dir}", flush=True)
     seed_everything(args.seed)
     train_loader, val_loader, loader_gen, sampler = load_data(spec, paradigm, args, world)
-    model, optimizer, scheduler, scaler = build_training(args, paradigm, device)
+    epochs, total_batches = plan_budget(args, spec, train_loader, world)
+    args.epochs_run, args.budget_batches = epochs, total_batches  # recorded in args.yaml and checkpoints
+    if main_proc and total_batches is not None:
+        print(f"budget steps: {total_batches} batches ({epochs} epochs of {len(train_loader)})", flush=True)
+    model, optimizer, scheduler, scaler = build_training(args, paradigm, device, epochs, total_batches)
     start, best = 1, None
     if args.resume:
         path = run_dir / "last.pt" if args.resume == "auto" else Path(args.resume)
         start, best = checkpoint.restore_training(checkpoint.read(path), path, paradigm, spec, model, optimizer,
                                                   scheduler, scaler)
         if main_proc:
+            truncate_summary(run_dir, start)
             print(f"resumed from {path} at epoch {start - 1}", flush=True)
     net = model
     if world > 1:
@@ -210,7 +247,7 @@ def main(args: argparse.Namespace) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "args.yaml").write_text(yaml.safe_dump(plain(vars(args)), sort_keys=False))
     jigsaw_gen = torch.Generator()
-    for epoch in range(start, args.epochs + 1):
+    for epoch in range(start, epochs + 1):
         # Every random stream is re-seeded from (seed, epoch): a resumed run draws exactly what an
         # uninterrupted one would have drawn.
         torch.manual_seed(args.seed * 100_003 + epoch * 1_009 + rank)
@@ -222,8 +259,12 @@ def main(args: argparse.Namespace) -> Path:
         stats = train_one_epoch(net, paradigm, train_loader, optimizer, device, jigsaw_gen, epoch,
                                 granularities=tuple(args.granularities), scaler=scaler, amp=args.amp,
                                 channels_last=args.channels_last, progress=main_proc and not args.no_progress,
-                                zero_grad=args.zero_grad, permutation=args.jigsaw)
-        scheduler.step()
+                                zero_grad=args.zero_grad, permutation=args.jigsaw, method=args.method,
+                                max_batches=None if total_batches is None else
+                                total_batches - (epoch - 1) * len(train_loader),
+                                on_batch=None if total_batches is None else scheduler.step)
+        if total_batches is None:
+            scheduler.step()
         if not main_proc:
             continue
         best = end_epoch(args, epoch, lr, stats, model, paradigm, spec, val_loader, device, run_dir, best,

@@ -86,3 +86,21 @@ def append_summary(run_dir: Path, row: dict) -> None:
         w.writerow(row)
 
 
+
+
+def truncate_summary(run_dir: Path, first_epoch: int) -> None:
+    """Drop summary.csv rows of epochs >= first_epoch (a resumed run writes them again)."""
+    path = Path(run_dir) / "summary.csv"
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for r in rows if int(r["epoch"]) < first_epoch]
+    if len(keep) == len(rows):
+        return
+    tmp = path.with_name(".summary.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+    os.replace(tmp, path)

@@ -116,3 +116,102 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(artifacts, tiny_data, t
     proc = run_cli("-m", "pipeline", "predict", "--checkpoint", tmp_path / "nan.pt", "--threshold", "0",
                    "--source", tiny_data / "test", "--table", tmp_path / "p.db", check=False)
     assert proc.returncode == 1 and "not finite" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cosine_budget_schedule_reaches_its_minimum_at_the_last_step():
+    from train import cosine
+    f = cosine(10)
+    assert f(0) == 1.0 and f(10) == pytest.approx(0.0, abs=1e-12) and f(5) == pytest.approx(0.5)
+    assert all(f(t) > f(t + 1) for t in range(10))
+
+
+def summary_rows(run_dir):
+    import csv
+    with open(run_dir / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_step_budget_gives_every_paradigm_the_efficiency_centric_batches(tiny_data, tmp_path):
+    """--budget steps: a task model (2 of 10 classes) takes as many batches as the uni model in
+    --epochs; --budget epochs (the paper) gives it 1/5 of them."""
+    flags = [*TINY_TRAIN, "--epochs", "1", "--output-dir", tmp_path]
+    run_cli("train.py", "--data", tiny_data, "--paradigm", "uni", "--budget", "steps", *flags)
+    run_cli("train.py", "--data", tiny_data, "--paradigm", "task", "--task", "dirt", "--budget", "steps", *flags)
+    run_cli("train.py", "--data", tiny_data, "--paradigm", "task", "--task", "defect", "--budget", "epochs", *flags)
+    batches = {run: sum(int(r["train_batches"]) for r in summary_rows(tmp_path / run / "exp1"))
+               for run in ("uni", "task_dirt", "task_defect")}
+    assert batches["uni"] == batches["task_dirt"] == 60 // 8  # 10 classes x 6 train images, batch 8
+    assert batches["task_defect"] == 12 // 8
+    rows = summary_rows(tmp_path / "task_dirt" / "exp1")
+    assert len(rows) == 7 and float(rows[0]["lr"]) > float(rows[-1]["lr"]) > 0  # annealed over the budget
+
+
+def test_plain_fine_tuning_is_one_step_per_batch():
+    from engine import training_steps
+    p = build_paradigm("uni", SPEC)
+    torch.manual_seed(0)
+    model = build_model("resnet18", p, **SMALL)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(4, 3, 48, 48), torch.tensor([[0], [1], [2], [3]])
+    calls = []
+    step = opt.step
+    opt.step = lambda *a, **k: (calls.append(1), step(*a, **k))[1]
+    losses = pmg_step(model, p, x, y, opt, torch.Generator().manual_seed(0), method="plain")
+    assert len(losses) == 1 and len(calls) == 1
+    assert training_steps("plain") == [(3, 1, 1.0)] and len(training_steps("pmg")) == 4
+    with pytest.raises(ValueError, match="unknown method"):
+        training_steps("jigsaw")
+
+
+KILL = """
+import os, sys
+sys.path.insert(0, {root!r})
+import models.checkpoint as checkpoint
+import train
+save, append = checkpoint.save, train.append_summary
+def killing_save(state, path):
+    if state["epoch"] == 2 and path.name == {at!r}:
+        os._exit(9)
+    save(state, path)
+def killing_append(run_dir, row):
+    if row["epoch"] == 2 and {at!r} == "summary.csv":
+        os._exit(9)
+    append(run_dir, row)
+checkpoint.save, train.append_summary = killing_save, killing_append
+train.main(train.get_args_parser().parse_args({argv!r}))
+"""
+
+
+def crash_argv(tiny_data):
+    return ["--data", str(tiny_data), "--paradigm", "task", "--task", "dirt", "--epochs", "2", *map(str, TINY_TRAIN)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run_cli("train.py", *crash_argv(tiny_data), "--output-dir", out)
+    return out
+
+
+@pytest.mark.parametrize("at", ["best.pt", "summary.csv", "last.pt"])
+def test_kill_at_any_write_of_an_epoch_then_resume_gives_the_uninterrupted_run(at, tiny_data, uninterrupted, tmp_path):
+    """kill -9 just before each write of epoch 2 (of 2), then --resume: the same run folder as an
+    uninterrupted run: summary rows, best.pt and last.pt (weights and epoch), no temp file."""
+    from models.checkpoint import read
+    from tests.conftest import ROOT
+    argv = crash_argv(tiny_data)
+    killed = run_cli("-c", KILL.format(root=str(ROOT), at=at, argv=[*argv, "--output-dir", str(tmp_path / "k")]),
+                     check=False)
+    ref, run = uninterrupted / "task_dirt" / "exp1", tmp_path / "k" / "task_dirt" / "exp1"
+    if killed.returncode == 0:
+        pytest.skip(f"epoch 2 wrote no {at} in this run")  # best.pt only when val improved
+    assert killed.returncode == 9
+    run_cli("train.py", *argv, "--output-dir", tmp_path / "k", "--resume")
+    drop = ("train_seconds", "train_images_per_s")
+    rows = lambda d: [{k: v for k, v in r.items() if k not in drop} for r in summary_rows(d)]  # noqa: E731
+    assert rows(run) == rows(ref)  # no epoch twice, none missing
+    for name in ("best.pt", "last.pt"):
+        a, b = read(ref / name), read(run / name)
+        assert a["epoch"] == b["epoch"]
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert not list(run.glob(".*.tmp"))
