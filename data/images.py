@@ -12,7 +12,7 @@ import stat
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 # Anything above this many pixels is refused rather than decoded (a decompression bomb would
 # otherwise exhaust memory); phone photos are ~12-50 Mpx.
@@ -72,7 +72,9 @@ def _decode_rgb(f, path: Path) -> Image.Image:
                     raise ImageError(f"{path}: {im.width}x{im.height} pixels exceeds the limit of "
                                      f"{MAX_PIXELS:,} (possible decompression bomb); downscale it")
                 im.load()
-                return to_rgb(im)
+                # A phone photo is stored sideways with an EXIF orientation tag: show it upright, in
+                # training and serving alike (this is the one decoder).
+                return to_rgb(ImageOps.exif_transpose(im))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -215,3 +215,31 @@ def test_kill_at_any_write_of_an_epoch_then_resume_gives_the_uninterrupted_run(a
         assert a["epoch"] == b["epoch"]
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert not list(run.glob(".*.tmp"))
+
+
+def test_exif_orientation_is_applied_by_the_one_decoder(tmp_path):
+    from data.images import load_rgb
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 10, 20))  # blue strip on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    img.save(tmp_path / "sideways.jpg", exif=exif.tobytes(), quality=95)
+    shown = load_rgb(tmp_path / "sideways.jpg")
+    assert shown.size == (20, 40)  # upright: taller than wide
+    r, g, b = shown.getpixel((10, 2))  # the stored left strip is now on top
+    assert b > 200 and r < 60
+
+
+def test_broken_checkpoints_and_a_resume_into_other_widths_give_one_line_errors(tiny_data, tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    proc = run_cli("evaluate.py", "run", "--checkpoint", empty, "--data", tiny_data, "--out", tmp_path / "r",
+                   "--device", "cpu", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(empty) in proc.stderr
+    argv = ["--data", tiny_data, "--paradigm", "task", "--task", "dirt", "--epochs", "1", "--output-dir", tmp_path,
+            *TINY_TRAIN]
+    run_cli("train.py", *argv)
+    proc = run_cli("train.py", *argv, "--branch-out", "48", "--epochs", "2", "--resume", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and "do not fit" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
