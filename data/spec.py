@@ -28,6 +28,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 KEYS = ("name", "version", "classes", "splits", "tasks", "multitask", "external", "ood", "multilabel")  # top level
 # accepted too, but no part of the generated example (the embedded dataset never needs it): the README says when
 OPT_IN_KEYS = ("allow_outside_root",)
+OOD_KEYS = ("path", "val", "kind")  # the long form of an OOD set; the short form is its path alone
+OOD_KINDS = ("near", "far")  # near: the domain's own scenes outside the classes; far: another domain
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few kB; a bigger file is the wrong file, and is not read
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # usable as a folder name and a shell word
 
@@ -51,7 +53,9 @@ class Spec:
     tasks: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (negative, positive)
     multitask: dict | None = None  # {"negative": c, "binary": [c...], "softmax": [c...]}
     external: dict[str, dict[str, str]] = field(default_factory=dict)
-    ood: dict[str, str] = field(default_factory=dict)
+    ood: dict[str, str] = field(default_factory=dict)  # set -> reported folder (never used to choose anything)
+    ood_val: dict[str, str] = field(default_factory=dict)  # set -> folder for choosing detectors and thresholds
+    ood_kind: dict[str, str | None] = field(default_factory=dict)  # set -> "near", "far" or None (not said)
     multilabel: dict[str, MultiLabelSet] = field(default_factory=dict)
     allow_outside_root: bool = False  # paths and symbolic links may lead out of `root`
 
@@ -80,13 +84,24 @@ class Spec:
         if self.external:
             d["external"] = {t: dict(s) for t, s in self.external.items()}
         if self.ood:
-            d["ood"] = dict(self.ood)
+            d["ood"] = {n: self._ood_entry(n) for n in self.ood}
         if self.multilabel:
             d["multilabel"] = {n: {"path": m.path, "labels": list(m.labels)}
                                for n, m in self.multilabel.items()}
         if self.allow_outside_root:
             d["allow_outside_root"] = True
         return d
+
+    def _ood_entry(self, name: str) -> str | dict:
+        """An OOD set as the spec writes it: the short form when it has neither a val split nor a kind."""
+        if name not in self.ood_val and self.ood_kind.get(name) is None:
+            return self.ood[name]
+        entry = {"path": self.ood[name]}
+        if name in self.ood_val:
+            entry["val"] = self.ood_val[name]
+        if self.ood_kind.get(name) is not None:
+            entry["kind"] = self.ood_kind[name]
+        return entry
 
     def folder_to_class(self) -> dict[str, str]:
         return {alias: c for c, aliases in self.classes.items() for alias in aliases}
@@ -294,12 +309,13 @@ def parse_spec(raw, root: Path) -> Spec:
         ck.need(t in tasks, f"external suite '{t}' is no task under 'tasks:' ({', '.join(tasks) or 'none'})")
         ck.need(isinstance(sets, dict), f"external.{t} must map set names to folders")
         external[str(t)] = {str(k): ck.inside(str(v), f"external.{t}.{k}", outside) for k, v in sets.items()}
-    ood = {str(k): ck.inside(str(v), f"ood.{k}", outside) for k, v in (raw.get("ood") or {}).items()}
+    ood, ood_val, ood_kind = parse_ood(raw.get("ood") or {}, ck, outside)
     multilabel = parse_multilabel(raw.get("multilabel") or {}, ck)
     for n, m in multilabel.items():
         ck.inside(m.path, f"multilabel.{n}", outside)
     return Spec(root=root, name=str(raw.get("name", root.name)), classes=ck.classes, splits=splits, tasks=tasks,
-                multitask=multitask, external=external, ood=ood, multilabel=multilabel, allow_outside_root=outside)
+                multitask=multitask, external=external, ood=ood, ood_val=ood_val, ood_kind=ood_kind,
+                multilabel=multilabel, allow_outside_root=outside)
 
 
 def parse_classes(classes_raw, ck: _Checks) -> dict[str, tuple[str, ...]]:
@@ -354,6 +370,38 @@ def parse_multitask(mt, ck: _Checks) -> dict:
     ck.need(mt["negative"] not in mt["binary"], "multitask.negative cannot also be a binary head")
     rest = [c for c in ck.classes if c != mt["negative"] and c not in mt["binary"]]
     return {"negative": mt["negative"], "binary": list(mt["binary"]), "softmax": rest}
+
+
+def parse_ood(sets, ck: _Checks, outside: bool) -> tuple[dict[str, str], dict[str, str], dict[str, str | None]]:
+    """(reported folders, val folders, kinds) of the OOD sets. A set is a folder (the short form) or
+    {path, val, kind}: `val` is the split that chooses detectors and thresholds, so it may be no
+    reported folder, else the reported numbers would be tuned on themselves."""
+    ck.need(isinstance(sets, dict), "'ood:' must map set names to folders or to {path: ..., val: ..., kind: ...}")
+    ood, val, kind = {}, {}, {}
+    for n, entry in sets.items():
+        n = str(n)
+        if not isinstance(entry, dict):
+            ck.need(isinstance(entry, (str, int, float)) and not isinstance(entry, bool),
+                    f"ood.{n} must be a folder or a mapping {{path: ..., val: ..., kind: near|far}}")
+            entry = {"path": str(entry)}
+        unknown = sorted(map(str, set(entry) - set(OOD_KEYS)))
+        ck.need(not unknown, f"ood.{n}: unknown key(s) {unknown}; an OOD set takes {', '.join(OOD_KEYS)}")
+        ck.need(isinstance(entry.get("path"), str) and entry["path"] != "",
+                f"ood.{n} needs 'path:', the folder of the reported images")
+        ood[n] = ck.inside(entry["path"], f"ood.{n}", outside)
+        if "val" in entry:
+            ck.need(isinstance(entry["val"], str) and entry["val"] != "", f"ood.{n}.val must be a folder")
+            val[n] = ck.inside(entry["val"], f"ood.{n}.val", outside)
+        k = entry.get("kind")
+        ck.need(k is None or k in OOD_KINDS,
+                f"ood.{n}.kind is '{k}'; use one of {', '.join(OOD_KINDS)} (or leave it out)")
+        kind[n] = k
+    reported = {os.path.normpath(p): n for n, p in ood.items()}
+    for n, p in val.items():
+        ck.need(os.path.normpath(p) not in reported,
+                f"ood.{n}.val '{p}' is also the reported folder of ood.{reported.get(os.path.normpath(p))}; "
+                f"give the val split its own folder (nothing may be chosen on the reported images)")
+    return ood, val, kind
 
 
 def parse_multilabel(sets: dict, ck: _Checks) -> dict[str, MultiLabelSet]:

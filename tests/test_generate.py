@@ -13,7 +13,8 @@ from PIL import Image
 
 from data.generate import generate
 from data.generate.build import CLASSES, EXTERNAL, MULTILABEL, OOD, dataset_spec
-from data.spec import KEYS
+from data.images import content_hash
+from data.spec import KEYS, OOD_KEYS, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "docs" / "dataset.example.yaml"
@@ -67,13 +68,14 @@ def test_layout_counts_and_spec(tiny):
             for c in (neg, pos):
                 assert len(list((root / path / CLASSES[c]).glob("*.jpg"))) == TINY["ext"]
     assert set(spec["ood"]) == set(OOD)
-    for path in spec["ood"].values():
+    ood_paths = {p for s in spec["ood"].values() for p in (s["path"], s["val"])}
+    for path in ood_paths:
         assert len(list((root / path).glob("*.jpg"))) == TINY["ood"]
     ml = spec["multilabel"][MULTILABEL]
     assert ml["labels"] == ["defect", "dirt"]
     assert len(list((root / ml["path"]).glob("*.jpg"))) == TINY["multilabel"]
     # no folder on disk that the spec does not name
-    named = set(spec["splits"].values()) | {p.split("/")[0] for p in spec_ext | set(spec["ood"].values())} | {"multilabel"}
+    named = set(spec["splits"].values()) | {p.split("/")[0] for p in spec_ext | ood_paths} | {"multilabel"}
     assert {p.name for p in root.iterdir() if p.is_dir()} == named
     jpgs = list(root.rglob("*.jpg"))
     assert len(jpgs) == counts["total"] == len({p.name for p in jpgs})  # stems unique dataset-wide
@@ -83,10 +85,24 @@ def test_layout_counts_and_spec(tiny):
     assert (root / "montage.png").stat().st_size > 0
 
 
+def test_ood_sets_have_near_and_far_kinds_and_disjoint_val_splits(tiny):
+    """Thresholds are chosen on ood_val and reported on ood: no image may be in both."""
+    root, _ = tiny
+    spec = load_spec(root)
+    assert spec.ood_kind == OOD and {"near", "far"} == set(OOD.values())
+    assert set(spec.ood_val) == set(spec.ood)
+    for name in spec.ood:
+        reported = {content_hash(p) for p in spec.flat_images(spec.ood[name])}
+        val = {content_hash(p) for p in spec.flat_images(spec.ood_val[name])}
+        assert len(reported) == len(val) == TINY["ood"]
+        assert not reported & val, f"{name}: an image is in both ood and ood_val"
+
+
 def test_docs_example_is_the_generated_spec_and_documents_every_key():
     example = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     assert example == dataset_spec()
     assert list(example) == list(KEYS)
+    assert {k for s in example["ood"].values() for k in s} == set(OOD_KEYS)
 
 
 def test_readme_spec_is_the_generated_spec():

@@ -28,6 +28,19 @@ def test_example_spec_in_docs_parses():
     assert set(spec.external["defect"]) == {"ext_snow", "ext_after_snow", "ext_rain", "ext_after_rain"}
 
 
+def test_ood_long_and_short_forms_and_round_trip():
+    spec = load_spec_dict({**BASE, "ood": {"receipts": {"path": "ood/receipts", "val": "ood_val/receipts", "kind": "far"},
+                                           "wheels": {"path": "ood/wheels", "kind": "near"},
+                                           "documents": "ood/documents"}})
+    assert spec.ood == {"receipts": "ood/receipts", "wheels": "ood/wheels", "documents": "ood/documents"}
+    assert spec.ood_val == {"receipts": "ood_val/receipts"}
+    assert spec.ood_kind == {"receipts": "far", "wheels": "near", "documents": None}
+    d = spec.as_dict()
+    assert d["ood"]["documents"] == "ood/documents"  # the short form stays short
+    again = load_spec_dict(d)  # a checkpoint stores the spec as plain data and parses it again
+    assert (again.ood, again.ood_val, again.ood_kind) == (spec.ood, spec.ood_val, spec.ood_kind)
+
+
 def load_spec_dict(d):
     from data.spec import parse_spec
     return parse_spec(d, Path("/x"))
@@ -58,6 +71,14 @@ def test_missing_dataset_folder_and_spec(tmp_path):
     ("classes: {a: A, b: B}\nsplits: {train: t}\ntasks: {t1: [a]}\n", "two classes"),
     ("classes: {a: A, b: B}\nsplits: {train: t}\nmultitask: {negative: a, binary: [z]}\n", "multitask.binary names class 'z'"),
     ("classes: {a: A, b: B}\nsplits: {train: t}\nexternal: {t9: {s: s}}\n", "external suite 't9'"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nood: {w: {path: o/w, kind: close}}\n", "ood.w.kind is 'close'; use one of near, far"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nood: {w: {path: o/w, val: ./o/w}}\n", "ood.w.val './o/w' is also the reported folder of ood.w"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nood: {w: o/w, v: {path: o/v, val: o/w}}\n", "ood.v.val 'o/w' is also the reported folder of ood.w"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nood: {w: {path: o/w, vall: v/w}}\n", r"ood.w: unknown key\(s\) \['vall'\]"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nood: {w: {val: v/w}}\n", "ood.w needs 'path:'"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nood: {w: {path: o/w, val: ../v/w}}\n", "ood.w.val '../v/w' is outside the dataset root"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nood: {w: [o/w]}\n", "ood.w must be a folder or a mapping"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nood: [o/w]\n", "'ood:' must map set names"),
 ])
 def test_malformed_spec_errors_name_the_file_and_the_fix(tmp_path, text, match):
     (tmp_path / "dataset.yaml").write_text(text)

@@ -1,6 +1,7 @@
 """Command line: python -m data.generate --out DIR [--seed 0] [--size 96] [--train 60] ...
 
-Counts are images per class per split; --ext per class of each external set; --ood per OOD set;
+Counts are images per class per split; --ext per class of each external set; --ood per OOD set in each of its
+two splits (ood/ reported, ood_val/ for choosing thresholds);
 --multilabel images in the multi-label set. Refuses a non-empty DIR unless --force.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=96, help="square image side in pixels")
     helps = dict(train="images per class in train", val="images per class in val", test="images per class in test",
-                 ext="images per class in each external set", ood="images per OOD set",
+                 ext="images per class in each external set", ood="images per OOD set in each split (ood, ood_val)",
                  multilabel="images in the multi-label set")
     for name, default in COUNTS.items():
         ap.add_argument(f"--{name}", type=int, default=default, help=f"{helps[name]} (default {default})")
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     print(f"{out}: {c['total']} images in {c['seconds']:.1f} s "
           f"(train/val/test {a.train}/{a.val}/{a.test} x {n_cls} classes; "
           f"{len(c['external'])} external sets x 2 x {a.ext}; "
-          f"ood {len(c['ood'])} x {a.ood}; multilabel {a.multilabel}; {a.size}px)")
+          f"ood {len(c['ood'])} x 2 x {a.ood}; multilabel {a.multilabel}; {a.size}px)")
     if not a.no_montage:
         print(f"montage: {out / 'montage.png'}")
     return 0

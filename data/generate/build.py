@@ -14,7 +14,7 @@ import numpy as np
 
 from data.spec import write_spec
 
-from . import documents, interior, marks, wash, weather
+from . import documents, interior, marks, near_ood, wash, weather
 from .common import finish
 
 CLASSES = {  # class name -> folder, in label order
@@ -39,9 +39,13 @@ EXTERNAL = {  # external set (named after its shift) -> task
     "h1": "dirt",
     "h2": "dirt",
 }
-OOD = ("receipts", "documents")
+# OOD set -> kind. Far: another domain (paper on a desk). Near: the car domain outside the classes,
+# as deployment meets it: wheel close-ups, plates / lamps / mirrors, spoiled in-domain photos, the lot.
+OOD = {"receipts": "far", "documents": "far", "wheels": "near", "car_details": "near", "unusable": "near",
+       "street": "near"}
+OOD_SPLITS = ("ood", "ood_val")  # reported / for choosing detectors and thresholds: the same sets, other images
 MULTILABEL = "defect_and_dirt"  # panels with both marks
-OUTPUTS = ("dataset.yaml", "montage.png", *SPLITS, "ext", "ood", "multilabel")
+OUTPUTS = ("dataset.yaml", "montage.png", *SPLITS, "ext", *OOD_SPLITS, "multilabel")
 
 
 def dataset_spec() -> dict:
@@ -55,9 +59,12 @@ def dataset_spec() -> dict:
         "tasks": {t: list(pair) for t, pair in TASKS.items()},
         "multitask": {"negative": "normal", "binary": ["defect", "dirt", "bubble_wash"]},
         "external": {t: {f"ext_{s}": f"ext/{s}" for s, task in EXTERNAL.items() if task == t} for t in TASKS},
-        "ood": {s: f"ood/{s}" for s in OOD},
+        "ood": {s: {"path": f"ood/{s}", "val": f"ood_val/{s}", "kind": kind} for s, kind in OOD.items()},
         "multilabel": {MULTILABEL: {"path": f"multilabel/{MULTILABEL}", "labels": ["defect", "dirt"]}},
     }
+
+
+NEAR_OOD = {"wheels": near_ood.wheel, "car_details": near_ood.detail, "street": near_ood.street}
 
 
 def render(kind: str, shift: str | None, rng, S: int) -> np.ndarray:
@@ -79,6 +86,10 @@ def render(kind: str, shift: str | None, rng, S: int) -> np.ndarray:
         return documents.receipt(rng, S)
     if kind == "documents":
         return documents.document(rng, S)
+    if kind == "unusable":  # any class's scene, spoiled
+        return near_ood.spoil(render(list(CLASSES)[rng.integers(len(CLASSES))], None, rng, S), rng)
+    if kind in NEAR_OOD:
+        return NEAR_OOD[kind](rng, S)
     return getattr(interior, kind)(rng, S)
 
 
@@ -105,15 +116,16 @@ def plan(out: Path, seed: int, size: int, train: int, val: int, test: int, ext: 
                 tasks.append((out / "ext" / name / CLASSES[c] / f"ext_{name}_{c}_{i:05d}.jpg", c, name,
                               [seed, 10 + j, names.index(c), i]))
     for j, name in enumerate(OOD):
-        for i in range(ood):
-            tasks.append((out / "ood" / name / f"ood_{name}_{i:05d}.jpg", name, None, [seed, 20 + j, 0, i]))
+        for k, folder in enumerate(OOD_SPLITS):  # k in the seed: the two splits never share an image
+            for i in range(ood):
+                tasks.append((out / folder / name / f"{folder}_{name}_{i:05d}.jpg", name, None, [seed, 20 + j, k, i]))
     for i in range(multilabel):
         tasks.append((out / "multilabel" / MULTILABEL / f"multilabel_{MULTILABEL}_{i:05d}.jpg", "multilabel", None,
                       [seed, 30, 0, i]))
     return [(str(p), k, s, sd, size) for p, k, s, sd in tasks]
 
 
-# Images per class per split (train/val/test), per class in each external set, per OOD set and in
+# Images per class per split (train/val/test), per class in each external set, per OOD set and split and in
 # the multi-label set: sized so the quick CPU profile trains every paradigm in minutes.
 COUNTS = dict(train=100, val=20, test=40, ext=40, ood=50, multilabel=50)
 
@@ -162,7 +174,7 @@ def generate(out, seed: int = 0, size: int = 96, train: int = COUNTS["train"], v
     counts = {
         "splits": {s: {c: n for c in CLASSES} for s, n in zip(SPLITS, (train, val, test))},
         "external": {name: {c: ext for c in TASKS[task]} for name, task in EXTERNAL.items()},
-        "ood": {name: ood for name in OOD},
+        "ood": {name: ood for name in OOD},  # in each of OOD_SPLITS
         "multilabel": {MULTILABEL: multilabel},
         "total": len(tasks),
         "seconds": round(time.time() - t0, 2),

@@ -108,6 +108,22 @@ def perspective(im: Image.Image, rng, strength: float, fill=None) -> Image.Image
                         fillcolor=fill)
 
 
+def warp_flat(flat: Image.Image, rng, S: int, cover: float, turn: float) -> Image.Image:
+    """A flat thing (paper, licence plate) seen in the photo: mapped onto a random convex quad of an
+    S x S canvas, `cover` of the frame across, turned up to `turn` radians; RGBA, clear around it."""
+    w, h = flat.size
+    cx, cy = S * rng.uniform(0.35, 0.65), S * rng.uniform(0.35, 0.65)
+    ang = rng.uniform(-turn, turn)
+    k = cover * S / max(w, h)
+    quad = []
+    for px, py in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)):
+        x, y = px * k, py * k
+        quad.append((cx + x * np.cos(ang) - y * np.sin(ang) + rng.normal(0, 0.05 * S),
+                     cy + x * np.sin(ang) + y * np.cos(ang) + rng.normal(0, 0.05 * S)))
+    H = homography(quad, [(0, 0), (w, 0), (w, h), (0, h)])  # output pixel -> flat pixel
+    return flat.convert("RGBA").transform((S, S), Image.PERSPECTIVE, tuple(H.flatten()[:8]), Image.BICUBIC)
+
+
 def vignette(S: int, strength: float) -> np.ndarray:
     x, y = grid(S)
     r2 = ((x / S - 0.5) ** 2 + (y / S - 0.5) ** 2) * 2.0

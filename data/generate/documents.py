@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .common import fractal_noise, grain, grid, homography, rgb, to_float, to_pil, tone, vignette
+from .common import fractal_noise, grain, grid, rgb, to_float, to_pil, tone, vignette, warp_flat
 
 INK = (0.12, 0.12, 0.14)
 
@@ -28,7 +28,7 @@ def _table(rng, S) -> np.ndarray:
     return np.clip(c * tex[..., None], 0, 1)
 
 
-def _text_line(d, rng, x, y, width, h, bold=False, colour=INK):
+def text_line(d, rng, x, y, width, h, bold=False, colour=INK):
     """Pseudo-glyphs: one small block per character with random gaps between words."""
     cw = h * 0.62
     xe = x + width
@@ -42,20 +42,9 @@ def _text_line(d, rng, x, y, width, h, bold=False, colour=INK):
 
 
 def _place(scene: Image.Image, paper: Image.Image, rng, cover: float) -> Image.Image:
-    """Map the flat paper onto a random convex quad of the photo."""
+    """Map the flat paper onto a random convex quad of the photo, over its soft shadow."""
     S = scene.size[0]
-    w, h = paper.size
-    cx, cy = S * rng.uniform(0.35, 0.65), S * rng.uniform(0.35, 0.65)
-    ang = rng.uniform(-0.6, 0.6)
-    sc = cover * S / max(w, h)
-    quad = []
-    for px, py in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)):
-        x, y = px * sc, py * sc
-        quad.append((cx + x * np.cos(ang) - y * np.sin(ang) + rng.normal(0, 0.05 * S),
-                     cy + x * np.sin(ang) + y * np.cos(ang) + rng.normal(0, 0.05 * S)))
-    H = homography(quad, [(0, 0), (w, 0), (w, h), (0, h)])  # output pixel -> paper pixel
-    rgba = paper.convert("RGBA")
-    warped = rgba.transform((S, S), Image.PERSPECTIVE, tuple(H.flatten()[:8]), Image.BICUBIC)
+    warped = warp_flat(paper, rng, S, cover, turn=0.6)
     shadow = Image.new("RGBA", (S, S), (0, 0, 0, 0))
     a = warped.getchannel("A").point(lambda v: v * 0.45)
     shadow.putalpha(a)
@@ -92,11 +81,11 @@ def receipt(rng, S: int) -> np.ndarray:
     y = m
     for _ in range(rng.integers(1, 3)):  # shop name, centred and bold
         w = W * rng.uniform(0.4, 0.7)
-        _text_line(d, rng, (W - w) / 2, y, w, lh * 1.5, bold=True)
+        text_line(d, rng, (W - w) / 2, y, w, lh * 1.5, bold=True)
         y += lh * 2.0
     for _ in range(rng.integers(1, 4)):  # address, phone
         w = W * rng.uniform(0.3, 0.75)
-        _text_line(d, rng, (W - w) / 2, y, w, lh)
+        text_line(d, rng, (W - w) / 2, y, w, lh)
         y += lh * 1.4
 
     def dashes(y):
@@ -108,14 +97,14 @@ def receipt(rng, S: int) -> np.ndarray:
     for _ in range(rng.integers(3, 12)):  # items: name left, price right
         if y > H - 6 * lh:
             break
-        _text_line(d, rng, m, y, W * rng.uniform(0.25, 0.55), lh)
+        text_line(d, rng, m, y, W * rng.uniform(0.25, 0.55), lh)
         pw = W * rng.uniform(0.12, 0.22)
-        _text_line(d, rng, W - m - pw, y, pw, lh)
+        text_line(d, rng, W - m - pw, y, pw, lh)
         y += lh * 1.4
     dashes(y + lh * 0.5)
     y += lh * 1.5
-    _text_line(d, rng, m, y, W * 0.3, lh * 1.6, bold=True)  # TOTAL
-    _text_line(d, rng, W - m - W * 0.3, y, W * 0.3, lh * 1.6, bold=True)
+    text_line(d, rng, m, y, W * 0.3, lh * 1.6, bold=True)  # TOTAL
+    text_line(d, rng, W - m - W * 0.3, y, W * 0.3, lh * 1.6, bold=True)
     y += lh * 2.6
     if rng.random() < 0.6 and y < H - 4 * lh:  # barcode
         x, bh = m * 1.5, lh * rng.uniform(2, 3.5)
@@ -127,7 +116,7 @@ def receipt(rng, S: int) -> np.ndarray:
         y += bh + lh
     while y < H - 2 * lh:
         w = W * rng.uniform(0.3, 0.7)
-        _text_line(d, rng, (W - w) / 2, y, w, lh)
+        text_line(d, rng, (W - w) / 2, y, w, lh)
         y += lh * 1.4
     scene = to_pil(_table(rng, S))
     return _photo(to_float(_place(scene, im, rng, rng.uniform(0.8, 1.3))), rng)
@@ -146,7 +135,7 @@ def document(rng, S: int) -> np.ndarray:
         d.rectangle([m, y, m + W * 0.15, y + lh * 3], fill=rgb([(0.1, 0.2, 0.6), (0.6, 0.1, 0.1), (0.2, 0.2, 0.2)][rng.integers(3)]))
     centred = rng.random() < 0.5
     tw = W * rng.uniform(0.3, 0.6)
-    _text_line(d, rng, (W - tw) / 2 if centred else m, y + lh * 4, tw, lh * 2, bold=True)
+    text_line(d, rng, (W - tw) / 2 if centred else m, y + lh * 4, tw, lh * 2, bold=True)
     y += lh * 8
     table_done = rng.random() > 0.45
     while y < H - m - 2 * lh:
@@ -160,16 +149,16 @@ def document(rng, S: int) -> np.ndarray:
                 d.line([(m + c * cw, y), (m + c * cw, y + max(rows, 0) * rh)], fill=rgb(INK), width=1)
             for r in range(max(rows, 0)):
                 for c in range(cols):
-                    _text_line(d, rng, m + c * cw + lh * 0.4, y + r * rh + lh * 0.4, cw * rng.uniform(0.3, 0.8), lh, bold=r == 0)
+                    text_line(d, rng, m + c * cw + lh * 0.4, y + r * rh + lh * 0.4, cw * rng.uniform(0.3, 0.8), lh, bold=r == 0)
             y += (max(rows, 0) + 1) * rh
             table_done = True
             continue
         for _ in range(rng.integers(2, 7)):  # a paragraph; its last line is short
             if y > H - m - 2 * lh:
                 break
-            _text_line(d, rng, m, y, W - 2 * m, lh)
+            text_line(d, rng, m, y, W - 2 * m, lh)
             y += lh * 1.5
-        _text_line(d, rng, m, y, (W - 2 * m) * rng.uniform(0.2, 0.7), lh)
+        text_line(d, rng, m, y, (W - 2 * m) * rng.uniform(0.2, 0.7), lh)
         y += lh * 2.6
     if rng.random() < 0.45:  # official stamp: ring, inner ring, text
         col = (0.8, 0.15, 0.15) if rng.random() < 0.6 else (0.15, 0.25, 0.75)

@@ -25,6 +25,14 @@ PAINTS = [  # weight, albedo, gloss
 ]
 
 
+def sample_paint(rng) -> tuple[np.ndarray, float]:
+    """(colour, gloss) of a car's paint, drawn by the fleet's weights."""
+    weights = np.array([p[0] for p in PAINTS])
+    k = int(np.searchsorted(np.cumsum(weights) / weights.sum(), rng.random()))
+    _, colour, gloss = PAINTS[k]
+    return np.clip(np.array(colour, np.float32) * rng.uniform(0.92, 1.06) + rng.uniform(-0.03, 0.03, 3), 0, 1), gloss
+
+
 @dataclass
 class Light:
     sun_el: float  # 0 = sun on the horizon, 1 = overhead
@@ -67,7 +75,7 @@ class Scene:
                  snow_ground: bool = False):
         self.rng, self.S = rng, S
         self.light = light or sample_light(rng)
-        self.setting = setting  # "street" or "tunnel" (inside the car wash)
+        self.setting = setting  # "street", "tunnel" (inside the car wash) or "lot" (looking over the ground)
         self.wet = 0.0  # wet ground after rain/snow: darker, mirror-like
         self.snow_ground = snow_ground
         self.dents: list[tuple] = []
@@ -136,11 +144,7 @@ class Scene:
     # ---- paint, trim, seams ---------------------------------------------------------------
     def _panel(self, rng) -> None:
         S, u, t = self.S, self.u, self.t
-        weights = np.array([p[0] for p in PAINTS])
-        k = int(np.searchsorted(np.cumsum(weights) / weights.sum(), rng.random()))
-        _, colour, gloss = PAINTS[k]
-        self.paint_colour = np.clip(np.array(colour, np.float32) * rng.uniform(0.92, 1.06)
-                                    + rng.uniform(-0.03, 0.03, 3), 0, 1)
+        self.paint_colour, gloss = sample_paint(rng)
         self.albedo = np.empty((S, S, 3), np.float32)
         self.albedo[:] = self.paint_colour
         self.albedo *= (1 + 0.04 * (smooth_noise(rng, S, 5) - 0.5))[..., None]
@@ -244,6 +248,9 @@ class Scene:
         X, Y = grid(S)
         _, hy = self.to_image(0.5, 0.2)
         horizon = hy + rng.normal(0, 0.15) * (X - S / 2) + rng.uniform(-0.15, 0.1) * S
+        if self.setting == "lot":  # a view over the ground (near-OOD street): the horizon high or out of frame
+            horizon = S * rng.uniform(-0.15, 0.35) + rng.normal(0, 0.06) * (X - S / 2)
+        self.horizon = horizon
         ground = np.clip((Y - horizon) / (0.01 * S) + 0.5, 0, 1)
         depth = S / np.maximum(Y - horizon + 0.08 * S, 0.02 * S)  # ~1/distance on the ground plane
         gx = (X - S / 2) * depth / S
