@@ -10,7 +10,10 @@ sets (the task's two classes), each OOD set and each multi-label set of the spec
 - RQ2 `tasks.<task>.one_class`: AUROC of the task's positive class against every other test image,
   scored by the class probability (`auroc`) and by its logit (`auroc_logit`).
 - RQ2 `rejection.<ood set>.<scorer>`: in-distribution = the whole test split (positive) against the
-  OOD set; AUROC, AUPR, FPR at 95% TPR per scorer; `paper_scorer` names the paper's score.
+  OOD set; AUROC, AUPR, FPR at 95% TPR per scorer: every logit scorer of models.scores and every
+  feature detector of models.detectors (fitted on the train split once and kept beside the
+  checkpoint in `<ckpt>.detectors.pt`, refitted when missing or stale; the train split's features
+  go through the same cache); `paper_scorer` names the paper's score, `detectors` the detectors.
 - RQ3 `multilabel.<set>`: top-2 analysis of `Paradigm.rank_labels`; a task-centric model answers
   only its own task: share of images it calls positive (the report takes the union over them).
 - `calibration`: ECE (15 bins) of the model's own decisions on the test split (`Paradigm.decisions`).
@@ -27,6 +30,7 @@ from data.spec import Spec
 from evaluation import metrics
 from evaluation.inference import CachedPredictor
 from models import checkpoint as checkpoints
+from models import detectors as ood_detectors
 from models.inference import valid_rows
 from models.paradigms import NoAnswer
 from models.scores import all_scores
@@ -63,6 +67,7 @@ def binary_metrics(paradigm, logits, labels, task) -> dict:
             out[key] = m
         else:
             out.update(m)
+            out["correct"] = pred == y  # per image, for paired bootstrap intervals (moved to raw)
     return out
 
 
@@ -76,9 +81,12 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
     predictor = CachedPredictor(ckpt, cache_dir, batch_size, device, progress, workers)
     sets = image_sets(spec)
 
+    features = {}  # set name -> features of its readable images
+
     def run(name):
-        logits = predictor(name, sets[name])
+        logits, feats = predictor(name, sets[name])
         ok = valid_rows(logits)
+        features[name] = feats[ok]
         return logits[ok], [c for (_, c), k in zip(sets[name], ok.tolist()) if k]
 
     out = {**ckpt.provenance(), "dataset": spec.name, "params": sum(p.numel() for p in model.parameters()),
@@ -87,13 +95,20 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
     raw = {"rejection": {}, "multilabel": {},
            "test": {"labels": test_labels, "top1": [r[0] for r in paradigm.rank_labels(test_logits)]}}
     for task in paradigm.tasks(spec.tasks):
-        out["tasks"][task] = task_entry(paradigm, spec, task, test_logits, test_labels, run)
+        out["tasks"][task] = task_entry(paradigm, spec, task, test_logits, test_labels, run,
+                                        raw.setdefault("tasks", {}).setdefault(task, {}))
 
-    id_scores = all_scores(test_logits, paradigm)
+    detectors = ood_detectors.fitted_for(ckpt, spec, extract=lambda items: predictor("train", items))
+
+    def scores(logits, name):
+        return {**all_scores(logits, paradigm), **ood_detectors.all_detector_scores(detectors, features[name])}
+
+    id_scores = scores(test_logits, "test")
     out["rejection"]["paper_scorer"] = paradigm.paper_scorer
+    out["rejection"]["detectors"] = list(detectors)
     for name in spec.ood:
         logits, _ = run(f"ood/{name}")
-        ood_scores = all_scores(logits, paradigm)
+        ood_scores = scores(logits, f"ood/{name}")
         y = np.r_[np.ones(len(test_logits), int), np.zeros(len(logits), int)]
         out["rejection"][name] = {s: {**metrics.detection(y, np.r_[id_scores[s].numpy(), ood_scores[s].numpy()]),
                                       "n_id": len(test_logits), "n_ood": len(logits)} for s in id_scores}
@@ -112,8 +127,9 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
     return out, raw
 
 
-def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run) -> dict:
-    """RQ1 on the test split and the task's external sets, RQ2 one-class recognition."""
+def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, raw: dict) -> dict:
+    """RQ1 on the test split and the task's external sets, RQ2 one-class recognition; `raw[set]`
+    gets the per-image correctness of the task's rule."""
     pair = spec.tasks[task]
     entry = {"classes": list(pair), "sets": {}}
     try:
@@ -121,6 +137,8 @@ def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run) -
         for name in spec.external.get(task, {}):
             logits, labels = run(f"ext/{task}/{name}")
             entry["sets"][name] = binary_metrics(paradigm, logits, labels, pair)
+        for name, m in entry["sets"].items():
+            raw[name] = m.pop("correct")
         prob, logit = paradigm.class_score(test_logits, pair[1])
         y = np.array([c == pair[1] for c in test_labels], dtype=int)
         entry["one_class"] = {"auroc": metrics.auroc(y, prob.numpy()), "auroc_logit": metrics.auroc(y, logit.numpy()),

@@ -1,7 +1,8 @@
 """Model outputs per image set, inferred once per checkpoint and cached.
 
-Outputs are cached per (checkpoint identity, image set, image list, test transform): `evaluate.py report`
-and the notebooks run each image set through each checkpoint once.
+Outputs — the logits and the penultimate features of the same forward pass (for the OOD detectors
+of models/detectors.py) — are cached per (checkpoint identity, image set, image list, test
+transform): `evaluate.py report` and the notebooks run each image set through each checkpoint once.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import Checkpoint
-from models.inference import predict
+from models.inference import predict_features
 
 
 def checkpoint_key(path: str | Path) -> str:
@@ -21,7 +22,8 @@ def checkpoint_key(path: str | Path) -> str:
 
 
 class CachedPredictor:
-    """`predictor(set_name, items)` -> logits, inferred once per (checkpoint, set, images, transform)."""
+    """`predictor(set_name, items)` -> (logits, features), inferred once per (checkpoint, set, images,
+    transform)."""
 
     def __init__(self, ckpt: Checkpoint, cache_dir: str | Path | None, batch_size=32, device="cpu",
                  progress=True, workers: int = 0):
@@ -31,21 +33,21 @@ class CachedPredictor:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.inferred: list[str] = []  # set names actually run through the model (not from cache)
 
-    def __call__(self, set_name: str, items: list) -> torch.Tensor:
+    def __call__(self, set_name: str, items: list) -> tuple[torch.Tensor, torch.Tensor]:
         paths = [str(it[0] if isinstance(it, (tuple, list)) else it) for it in items]
         size = f"{self.ckpt.resize}->{self.ckpt.crop}"
         digest = hashlib.sha256("\n".join([set_name, size, *paths]).encode()).hexdigest()[:16]
         file = self.cache_dir / f"{self.key}_{digest}.pt" if self.cache_dir else None
         if file is not None and file.is_file():
             cached = torch.load(file, map_location="cpu", weights_only=True)
-            if cached.get("paths") == paths:
-                return cached["logits"]
-        logits = predict(self.ckpt.model, paths, self.ckpt.transform(), self.batch_size, self.device,
-                         desc=set_name, progress=self.progress, workers=self.workers)
+            if cached.get("paths") == paths and "features" in cached:  # older entries held logits only
+                return cached["logits"], cached["features"]
+        logits, features = predict_features(self.ckpt.model, paths, self.ckpt.transform(), self.batch_size,
+                                            self.device, desc=set_name, progress=self.progress, workers=self.workers)
         self.inferred.append(set_name)
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
             tmp = file.with_name(f".{file.name}.tmp")
-            torch.save({"paths": paths, "logits": logits}, tmp)
+            torch.save({"paths": paths, "logits": logits, "features": features}, tmp)
             tmp.replace(file)
-        return logits
+        return logits, features

@@ -8,17 +8,19 @@ that task's own model, as in the paper).
 """
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from data.spec import Spec
-from evaluation import efficiency
+from evaluation import claims, efficiency
 from evaluation.checkpoint import evaluate_checkpoint, to_json
 from models import checkpoint as checkpoints
 from models.checkpoint import CheckpointError
 from models.paradigms import TITLES, build_paradigm, run_label, spec_paradigms
+from models.scores import SCORERS
 from evaluation.tables import ReportTable
 
 UNI, MULTI, TASK = TITLES["uni"], TITLES["multi"], TITLES["task"]
@@ -90,9 +92,18 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
     if eff is not None:
         tables.append(eff)
     figures = draw_figures(results, spec, out)
+    claim_rows = judge_claims(results, spec, eff)
     lines = [f"# Evaluation report: {spec.name}", "", header, "",
-             "Every number is mean ± std (population std) over the trials; best per column in bold. "
+             "## The paper's claims", "",
+             "Each verdict comes from this run's numbers by the rule in its row: 95 % paired bootstrap intervals "
+             "over the test images (trials paired, replicates pooled). Also in `claims.csv`.", "",
+             claims.markdown(claim_rows), "",
+             "Every number below is mean ± std (population std) over the trials; best per column in bold. "
              "Per-trial metrics: `runs/<run>/<trial>.json`.", ""]
+    with open(out / "claims.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(claim_rows[0]))
+        w.writeheader()
+        w.writerows(claim_rows)
     for key, table in tables:
         lines += [f"## {table.title}", "", f"*{header}*", "", table.markdown(), ""]
         if table.note:
@@ -102,6 +113,15 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
     report = out / "REPORT.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def judge_claims(results, spec: Spec, eff) -> list[dict]:
+    """The claims table (evaluation.claims); C6 from Table 7's timings when it was measured."""
+    ms = None
+    if eff is not None:
+        rows = {name: cells["inference ms per image"][0] for name, cells in eff[1].rows}
+        ms = {"uni": rows.get(UNI), "task": next((v for k, v in rows.items() if k.startswith(TASK)), None)}
+    return claims.claims(results, spec, task_run, ms)
 
 
 def draw_figures(results, spec: Spec, out: Path) -> list[Path]:
@@ -198,29 +218,34 @@ def table_one_class(results, spec: Spec) -> ReportTable:
 
 def table_rejection(results, spec: Spec) -> ReportTable:
     """Table 4 (RQ2): AUROC and FPR at 95 % TPR of the test split against each OOD set, by each run's
-    paper scorer."""
+    paper scorer and by each feature detector fitted on its train split (models.detectors)."""
     table = ReportTable("Table 4: irrelevant-sample rejection (RQ2)",
                         [f"{o} {k}" for o in spec.ood for k in ("AUROC", "FPR@95")],
                         lower_is_better={f"{o} FPR@95" for o in spec.ood},
                         note="In-distribution: the whole test split (positive) against each OOD set. Score: the "
-                             "paper's per paradigm (max logit; multi-task: KL divergence of its heads to uniform). "
-                             "Every scorer with AUPR: table4_rejection_scorers.csv.")
+                             "paper's per paradigm (max logit; multi-task: KL divergence of its heads to uniform), "
+                             "then the detectors on the concat classifier's hidden features, fitted on the run's "
+                             "train split: knn (minus the distance to the k-th nearest normalised train feature), "
+                             "mahalanobis (class means, tied covariance), rmds (relative Mahalanobis). "
+                             "AUROC of every scorer: table4_rejection_scorers.csv; AUPR too: runs/<run>/<trial>.json.")
     for run in results:
-        scorer = run_paper_scorer(results, run)
-        table.add(f"{display(run)} [{scorer}]",
-                  {f"{o} {k}": values(results, run, "rejection", o, scorer, metric)
-                   for o in spec.ood for k, metric in (("AUROC", "auroc"), ("FPR@95", "fpr95"))})
+        for scorer in (run_paper_scorer(results, run), *run_detectors(results, run)):
+            table.add(f"{display(run)} [{scorer}]",
+                      {f"{o} {k}": values(results, run, "rejection", o, scorer, metric)
+                       for o in spec.ood for k, metric in (("AUROC", "auroc"), ("FPR@95", "fpr95"))})
     return table
 
 
 def table_rejection_by_scorer(results, spec: Spec) -> ReportTable:
-    """Table 4b: rejection AUROC of every run under every OOD score."""
+    """Table 4b: rejection AUROC of every run under every OOD score and every feature detector."""
     table = ReportTable("Table 4b: rejection AUROC by OOD score", [f"{o} AUROC" for o in spec.ood],
                         note="kl_uniform = sum over heads of KL(head distribution || uniform); for the multi-task "
                              "model max_logit / energy are over the concatenated head logits and max_softmax over "
-                             "each head's own probabilities.")
+                             "each head's own probabilities. knn, mahalanobis, rmds: detectors on the hidden "
+                             "features of the same forward pass, fitted on the train split (classes: the dataset "
+                             "classes the run trained on, not its heads).")
     for run in results:
-        for s in ("max_logit", "max_softmax", "energy", "kl_uniform"):
+        for s in (*SCORERS, *run_detectors(results, run)):
             table.add(f"{display(run)} [{s}]", {f"{o} AUROC": values(results, run, "rejection", o, s, "auroc")
                                                 for o in spec.ood})
     return table
@@ -278,6 +303,11 @@ def task_runs(results, spec: Spec) -> list[str]:
 def run_paper_scorer(results, run: str) -> str:
     """The OOD score the paper uses for this run's paradigm (as recorded in its first trial's metrics)."""
     return first_trial(results, run)[0]["rejection"]["paper_scorer"]
+
+
+def run_detectors(results, run: str) -> list[str]:
+    """The feature detectors this run was evaluated with (none in metrics written before they existed)."""
+    return list(first_trial(results, run)[0]["rejection"].get("detectors", []))
 
 
 def first_trial(results, run: str) -> tuple[dict, dict]:

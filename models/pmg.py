@@ -5,6 +5,14 @@ global max pool (adaptive, so any input size works; at 448 it equals the origina
 56/28/14 pools). Classifier i: BN1d -> Linear -> BN1d -> ELU -> heads; the concat classifier sees
 all three pooled branches. Heads are registered modules (one Linear per head of the paradigm),
 so every head is saved and restored with the state_dict.
+
+`forward(x, CONCAT, features=True)` also returns the concat classifier's hidden layer after ELU
+(`hidden` wide), from the same pass: the input of the heads' Linear layers, i.e. the penultimate
+layer that feature-space OOD detectors (KNN, Mahalanobis; models/detectors.py) are defined on.
+It is chosen over the pooled branches (3 x `branch_out` wide) because it is the space in which the
+classes are linearly separated, as the Gaussian-discriminant view of Mahalanobis assumes; it is
+one space shared by every head (multi-task included); and it is 6x narrower at paper widths (512 v
+3072), so a tied covariance is better conditioned and a KNN bank is smaller.
 """
 from __future__ import annotations
 
@@ -28,15 +36,17 @@ class Classifier(nn.Module):
                                    nn.BatchNorm1d(hidden), nn.ELU(inplace=True))
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in head_sizes.items()})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: bool = False):
         h = self.trunk(x)
-        return torch.cat([head(h) for head in self.heads.values()], dim=1)
+        logits = torch.cat([head(h) for head in self.heads.values()], dim=1)
+        return (logits, h) if features else logits
 
 
 class PMG(nn.Module):
     """`forward(x, step)` returns the logits of one granularity step: 0, 1, 2 (branches on
     stages 0..2) or CONCAT. A step computes only what its output needs: step 0 runs stage 0 of the
-    backbone and branch 0, nothing else."""
+    backbone and branch 0, nothing else. `features=True` (CONCAT only) returns (logits, hidden
+    features) of the same pass (module doc)."""
 
     def __init__(self, backbone: Backbone, head_sizes: dict[str, int],
                  branch_mid: int = 512, branch_out: int = 1024, hidden: int = 512):
@@ -49,11 +59,13 @@ class PMG(nn.Module):
         self.classifiers = nn.ModuleList(Classifier(branch_out, hidden, head_sizes) for _ in range(3))
         self.classifiers.append(Classifier(3 * branch_out, hidden, head_sizes))
 
-    def forward(self, x: torch.Tensor, step: int = CONCAT) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: int = CONCAT, features: bool = False):
         if step == CONCAT:
             feats = self.backbone(x, upto=2)
             pooled = torch.cat([b(f) for b, f in zip(self.branches, feats)], dim=1)
-            return self.classifiers[CONCAT](pooled)
+            return self.classifiers[CONCAT](pooled, features)
+        if features:
+            raise ValueError(f"features=True is defined for the concat output (step {CONCAT}), not step {step}")
         feats = self.backbone(x, upto=step)
         return self.classifiers[step](self.branches[step](feats[step]))
 

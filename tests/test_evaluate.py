@@ -156,13 +156,15 @@ def test_run_one_checkpoint_and_cache(tiny_data, artifacts, tmp_path):
         sets = m["tasks"][t]["sets"]
         assert set(sets) == {"test", *spec.external.get(t, {})}
         assert 0 <= sets["test"]["accuracy"] <= 1 and 0 <= sets["test"]["f1_macro"] <= 1
-    for o in spec.ood:
-        assert set(m["rejection"][o]) == {"max_logit", "max_softmax", "energy", "kl_uniform"}
+    for o in spec.ood:  # the logit scorers and the feature detectors fitted on the train split
+        assert set(m["rejection"][o]) == {"max_logit", "max_softmax", "energy", "kl_uniform", "knn", "mahalanobis",
+                                          "rmds"}
     for name, mset in spec.multilabel.items():
         assert m["multilabel"][name]["n"] > 0 and set(m["multilabel"][name]["topk"]) == set(mset.labels)
     assert 0 <= m["calibration"]["ece"] <= 1
     n_sets = 1 + sum(len(s) for s in spec.external.values()) + len(spec.ood) + len(spec.multilabel)
-    assert len(m["inferred_sets"]) == n_sets
+    # the train split too when the checkpoint's detector file had not been written yet
+    assert len([s for s in m["inferred_sets"] if s != "train"]) == n_sets
     again = json.loads(evaluate.main(argv).read_text())
     assert again["inferred_sets"] == []  # every set came from the cache
     assert again["tasks"] == m["tasks"]
@@ -212,8 +214,14 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
     t3 = rows("table3_one_class_auroc.csv")
     assert [r["method"] for r in t3] == ["efficiency-centric", "multi-task", "task-centric"]
     t4 = rows("table4_rejection.csv")
-    assert [r["method"] for r in t4] == ["efficiency-centric [max_logit]", "multi-task [kl_uniform]",
-                                         *[f"task-centric ({t}) [max_logit]" for t in spec.tasks]]
+    detectors = ("knn", "mahalanobis", "rmds")
+    assert [r["method"] for r in t4] == [f"{run} [{s}]" for run, paper in
+                                         [("efficiency-centric", "max_logit"), ("multi-task", "kl_uniform"),
+                                          *[(f"task-centric ({t})", "max_logit") for t in spec.tasks]]
+                                         for s in (paper, *detectors)]
+    t4b = rows("table4_rejection_scorers.csv")
+    assert {r["method"] for r in t4b} >= {f"{run} [{s}]" for run in ("efficiency-centric", "multi-task")
+                                          for s in ("max_logit", "kl_uniform", *detectors)}
     assert {f"{o} {k} mean" for o in spec.ood for k in ("AUROC", "FPR@95")} <= set(t4[0])
     for name in spec.multilabel:
         t5 = rows(f"table5_top2_{name}.csv")
@@ -221,6 +229,10 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
     eff = rows("table7_efficiency.csv")
     assert [r["models mean"] for r in eff] == ["1", "1", str(len(spec.tasks))]
     assert "**" in report  # best per column in bold
+    claim_rows = rows("claims.csv")
+    assert [r["id"] for r in claim_rows] == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    assert {r["verdict"] for r in claim_rows} <= {"holds", "does not hold", "inconclusive"}
+    assert report.index("## The paper's claims") < report.index("## Table 1")
     for png in ("top2.png", "roc.png", "reliability.png"):
         assert (out / png).stat().st_size > 1000 and f"]({png})" in report
     assert len(list((out / "runs").glob("*/*.json"))) == 5

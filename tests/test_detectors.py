@@ -1,0 +1,174 @@
+"""Feature-space OOD detectors: hand-checkable fits and scores, the detector file beside its
+checkpoint, features from the same forward pass, and evaluation reporting the detectors."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from models import CONCAT, build_model, build_paradigm
+from models import detectors as det
+from models.scores import SCORERS
+from tests.conftest import run_cli
+
+SMALL = dict(branch_mid=16, branch_out=32, hidden=16)
+
+
+def two_clusters(n=30, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.zeros(2, d)
+    centres[0, 0], centres[1, 0] = -3.0, 3.0
+    labels = torch.arange(2 * n) % 2
+    return centres[labels] + torch.randn(2 * n, d, generator=g) * 0.5, labels, centres
+
+
+# ---------------------------------------------------------------- fitting and scoring
+
+@pytest.mark.parametrize("name", list(det.DETECTORS))
+def test_point_at_class_mean_is_in_distribution(name):
+    z, y, centres = two_clusters()
+    d = det.DETECTORS[name]().fit(z, y)
+    means = torch.stack([z[y == c].mean(0) for c in (0, 1)])
+    far = torch.full((1, z.shape[1]), 40.0)
+    s_mean, s_train, s_far = d.score(means), d.score(z), d.score(far)
+    assert s_mean.shape == (2,) and s_far.shape == (1,)
+    assert (s_far < s_train.min()).all() and (s_mean > s_far).all()
+    if name == "mahalanobis":
+        assert s_mean.tolist() == pytest.approx([0.0, 0.0], abs=1e-6)  # zero distance to its own mean
+
+
+def test_knn_equals_brute_force():
+    g = torch.Generator().manual_seed(1)
+    bank, queries, k = torch.randn(40, 5, generator=g), torch.randn(7, 5, generator=g) * 3, 4
+    d = det.KNN(k=k).fit(bank)
+    b = bank.numpy() / np.linalg.norm(bank.numpy(), axis=1, keepdims=True)
+    expected = []
+    for q in queries.numpy():
+        q = q / np.linalg.norm(q)
+        dists = sorted(float(np.sqrt(((q - row) ** 2).sum())) for row in b)
+        expected.append(-dists[k - 1])
+    assert d.score(queries).tolist() == pytest.approx(expected, abs=1e-5)
+    # a train feature itself: its nearest neighbour (k = 1) is at distance 0
+    assert det.KNN(k=1).fit(bank).score(bank[:3]).tolist() == pytest.approx([0.0] * 3, abs=1e-5)
+
+
+def test_knn_bank_is_bounded_seeded_and_k_shrinks_for_tiny_banks():
+    z = torch.randn(50, 3)
+    a, b = det.KNN(max_bank=20).fit(z), det.KNN(max_bank=20).fit(z)
+    assert a.bank.shape == (20, 3) and torch.equal(a.bank, b.bank)
+    assert a.k == 2  # a tenth of a 20-feature bank; 50 from 500 features on
+    assert det.KNN().fit(torch.randn(600, 3)).k == det.DEFAULT_K
+
+
+def test_rmds_by_hand_in_2d():
+    # class 0 around (-2, 0), class 1 around (2, 0): within-class covariance 0.5 I;
+    # all features: mean (0, 0), covariance diag(4.5, 0.5).
+    ring = torch.tensor([[-1.0, 0], [1, 0], [0, 1], [0, -1]])
+    z = torch.cat([ring + torch.tensor([-2.0, 0]), ring + torch.tensor([2.0, 0])])
+    y = torch.tensor([0] * 4 + [1] * 4)
+    rmds = det.RMDS(shrinkage=0.0).fit(z, y)
+    maha = det.Mahalanobis(shrinkage=0.0).fit(z, y)
+    q = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    # (2, 0): class 1 distance 0, background 4 / 4.5  -> score 8/9
+    # (0, 3): class distances (4 + 9) / 0.5 = 26, background 9 / 0.5 = 18 -> score -(26 - 18) = -8
+    assert rmds.score(q).tolist() == pytest.approx([8 / 9, -8.0], rel=1e-4)
+    assert maha.score(q).tolist() == pytest.approx([0.0, -26.0], rel=1e-4, abs=1e-5)
+
+
+def test_ledoit_wolf_shrinkage_as_sklearn():
+    from sklearn.covariance import ledoit_wolf
+    x = torch.randn(12, 20, dtype=torch.float64)  # fewer rows than features: singular without shrinkage
+    x = x - x.mean(0)
+    cov = det.shrunk_covariance(x)
+    expected, _ = ledoit_wolf(x.numpy(), assume_centered=True)
+    ridge = 1e-6 * float(torch.trace(x.T @ x / 12) / 20)
+    assert np.allclose(cov.numpy() - ridge * np.eye(20), expected, atol=1e-10)
+    assert torch.linalg.eigvalsh(cov).min() > 0
+    y = torch.arange(12) % 3
+    assert torch.isfinite(det.Mahalanobis().fit(x, y).score(x)).all()  # tiny split, wide features
+
+
+# ---------------------------------------------------------------- the detector file
+
+def test_detector_file_round_trip_and_mismatch(tmp_path):
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"a checkpoint")
+    z, y, _ = two_clusters()
+    fitted = det.fit_all(z, y)
+    file = det.save(ckpt, fitted, {"classes": ["a", "b"]})
+    assert file == tmp_path / "best.pt.detectors.pt"
+    raw = torch.load(file, weights_only=True)  # tensors and plain data only
+    assert set(raw["detectors"]) == set(det.DETECTORS) and raw["checkpoint_sha256"] == det.checkpoint_hash(ckpt)
+    loaded = det.load(ckpt)
+    for name in det.DETECTORS:
+        assert torch.equal(loaded[name].score(z), fitted[name].score(z))
+    ckpt.write_bytes(b"another checkpoint")
+    with pytest.raises(det.DetectorFileError) as e:
+        det.load(ckpt)
+    assert str(file) in str(e.value) and str(ckpt) in str(e.value) and "models.detectors fit" in str(e.value)
+    file.unlink()
+    with pytest.raises(det.DetectorFileError, match="not found"):
+        det.load(ckpt)
+
+
+# ---------------------------------------------------------------- features of the same forward pass
+
+def test_features_are_what_the_concat_classifier_sees(toy):
+    torch.manual_seed(0)
+    for paradigm in (build_paradigm("uni", toy), build_paradigm("multi", toy)):
+        model = build_model("resnet18", paradigm, **SMALL).eval()
+        seen = {}
+        hook = model.classifiers[CONCAT].register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+        x = torch.randn(3, 3, 32, 32)
+        with torch.no_grad():
+            logits, feats = model(x, features=True)
+            plain = model(x)
+        hook.remove()
+        clf = model.classifiers[CONCAT]
+        assert torch.equal(logits, plain) and feats.shape == (3, SMALL["hidden"])
+        assert torch.allclose(feats, clf.trunk(seen["x"]))  # the hidden layer after ELU
+        assert torch.allclose(torch.cat([h(feats) for h in clf.heads.values()], 1), logits)
+    with pytest.raises(ValueError, match="concat"):
+        model(x, step=0, features=True)
+
+
+# ---------------------------------------------------------------- evaluation and the CLI
+
+def test_evaluation_reports_detectors(tiny_data, artifacts, tmp_path):
+    from data.spec import load_spec
+    from evaluation.checkpoint import evaluate_checkpoint
+    spec = load_spec(tiny_data)
+    ckpt = tmp_path / "uni" / "best.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(artifacts / "uni" / "exp1" / "best.pt", ckpt)
+    m, raw = evaluate_checkpoint(ckpt, spec, cache_dir=tmp_path / "cache", progress=False)
+    assert det.detector_file(ckpt).is_file() and "train" in m["inferred_sets"]
+    assert m["rejection"]["detectors"] == list(det.DETECTORS)
+    for o in spec.ood:
+        assert set(m["rejection"][o]) == {*SCORERS, *det.DETECTORS}
+        for name in det.DETECTORS:
+            r = m["rejection"][o][name]
+            assert 0 <= r["auroc"] <= 1 and 0 <= r["aupr"] <= 1 and 0 <= r["fpr95"] <= 1
+            assert len(raw["rejection"][o][name][0]) == r["n_id"]
+    again, _ = evaluate_checkpoint(ckpt, spec, cache_dir=tmp_path / "cache", progress=False)
+    assert again["inferred_sets"] == [] and again["rejection"] == m["rejection"]
+    # a stale file (fitted for the checkpoint this one replaced) is refitted
+    shutil.copy(artifacts / "multi" / "exp1" / "best.pt", ckpt)
+    other, _ = evaluate_checkpoint(ckpt, spec, cache_dir=tmp_path / "cache", progress=False)
+    assert "train" in other["inferred_sets"] and det.load(ckpt)
+
+
+def test_fit_command(tiny_data, artifacts, tmp_path):
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(artifacts / "task_defect" / "exp1" / "best.pt", ckpt)
+    proc = run_cli("-m", "models.detectors", "fit", "--checkpoint", ckpt, "--data", tiny_data, "--no-progress")
+    assert "wrote" in proc.stdout and str(det.detector_file(ckpt)) in proc.stdout
+    fitted = det.load(ckpt)
+    raw = torch.load(det.detector_file(ckpt), weights_only=True)
+    assert raw["classes"] == ["normal", "defect"] and raw["n_train"] > 0
+    assert fitted["mahalanobis"].means.shape[0] == 2  # the task's two dataset classes
+    proc = run_cli("-m", "models.detectors", "fit", "--checkpoint", tmp_path / "missing.pt", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
