@@ -2,18 +2,20 @@
 
     python -m pipeline threshold --checkpoint CKPT --data DATASET --tpr 0.95
     python -m pipeline predict   --checkpoint CKPT --source DIR_OR_MANIFEST --table predictions.db
-    python -m pipeline produce   --source DIR_OR_MANIFEST --date 2026-11-23 --redis redis://host:6379/0
+    python -m pipeline produce   --source DIR_OR_MANIFEST --date yesterday --tz Asia/Seoul --redis redis://host:6379/0
+    python -m pipeline produce   --source DIR_OR_MANIFEST --from 2026-11-01 --to 2026-11-20
     python -m pipeline consume   --checkpoint CKPT --table URL --redis URL --exit-when-empty
+    python -m pipeline redrive   --redis URL
     python -m pipeline query     --table URL --date today --labels dirt defect
 
-Every server/table flag also reads an environment variable (shown in --help), so a container
-needs only the environment: PIPELINE_CHECKPOINT, PIPELINE_TABLE, PIPELINE_TABLE_NAME,
-PIPELINE_SOURCE, REDIS_URL, PIPELINE_STREAM, PIPELINE_GROUP.
+Days are YYYY-MM-DD, `today` or `yesterday` in --tz (an IANA time zone, default UTC), which also
+dates a file by its modification time. Every server/table flag also reads an environment variable
+(shown in --help), so a container needs only the environment: PIPELINE_CHECKPOINT, PIPELINE_TABLE,
+PIPELINE_TABLE_NAME, PIPELINE_SOURCE, REDIS_URL, PIPELINE_STREAM, PIPELINE_GROUP, PIPELINE_TZ.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -21,7 +23,8 @@ import sys
 from pipeline.table import DEFAULT_TABLE, DEFAULT_URL
 
 ENV = {"checkpoint": "PIPELINE_CHECKPOINT", "table": "PIPELINE_TABLE", "table_name": "PIPELINE_TABLE_NAME",
-       "source": "PIPELINE_SOURCE", "redis": "REDIS_URL", "stream": "PIPELINE_STREAM", "group": "PIPELINE_GROUP"}
+       "source": "PIPELINE_SOURCE", "redis": "REDIS_URL", "stream": "PIPELINE_STREAM", "group": "PIPELINE_GROUP",
+       "tz": "PIPELINE_TZ"}
 
 
 def env_arg(p, flag: str, default=None, help: str = "", **kw):
@@ -31,8 +34,27 @@ def env_arg(p, flag: str, default=None, help: str = "", **kw):
     p.add_argument(flag, default=value, required=value is None, help=f"{help} (env {var})".strip(), **kw)
 
 
-def today(text: str) -> str:
-    return dt.datetime.now(dt.timezone.utc).date().isoformat() if text == "today" else dt.date.fromisoformat(text).isoformat()
+def day_flags(p, default=None, span=True):
+    """--date (and --from/--to) as given; `days` resolves them once --tz is known."""
+    p.add_argument("--date", help=f"captured day: YYYY-MM-DD, today or yesterday (default {default or 'every day'})")
+    if span:
+        p.add_argument("--from", dest="first", metavar="DAY", help="first captured day of a range (with --to)")
+        p.add_argument("--to", dest="last", metavar="DAY", help="last captured day of the range (default today)")
+    env_arg(p, "--tz", "UTC", help="time zone of today/yesterday and of file modification dates")
+    p.set_defaults(default_day=default)
+
+
+def days(args) -> list[str] | None:
+    from pipeline.sources import SourceError, day_range, resolve_day
+    first, last = getattr(args, "first", None), getattr(args, "last", None)
+    if first or last:
+        if args.date:
+            raise SourceError("give --date or --from/--to, not both")
+        if not first:
+            raise SourceError("--to needs --from")
+        return day_range(resolve_day(first, args.tz, "--from"), resolve_day(last or "today", args.tz, "--to"))
+    day = args.date or args.default_day
+    return None if day is None else [resolve_day(day, args.tz)]
 
 
 def model_flags(p):
@@ -73,18 +95,19 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="batch mode: a folder or manifest into the prediction table")
     model_flags(p)
     env_arg(p, "--source", help="folder tree of images or manifest CSV (path[,captured_date,image_id])")
-    p.add_argument("--date", type=today, help="only images captured on this day (YYYY-MM-DD or today)")
+    day_flags(p)
     table_flags(p, required=False)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("produce", help="queue mode: publish one day's new images to the Redis stream")
+    p = sub.add_parser("produce", help="queue mode: publish a day's (or a range of days') new images to the stream")
     env_arg(p, "--source", help="folder tree of images or manifest CSV")
-    p.add_argument("--date", type=today, default="today", help="captured day to publish (YYYY-MM-DD or today)")
+    day_flags(p, "today")
     redis_flags(p)
     p.add_argument("--table", default=os.environ.get("PIPELINE_TABLE"),
-                   help="also skip images that already have a row in this table URL (env PIPELINE_TABLE)")
+                   help="also skip images that have a final row in this table URL; one whose file was not found or "
+                        "could not be opened is published again (env PIPELINE_TABLE)")
     p.add_argument("--table-name", default=os.environ.get("PIPELINE_TABLE_NAME", DEFAULT_TABLE))
 
     p = sub.add_parser("consume", help="queue mode: predict messages of the stream until stopped")
@@ -98,10 +121,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-deliveries", type=int, default=3, help="dead-letter a message delivered more often")
     p.add_argument("--max-idle", type=float, help="exit after this many seconds without messages")
     p.add_argument("--exit-when-empty", action="store_true", help="exit once nothing is queued or pending")
+    p.add_argument("--max-backoff", type=float, default=5.0,
+                   help="longest wait (s) between retries while Redis or the table is unreachable")
+
+    p = sub.add_parser("redrive", help="move dead letters back onto the stream (prints what it did as JSON)")
+    redis_flags(p)
+    p.add_argument("--count", type=int, help="only the oldest COUNT dead letters (default all)")
 
     p = sub.add_parser("query", help="the inspectors' query: a day's images whose top-2 holds LABELS")
     table_flags(p, required=False)
-    p.add_argument("--date", type=today, default="today")
+    day_flags(p, "today", span=False)
     p.add_argument("--labels", nargs="+", help="top-2 labels to look for, e.g. dirt defect (required; "
                                                 "without it the command lists the table's labels)")
     return ap
@@ -131,7 +160,7 @@ def main(argv=None) -> int:
         from pipeline.batch import run_batch
         from pipeline.sources import list_source
         pred = load_predictor(args)
-        items = list_source(args.source, args.date)
+        items = list_source(args.source, days(args), args.tz)
         table = PredictionTable(args.table, args.table_name)
         summary = run_batch(pred, table, items, args.batch_size, args.workers, not args.no_progress)
         print(json.dumps({"model": pred.name, "version": pred.version, "threshold": pred.threshold,
@@ -139,20 +168,24 @@ def main(argv=None) -> int:
     elif args.command == "produce":
         from pipeline.streams import produce
         table = PredictionTable(args.table, args.table_name) if args.table else None
-        print(json.dumps(produce(args.redis, args.source, args.date, args.stream, args.group, table)))
+        print(json.dumps(produce(args.redis, args.source, days(args), args.stream, args.group, table, tz=args.tz)))
     elif args.command == "consume":
         from pipeline.streams import Consumer
         pred = load_predictor(args)
         table = PredictionTable(args.table, args.table_name)
         c = Consumer(pred, table, args.redis, args.stream, args.group, args.consumer, args.batch_size,
-                     args.block_ms, args.min_idle_ms, args.max_deliveries, args.max_idle, args.exit_when_empty)
+                     args.block_ms, args.min_idle_ms, args.max_deliveries, args.max_idle, args.exit_when_empty,
+                     args.max_backoff)
         print(json.dumps(c.run()))
+    elif args.command == "redrive":
+        from pipeline.streams import redrive
+        print(json.dumps(redrive(args.redis, args.stream, args.group, args.count)))
     elif args.command == "query":
         table = PredictionTable(args.table, args.table_name)
         if not args.labels:
             sys.exit(f"error: query needs --labels (the top-2 labels to look for); the labels in "
                      f"{args.table}#{args.table_name} are: {', '.join(table.labels()) or 'none yet'}")
-        for row in table.inspect(args.date, args.labels):
+        for row in table.inspect(days(args)[0], args.labels):
             print(json.dumps(row))
     return 0
 
@@ -162,9 +195,9 @@ def run() -> None:
     from data.spec import SpecError
     from pipeline.model import ThresholdError
     from pipeline.sources import SourceError
-    from pipeline.table import TableError
+    from pipeline.table import TableError, TableUnavailable
     from models.checkpoint import CheckpointError
     try:
         sys.exit(main())
-    except (CheckpointError, ThresholdError, SourceError, TableError, SpecError, ImageError) as e:
+    except (CheckpointError, ThresholdError, SourceError, TableError, TableUnavailable, SpecError, ImageError) as e:
         sys.exit(f"error: {e}")

@@ -1,12 +1,19 @@
 """Where new images come from: a folder tree or a manifest CSV, as (image id, path, captured date).
 
 - Folder tree: every file under it with an image extension (.jpg .jpeg .png .bmp .webp .tif
-  .tiff, any case), recursively; image id = the path relative to the folder (POSIX slashes);
-  captured date = the file's modification time as a UTC date (YYYY-MM-DD).
+  .tiff, any case), recursively; captured date = the file's modification time as a date in
+  `--tz` (UTC by default).
 - Manifest: a CSV with a header holding `path` and optionally `captured_date` (YYYY-MM-DD or an
   ISO timestamp; its date part is used) and `image_id`. Relative paths are relative to the
-  manifest's folder; image id defaults to the path as written; a missing captured date falls back
-  to the file's mtime. Every listed path becomes a row, so a missing file is an `error` row.
+  manifest's folder; a missing captured date falls back to the file's mtime. Every listed path
+  becomes a row, so a missing file is an `error` row (in batch mode; `produce` waits for it).
+
+Image id: the path relative to the folder (POSIX slashes), or the manifest's path as written,
+then `#` and the first 16 hex digits of the file's SHA-256: `day1/IMG_0001.jpg#3f2a...`. The path
+alone is not an identity: `--source uploads/day1` and later `--source uploads/day2` both list
+`IMG_0001.jpg`, and a camera's file counter wraps; the hash keeps different photos apart and the
+same photo listed again on one id. A manifest's own `image_id` column is used as it is; a file
+that cannot be read when listed has the bare path as id (it has no content to hash).
 """
 from __future__ import annotations
 
@@ -14,8 +21,12 @@ import csv
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from data.images import ImageError, content_hash
 from data.spec import IMAGE_EXTENSIONS
+
+HASH_CHARS = 16  # 64 bits of SHA-256: the id also carries the path, so collisions need both
 
 
 class SourceError(ValueError):
@@ -34,9 +45,16 @@ class SourceImage:
         return cls(f["image_id"], f["path"], f.get("captured_date") or None)
 
 
-def mtime_date(path: Path) -> str | None:
+def zone(tz: str | None) -> ZoneInfo:
     try:
-        return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).date().isoformat()
+        return ZoneInfo(tz or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SourceError(f"--tz {tz}: unknown time zone; give an IANA name such as Asia/Seoul or UTC") from None
+
+
+def mtime_date(path: Path, tz: str | None = None) -> str | None:
+    try:
+        return dt.datetime.fromtimestamp(path.stat().st_mtime, zone(tz)).date().isoformat()
     except OSError:
         return None
 
@@ -48,23 +66,55 @@ def parse_date(text: str, where: str) -> str:
         raise SourceError(f"{where}: captured_date '{text}' is not a date (YYYY-MM-DD)") from None
 
 
-def list_source(source: str | Path, day: str | None = None) -> list[SourceImage]:
-    """Every image of a folder tree or manifest, sorted by image id; only `day`'s when given."""
+def resolve_day(text: str, tz: str | None = None, where: str = "--date", now: dt.datetime | None = None) -> str:
+    """`today`, `yesterday` (in time zone `tz`, at `now`) or YYYY-MM-DD, as YYYY-MM-DD."""
+    now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(zone(tz)).date()
+    relative = {"today": now, "yesterday": now - dt.timedelta(days=1)}
+    if text in relative:
+        return relative[text].isoformat()
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise SourceError(f"{where} '{text}': give YYYY-MM-DD, today or yesterday") from None
+
+
+def day_range(first: str, last: str, max_days: int = 366) -> list[str]:
+    """Every day from `first` to `last`, both included."""
+    a, b = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+    if b < a:
+        raise SourceError(f"--from {first} is after --to {last}")
+    if (b - a).days >= max_days:
+        raise SourceError(f"--from {first} --to {last}: more than {max_days} days; publish it in parts")
+    return [(a + dt.timedelta(days=k)).isoformat() for k in range((b - a).days + 1)]
+
+
+def list_source(source: str | Path, day=None, tz: str | None = None) -> list[SourceImage]:
+    """Every image of a folder tree or manifest, sorted by image id; only those captured on `day`
+    (a YYYY-MM-DD or a collection of them) when given. Only the kept files are hashed."""
     source = Path(source)
     if source.is_dir():
-        items = [SourceImage(p.relative_to(source).as_posix(), str(p), mtime_date(p))
+        items = [(p.relative_to(source).as_posix(), p, mtime_date(p, tz), False)
                  for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     elif source.is_file():
-        items = read_manifest(source)
+        items = read_manifest(source, tz)
     else:
         raise SourceError(f"{source}: no such folder or manifest file")
     if day is not None:
-        day = parse_date(day, "--date")
-        items = [i for i in items if i.captured_date == day]
-    return sorted(items, key=lambda i: i.image_id)
+        days = {parse_date(d, "--date") for d in ([day] if isinstance(day, str) else day)}
+        items = [i for i in items if i[2] in days]
+    return sorted((SourceImage(name if fixed else content_id(name, p), str(p), date)
+                   for name, p, date, fixed in items), key=lambda i: i.image_id)
 
 
-def read_manifest(path: Path) -> list[SourceImage]:
+def content_id(name: str, path: Path) -> str:
+    try:
+        return f"{name}#{content_hash(path)[:HASH_CHARS]}"
+    except (ImageError, OSError):
+        return name
+
+
+def read_manifest(path: Path, tz: str | None = None) -> list[tuple[str, Path, str | None, bool]]:
+    """(id or path as written, file, captured date, whether the id is the manifest's own) rows."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "path" not in reader.fieldnames:
@@ -76,11 +126,11 @@ def read_manifest(path: Path) -> list[SourceImage]:
             if not raw:
                 raise SourceError(f"{path}:{n}: empty path")
             p = Path(raw) if Path(raw).is_absolute() else path.parent / raw
-            image_id = (row.get("image_id") or "").strip() or raw
-            if image_id in seen:
-                raise SourceError(f"{path}:{n}: image id '{image_id}' listed twice")
-            seen.add(image_id)
+            image_id = (row.get("image_id") or "").strip()
+            if (image_id or raw) in seen:
+                raise SourceError(f"{path}:{n}: image id '{image_id or raw}' listed twice")
+            seen.add(image_id or raw)
             date = row.get("captured_date")
-            date = parse_date(date, f"{path}:{n}") if date and date.strip() else mtime_date(p)
-            items.append(SourceImage(image_id, str(p), date))
+            date = parse_date(date, f"{path}:{n}") if date and date.strip() else mtime_date(p, tz)
+            items.append((image_id or raw, p, date, bool(image_id)))
     return items

@@ -1,16 +1,25 @@
-"""Queue mode (scale-out) on Redis Streams: a producer publishes a day's images, consumers in one
+"""Queue mode (scale-out) on Redis Streams: a producer publishes days of images, consumers in one
 consumer group predict them, at least once.
 
 Keys (STREAM defaults to `pipeline:images`):
 - STREAM                      the work queue; one message per image (image_id, path, captured_date);
 - STREAM:published:<day>      ids already published for that day (a re-run publishes nothing twice);
-- STREAM:dead                 dead letters: messages delivered more than --max-deliveries times;
+- STREAM:dead                 dead letters: poison messages (malformed, or delivered more than
+                              --max-deliveries times without success); `redrive` puts them back;
 - STREAM:errors               the last processing error per message id (copied into the dead letter).
 
 Consumer loop: XAUTOCLAIM pending messages idle longer than --min-idle-ms (a dead consumer's), else
 XREADGROUP new ones; decode, infer, upsert, then XACK. A crash before XACK leaves the messages
 pending, so another consumer reclaims them; the upsert makes the retry harmless. SIGTERM finishes
-the current batch, acks it and exits. Lost connections are retried with exponential backoff.
+the current batch, acks it and exits.
+
+Infrastructure is never a message's fault. While the table is unavailable the consumer keeps its
+batch, backs off (0.1 s doubling to --max-backoff, logged) and retries, re-claiming the batch with
+JUSTID so that no other consumer takes it over (and counts a delivery). A lost Redis connection is
+retried the same way and the batch in hand processed again, uncounted. Stopped during an outage, a
+consumer hands its batch back with the delivery uncounted. Only what fails on its own content
+counts: a malformed payload is dead-lettered at once, a row the table refuses stays pending and is
+dead-lettered after --max-deliveries.
 """
 from __future__ import annotations
 
@@ -24,16 +33,18 @@ import time
 
 import redis
 
-from pipeline.batch import decode_items, infer
 from pipeline.sources import SourceImage, list_source, parse_date
+from pipeline.table import TableUnavailable
 
 STREAM, GROUP = "pipeline:images", "pipeline-consumers"
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-# Atomic per chunk: publish an id only if this call added it to the day's published set.
+FIELDS = ("image_id", "path", "captured_date")  # a message's payload
+# Atomic per chunk: publish an id only if this call added it to the day's published set, or if it
+# is a retry (its row says the file was not there or could not be opened: ARGV[i + 3] == '1').
 PUBLISH = """
 local n = 0
-for i = 2, #ARGV, 3 do
-  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+for i = 2, #ARGV, 4 do
+  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 or ARGV[i + 3] == '1' then
     redis.call('XADD', KEYS[1], '*', 'image_id', ARGV[i], 'path', ARGV[i + 1], 'captured_date', ARGV[i + 2])
     n = n + 1
   end
@@ -62,27 +73,68 @@ def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
-def produce(url: str, source, day: str, stream: str = STREAM, group: str = GROUP, table=None,
-            ttl_days: int = 30) -> dict:
-    """Publish `day`'s images not yet published (the day's set) and not yet in `table`."""
-    day = parse_date(day, "--date")
-    items = list_source(source, day)
-    done = table.existing_ids([i.image_id for i in items]) if table is not None else set()
-    todo = [i for i in items if i.image_id not in done]
+def produce(url: str, source, days, stream: str = STREAM, group: str = GROUP, table=None,
+            ttl_days: int = 30, tz: str | None = None) -> dict:
+    """Publish the images captured on `days` (one YYYY-MM-DD or a list) that are not yet published
+    (each day's set) and have no final row in `table`. A listed file that is not there yet is left
+    for a later run; one whose row says it was not found or could not be opened is published again."""
+    days = [parse_date(d, "--date") for d in ([days] if isinstance(days, str) else days)]
+    items = list_source(source, days, tz)
+    ready = [i for i in items if os.path.lexists(i.path)]
+    states = table.states([i.image_id for i in ready]) if table is not None else {}
+    todo = [(i, i.image_id in states) for i in ready if not states.get(i.image_id)]
     r = connect(url)
     ensure_group(r, stream, group)
     script = r.register_script(PUBLISH)
-    key = f"{stream}:published:{day}"
     published = 0
-    for k in range(0, len(todo), 500):
-        args = [ttl_days * 86400]
-        for it in todo[k:k + 500]:
-            args += [it.image_id, it.path, it.captured_date or ""]
-        published += script(keys=[stream, key], args=args)
-    out = {"day": day, "listed": len(items), "in_table": len(done), "published": published,
-           "already_queued": len(todo) - published, "stream": stream}
-    log(event="produced", **out)
+    for day in days:
+        batch = [(i, retry) for i, retry in todo if i.captured_date == day]
+        for k in range(0, len(batch), 500):
+            args = [ttl_days * 86400]
+            for it, retry in batch[k:k + 500]:
+                args += [it.image_id, it.path, it.captured_date or "", "1" if retry else "0"]
+            published += script(keys=[stream, f"{stream}:published:{day}"], args=args)
+    retried = sum(retry for _, retry in todo)
+    span = {"day": days[0]} if len(days) == 1 else {"from": days[0], "to": days[-1], "days": len(days)}
+    out = {**span, "listed": len(items), "not_ready": len(items) - len(ready), "in_table": len(states) - retried,
+           "retried": retried, "published": published, "already_queued": len(todo) - published, "stream": stream}
+    waiting = set(items) - set(ready)
+    log(event="produced", **out, waiting_for=sorted(i.image_id for i in waiting)[:20])
     return out
+
+
+def redrive(url: str, stream: str = STREAM, group: str = GROUP, count: int | None = None) -> dict:
+    """Move dead letters (the first `count`, or all) back onto the stream as new messages, each
+    XADD + XDEL in one transaction; a malformed one would only die again, so it stays."""
+    r = connect(url)
+    ensure_group(r, stream, group)
+    dead = f"{stream}:dead"
+    moved, kept = [], []
+    for mid, fields in r.xrange(dead, count=count):
+        if payload_error(fields):
+            kept.append(mid)
+            continue
+        tx = r.pipeline(transaction=True)
+        tx.xadd(stream, {k: fields.get(k, "") for k in FIELDS})
+        tx.xdel(dead, mid)
+        tx.execute()
+        moved.append(fields["image_id"])
+    out = {"redriven": len(moved), "kept_malformed": len(kept), "dead_left": r.xlen(dead), "stream": stream,
+           "image_ids": moved}
+    log(event="redriven", **{k: v for k, v in out.items() if k != "image_ids"})
+    return out
+
+
+def payload_error(fields: dict) -> str | None:
+    """Why a message cannot be an image to predict, or None: poison on its own content."""
+    if not (fields.get("image_id") and fields.get("path")):
+        return f"malformed message, fields {sorted(fields)}"
+    if fields.get("captured_date"):
+        try:
+            dt.date.fromisoformat(fields["captured_date"])
+        except ValueError:
+            return f"malformed message, captured_date '{fields['captured_date']}' is not YYYY-MM-DD"
+    return None
 
 
 class Consumer:
@@ -100,8 +152,9 @@ class Consumer:
         self.transform = predictor.transform()
         self.stopping = False
         self.r: redis.Redis | None = None
+        self.held: list = []  # the batch in hand, kept across a lost Redis connection
         self.stats = {"ok": 0, "ood": 0, "error": 0, "batches": 0, "reclaimed": 0, "dead_lettered": 0,
-                      "reconnects": 0}
+                      "reconnects": 0, "table_retries": 0, "handed_back": 0}
 
     def stop(self, *_):
         self.stopping = True
@@ -117,10 +170,12 @@ class Consumer:
                 if self.r is None:
                     self.r = connect(self.url, self.block_ms)
                     ensure_group(self.r, self.stream, self.group)
-                msgs = self.claim() or self.read()
+                msgs = self.held or self.claim() or self.read()
                 backoff = 0.1
                 if msgs:
+                    self.held = msgs
                     self.process(msgs)
+                    self.held = []
                     idle_since = time.monotonic()
                 elif self.exit_when_empty and self.drained():
                     break
@@ -128,7 +183,8 @@ class Consumer:
                     break
             except RETRYABLE as e:
                 self.stats["reconnects"] += 1
-                log(event="redis_unavailable", consumer=self.name, error=str(e)[:200], retry_in_s=backoff)
+                log(event="redis_unavailable", consumer=self.name, error=str(e)[:200], retry_in_s=backoff,
+                    holding=len(self.held))
                 self.r = None
                 if self.max_idle_s is not None and time.monotonic() - idle_since > self.max_idle_s:
                     break
@@ -170,11 +226,12 @@ class Consumer:
         counts = self.deliveries(ids)
         keep, dead = [], []
         for mid, fields in msgs:
-            if counts.get(mid, 1) > self.max_deliveries:
+            malformed = payload_error(fields)
+            if malformed:
+                dead.append((mid, fields, malformed))
+            elif counts.get(mid, 1) > self.max_deliveries:
                 dead.append((mid, fields, self.r.hget(self.errors, mid) or
                              f"delivered {counts[mid]} times without being acknowledged"))
-            elif not {"image_id", "path"} <= set(fields):
-                dead.append((mid, fields, f"malformed message, fields {sorted(fields)}"))
             else:
                 keep.append((mid, fields))
         for mid, fields, err in dead:
@@ -184,26 +241,70 @@ class Consumer:
             self.r.hdel(self.errors, mid)
             self.stats["dead_lettered"] += 1
             log(event="dead_letter", consumer=self.name, message_id=mid, error=err)
-        if not keep:
-            return
-        items = [SourceImage.from_fields(f) for _, f in keep]
-        try:
+        if keep:
+            from pipeline.batch import decode_items, infer  # here: the producer never loads torch
+            items = [SourceImage.from_fields(f) for _, f in keep]
             rows = infer(self.predictor, items, *decode_items(items, self.transform))
-            self.table.upsert(rows)
-        except RETRYABLE:
-            raise
-        except Exception as e:  # left pending: retried after min_idle_ms, dead-lettered after N tries
-            msg = f"{type(e).__name__}: {e}"[:1000]
-            self.r.hset(self.errors, mapping={mid: msg for mid, _ in keep})
-            log(event="batch_failed", consumer=self.name, n=len(keep), error=msg)
-            time.sleep(1.0)  # e.g. the database is down: do not burn through the queue
-            return
-        done = [mid for mid, _ in keep]
-        self.r.xack(self.stream, self.group, *done)
-        self.r.hdel(self.errors, *done)
+            self.settle([mid for mid, _ in keep], rows, counts)
+
+    def settle(self, ids: list[str], rows: list[dict], counts: dict[str, int]) -> None:
+        """Upsert the batch's rows and ack them. While the table is unavailable, keep the batch:
+        back off, retry, and re-claim it (JUSTID: no delivery counted) so nobody else takes it."""
+        backoff = 0.1
+        while True:
+            try:
+                refused = self.write(ids, rows)
+                break
+            except TableUnavailable as e:
+                if self.stopping:
+                    return self.hand_back(ids, counts)
+                self.stats["table_retries"] += 1
+                pause = min(backoff, self.min_idle_ms / 2000)  # re-claimed before anyone may take it
+                log(event="table_unavailable", consumer=self.name, holding=len(ids), error=str(e)[:200],
+                    retry_in_s=pause)
+                time.sleep(pause)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                self.r.xclaim(self.stream, self.group, self.name, 0, ids, justid=True)
+        done = [mid for mid in ids if mid not in refused]
+        if refused:  # left pending: retried after min_idle_ms, dead-lettered after max_deliveries
+            self.r.hset(self.errors, mapping=refused)
+            log(event="rows_refused", consumer=self.name, n=len(refused), error=next(iter(refused.values())))
+        if done:
+            self.r.xack(self.stream, self.group, *done)
+            self.r.hdel(self.errors, *done)
         self.stats["batches"] += 1
-        for row in rows:
-            self.stats[row["status"]] += 1
+        for mid, row in zip(ids, rows):
+            if mid not in refused:
+                self.stats[row["status"]] += 1
+
+    def write(self, ids: list[str], rows: list[dict]) -> dict[str, str]:
+        """Upsert `rows`; {message id: error} of those the table refuses for their content, found
+        by writing them one at a time, so that one bad row does not hold back its batch."""
+        try:
+            self.table.upsert(rows)
+            return {}
+        except TableUnavailable:
+            raise
+        except Exception:
+            pass
+        refused = {}
+        for mid, row in zip(ids, rows):
+            try:
+                self.table.upsert([row])
+            except TableUnavailable:
+                raise
+            except Exception as e:
+                refused[mid] = f"{type(e).__name__}: {e}"[:1000]
+        return refused
+
+    def hand_back(self, ids: list[str], counts: dict[str, int]) -> None:
+        """Stopped while the table is down: leave the batch pending for the next consumer, idle
+        enough to be reclaimed at once and with this delivery taken off its count."""
+        for mid in ids:
+            self.r.xclaim(self.stream, self.group, self.name, 0, [mid], idle=self.min_idle_ms,
+                          retrycount=max(counts.get(mid, 1) - 1, 0), justid=True)
+        self.stats["handed_back"] += len(ids)
+        log(event="handed_back", consumer=self.name, n=len(ids), reason="stopped while the table is unavailable")
 
 
 def _key(message_id: str) -> tuple[int, int]:

@@ -13,12 +13,18 @@ The inspectors' typical query, "every dirty or damaged car captured today", is `
       AND (top1_label IN ('dirt', 'defect') OR top2_label IN ('dirt', 'defect'))
 
 served by the index `<table>_day_idx (captured_date, status, top1_label, top2_label)`.
+
+A database that cannot be reached or written now (down, restarting, locked, full) raises
+`TableUnavailable`: not the rows' fault, so a queue consumer keeps them and retries instead of
+counting a failed delivery. An `error` row is final unless its error says "not now" (the file was
+not found or could not be opened): `produce --table` publishes such images again.
 """
 from __future__ import annotations
 
 import datetime as dt
 import re
 import sqlite3
+import sys
 from pathlib import Path
 
 COLUMNS = [  # name, SQL type (SQLite reads these type names by affinity)
@@ -35,8 +41,31 @@ DEFAULT_TABLE = "predictions"
 DEFAULT_URL = "predictions.db"
 
 
+# Errors that mean "not now" rather than "never" (data/images.py's messages for a file that was
+# not there or could not be opened): a later produce run publishes the image again.
+TRANSIENT_ERRORS = ("file not found", "cannot be opened")
+
+
 class TableError(ValueError):
     """A table URL or name that cannot be used; the message says why."""
+
+
+class TableUnavailable(RuntimeError):
+    """The database cannot be reached or written now; the same rows may succeed later."""
+
+
+def unavailable(e: Exception) -> bool:
+    """Whether `e` is the database's state rather than the statement's content. SQLite's
+    OperationalError is a lock, a full disk or a file that cannot be opened; psycopg's is a
+    connection that failed or broke, a shutdown, too many clients. When in doubt this says yes:
+    retrying a batch costs time, dead-lettering it loses predictions."""
+    psycopg = sys.modules.get("psycopg")
+    return isinstance(e, sqlite3.OperationalError) or (
+        psycopg is not None and isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)))
+
+
+def transient(error: str | None) -> bool:
+    return bool(error) and any(t in error for t in TRANSIENT_ERRORS)
 
 
 def is_postgres(url: str) -> bool:
@@ -67,7 +96,6 @@ class PredictionTable:
             raise TableError(f"table name '{name}': use letters, digits and _ (not starting with a digit)")
         self.url, self.name, self.pg = url, name, is_postgres(url)
         self.conn = None
-        self.connect()
         self.create()
 
     def connect(self) -> None:
@@ -76,7 +104,7 @@ class PredictionTable:
                 import psycopg
             except ImportError:
                 raise TableError("PostgreSQL URLs need psycopg: pip install 'psycopg[binary]'") from None
-            self.conn = psycopg.connect(self.url)
+            self.conn = psycopg.connect(self.url, connect_timeout=10)
         else:
             path = sqlite_path(self.url)
             if path != ":memory:":
@@ -91,9 +119,26 @@ class PredictionTable:
             self.conn = None
 
     def _run(self, sql: str, params=(), many: bool = False, fetch: bool = False):
-        """Run `sql` (with `?` placeholders) in its own transaction; rows as dicts with `fetch`."""
+        """Run `sql` (with `?` placeholders) in its own transaction; rows as dicts with `fetch`.
+        A PostgreSQL connection lost since the last call (a server restart) is reopened and the
+        statement run once more (every statement here is idempotent); TableUnavailable if the
+        database still cannot be used."""
         if self.pg:
             sql = postgres_sql(sql)
+        for attempt in (1, 2):
+            try:
+                if self.conn is None:
+                    self.connect()
+                return self._execute(sql, params, many, fetch)
+            except Exception as e:
+                if not unavailable(e):
+                    raise
+                if self.pg:
+                    self.close()
+                if attempt == 2 or not self.pg:
+                    raise TableUnavailable(f"{type(e).__name__}: {e}".strip()[:500]) from e
+
+    def _execute(self, sql: str, params, many: bool, fetch: bool):
         cur = self.conn.cursor()
         try:
             (cur.executemany if many else cur.execute)(sql, params)
@@ -101,10 +146,16 @@ class PredictionTable:
             cols = [d[0] for d in cur.description] if fetch else None
             self.conn.commit()
         except Exception:
-            self.conn.rollback()
+            try:
+                self.conn.rollback()
+            except Exception:  # the connection is gone: nothing to roll back
+                pass
             raise
         finally:
-            cur.close()
+            try:
+                cur.close()
+            except Exception:
+                pass
         return [dict(zip(cols, r)) for r in rows] if fetch else None
 
     def create(self) -> None:
@@ -123,24 +174,22 @@ class PredictionTable:
         update = ", ".join(f"{c} = excluded.{c}" for c in NAMES[2:])
         sql = (f"INSERT INTO {self.name} ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))}) "
                f"ON CONFLICT (image_id, model_version) DO UPDATE SET {update}")
-        try:
-            self._run(sql, values, many=True)
-        except Exception as e:
-            if not self._lost(e):
-                raise
-            self.close()
-            self.connect()
-            self._run(sql, values, many=True)
-
-    def _lost(self, e: Exception) -> bool:
-        return self.pg and (self.conn is None or self.conn.closed)
+        self._run(sql, values, many=True)
 
     def query(self, where: str = "", params=(), columns: str = "*") -> list[dict]:
         """Rows as plain Python values (dates and times as ISO strings, is_ood as bool)."""
         return [plain(r) for r in self._run(f"SELECT {columns} FROM {self.name} {where}", params, fetch=True)]
 
     def existing_ids(self, ids: list[str], model_version: str | None = None) -> set[str]:
-        found: set[str] = set()
+        return set(self.states(ids, model_version))
+
+    def final_ids(self, ids: list[str], model_version: str | None = None) -> set[str]:
+        """Ids with a final row: ok, ood, or an error that a later try would repeat."""
+        return {i for i, final in self.states(ids, model_version).items() if final}
+
+    def states(self, ids: list[str], model_version: str | None = None) -> dict[str, bool]:
+        """{image id: whether one of its rows is final} for the ids that have a row."""
+        found: dict[str, bool] = {}
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             where = f"WHERE image_id IN ({', '.join('?' * len(chunk))})"
@@ -148,7 +197,9 @@ class PredictionTable:
             if model_version:
                 where += " AND model_version = ?"
                 params.append(model_version)
-            found |= {r["image_id"] for r in self.query(where, params, "image_id")}
+            for r in self.query(where, params, "image_id, status, error"):
+                final = r["status"] != "error" or not transient(r["error"])
+                found[r["image_id"]] = found.get(r["image_id"], False) or final
         return found
 
     def inspect(self, day: str, labels: list[str]) -> list[dict]:

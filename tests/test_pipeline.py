@@ -10,7 +10,7 @@ import yaml
 
 from tests.builders import write_bad_files, write_images
 from tests.conftest import ROOT
-from tests.test_pipeline_support import pipeline_cli
+from tests.test_pipeline_support import by_path, pipeline_cli
 
 
 @pytest.fixture()
@@ -36,7 +36,7 @@ def test_predict_folder_writes_one_row_per_file_and_bad_files_become_errors(uni,
 
     from data.spec import load_spec
     from pipeline.table import PredictionTable
-    rows = {r["image_id"]: r for r in PredictionTable(str(db)).query()}
+    rows = by_path(PredictionTable(str(db)).query())
     assert len(rows) == 48
     for name, kind in expected.items():
         r = rows[f"bad/{name}"]

@@ -7,16 +7,13 @@ import calendar
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.builders import write_bad_files, write_images
-from tests.conftest import ROOT
-from tests.test_pipeline_support import RedisServer, pipeline_cli
+from tests.test_pipeline_support import RedisServer, by_path, finish, pipeline_cli, start_consumer
 
 redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install redis)")
 
@@ -30,23 +27,6 @@ def server(tmp_path):
     srv = RedisServer(tmp_path / "redis").start()
     yield srv
     srv.stop()
-
-
-def start_consumer(ckpt, db, url, name, log_dir, *extra):
-    cmd = [sys.executable, "-m", "pipeline", "consume", "--checkpoint", str(ckpt), "--table", str(db),
-           "--redis", url, "--consumer", name, "--batch-size", "32", "--threads", "1", "--block-ms", "200",
-           "--min-idle-ms", "3000", "--exit-when-empty", "--max-idle", "90", *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            stderr=open(log_dir / f"{name}.log", "w"))
-
-
-def finish(procs, timeout=150) -> list[dict]:
-    stats = []
-    for p in procs:
-        out, _ = p.communicate(timeout=timeout)
-        assert p.returncode == 0, f"consumer exited {p.returncode}"
-        stats.append(json.loads(out.strip().splitlines()[-1]))
-    return stats
 
 
 def rows_of(db):
@@ -112,7 +92,7 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(models, server, tmp_path
     rows = rows_of(db)
     ids = [row["image_id"] for row in rows]
     assert len(ids) == len(set(ids)) == 2100, "every image exactly one row"
-    assert set(ids) == {f"part{i // 500}/img_{i:05d}.jpg" for i in range(2100)}
+    assert set(by_path(rows)) == {f"part{i // 500}/img_{i:05d}.jpg" for i in range(2100)}
     assert all(row["status"] in ("ok", "ood") for row in rows)
     group = r.xinfo_groups(STREAM)[0]
     assert group["pending"] == 0 and group["lag"] == 0 and not pending(r, "c0")
@@ -140,6 +120,7 @@ def test_consumers_reconnect_when_redis_restarts(models, server, tmp_path):
 
 
 def test_producer_rerun_publishes_nothing_twice(server, tmp_path):
+    from pipeline.sources import list_source
     from pipeline.streams import produce
     from pipeline.table import PredictionTable
     src = tmp_path / "src"
@@ -153,8 +134,8 @@ def test_producer_rerun_publishes_nothing_twice(server, tmp_path):
     assert r.xlen(STREAM) == 30
     # Once processed, the table alone keeps a re-run (after the day's set expired) from republishing.
     table = PredictionTable(str(tmp_path / "p.db"))
-    table.upsert([{"image_id": f"part0/img_{i:05d}.jpg", "model_version": "v", "model_name": "m",
-                   "source": "s", "captured_date": DAY, "status": "ok"} for i in range(30)])
+    table.upsert([{"image_id": it.image_id, "model_version": "v", "model_name": "m",
+                   "source": "s", "captured_date": DAY, "status": "ok"} for it in list_source(src, DAY)])
     r.delete(f"pipeline:images:published:{DAY}")
     third = produce(server.url, src, DAY, table=table)
     assert third["in_table"] == 30 and third["published"] == 0 and r.xlen(STREAM) == 30
@@ -186,7 +167,7 @@ def test_bad_files_dead_letters_and_malformed_messages(models, server, tmp_path)
     table = PredictionTable(str(tmp_path / "p.db"))
     stats = Consumer(pred, table, server.url, batch_size=8, block_ms=100, min_idle_ms=0,
                      max_deliveries=3, exit_when_empty=True, max_idle_s=30).run()
-    rows = {row["image_id"]: row for row in table.query()}
+    rows = by_path(table.query())
     assert len(rows) == 18 and "poison" not in rows
     for name, kind in expected.items():
         status = rows[f"bad/{name}"]["status"]

@@ -3,17 +3,19 @@ loopback ports, and the pipeline's command line. Their data: tests/builders.py a
 `models`."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def free_port() -> int:
@@ -91,16 +93,60 @@ class PostgresServer:
 
     def start(self) -> "PostgresServer":
         self._run(self.bin / "initdb", "-D", self.data, "-U", "postgres", "--auth", "trust", "-E", "UTF8")
+        return self.up()
+
+    def up(self) -> "PostgresServer":
+        """Start the server on its cluster (again, after `down`)."""
         self._run(self.bin / "pg_ctl", "-D", self.data, "-l", self.dir / "pg.log", "-w", "-o",
                   f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
         return self
 
-    def stop(self) -> None:
+    def down(self) -> None:
+        """Stop the server as a crash would (open connections break); the cluster stays."""
         subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)
+
+    def stop(self) -> None:
+        self.down()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def by_path(rows) -> dict[str, dict]:
+    """Rows keyed by their image id without its content hash (`part0/img_00000.jpg#3f2a...`)."""
+    return {r["image_id"].rsplit("#", 1)[0]: r for r in rows}
 
 
 def pipeline_cli(*args, check=True):
     """`python -m pipeline ARGS...` from the repository root, as a user runs it."""
     return run_cli("-m", "pipeline", *args, check=check)
+
+
+def start_consumer(ckpt, db, url, name, log_dir, *extra, until_empty=True):
+    """`python -m pipeline consume` in the background, logging to LOG_DIR/NAME.log; it exits once
+    nothing is queued or pending (`until_empty`), else after --max-idle or on SIGTERM."""
+    cmd = [sys.executable, "-m", "pipeline", "consume", "--checkpoint", str(ckpt), "--table", str(db),
+           "--redis", url, "--consumer", name, "--batch-size", "32", "--threads", "1", "--block-ms", "200",
+           "--min-idle-ms", "3000", *(["--exit-when-empty"] if until_empty else []), "--max-idle", "90", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            stderr=open(log_dir / f"{name}.log", "w"))
+
+
+def finish(procs, timeout=150) -> list[dict]:
+    """Each consumer's final stats (its last stdout line), once it has exited with status 0."""
+    stats = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0, f"consumer exited {p.returncode}"
+        stats.append(json.loads(out.strip().splitlines()[-1]))
+    return stats
+
+
+def wait_for(condition, timeout: float, what: str, every: float = 0.1):
+    """Poll `condition()` until it returns something true; that value. TimeoutError naming `what`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = condition()
+        if got:
+            return got
+        time.sleep(every)
+    raise TimeoutError(f"{what}: not within {timeout}s")
