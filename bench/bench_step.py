@@ -54,7 +54,7 @@ def main() -> None:
     a = p.parse_args()
     torch.manual_seed(0)
     names = tuple(f"c{i}" for i in range(a.classes))
-    paradigm = Paradigm("uni", None, names, (Head("classes", "softmax", names),))
+    paradigm = Paradigm("uni", None, names, (Head("classes", "softmax", names),), "max_logit")
     model = build_model(a.backbone, paradigm).to(a.device)
     x = torch.randn(a.batch_size, 3, a.size, a.size, device=a.device)
     y = torch.randint(0, a.classes, (a.batch_size, 1), device=a.device)

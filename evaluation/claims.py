@@ -12,7 +12,7 @@ by the rule in each row, never by hand.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import mannwhitneyu
+from scipy.stats import rankdata
 
 from evaluation import metrics
 from evaluation.stats import interval, mean_of_first, paired_difference
@@ -31,13 +31,15 @@ def _fmt(r: dict) -> str:
 
 
 def auroc_stat(groups) -> float:
-    """AUROC of in-distribution (positive) against OOD scores, as the Mann-Whitney U statistic
-    over n_id * n_ood (scipy; equal to metrics.auroc, and fast enough for thousands of replicates)."""
+    """AUROC of in-distribution (positive) against OOD scores as the Mann-Whitney U statistic over
+    n_id * n_ood, from scipy's tie-averaged ranks: equal to metrics.auroc (tested) and ~20x faster,
+    which thousands of bootstrap replicates need."""
     id_s, ood_s = groups
-    if not len(id_s) or not len(ood_s):
+    n1, n0 = len(id_s), len(ood_s)
+    if not n1 or not n0:
         return float("nan")
-    return float(mannwhitneyu(id_s, ood_s, method="asymptotic", use_continuity=False).statistic
-                 / (len(id_s) * len(ood_s)))
+    u = rankdata(np.r_[id_s, ood_s])[:n1].sum() - n1 * (n1 + 1) / 2
+    return float(u / (n1 * n0))
 
 
 def _rejection(results, run, ood: str) -> list:
