@@ -197,7 +197,12 @@ def run() -> None:
     from pipeline.sources import SourceError
     from pipeline.table import TableError, TableUnavailable
     from models.checkpoint import CheckpointError
+    import redis
     try:
         sys.exit(main())
     except (CheckpointError, ThresholdError, SourceError, TableError, TableUnavailable, SpecError, ImageError) as e:
         sys.exit(f"error: {e}")
+    except redis.AuthenticationError as e:
+        # A wrong password is not an outage: fail at once instead of retrying for ever.
+        sys.exit(f"error: Redis refused the credentials of --redis / REDIS_URL ({e}); "
+                 f"check the password (redis://:PASSWORD@host:port/db or rediss:// for TLS)")

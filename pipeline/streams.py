@@ -182,6 +182,8 @@ class Consumer:
                 elif self.max_idle_s is not None and time.monotonic() - idle_since > self.max_idle_s:
                     break
             except RETRYABLE as e:
+                if isinstance(e, redis.AuthenticationError):  # a ConnectionError in redis-py: never retried
+                    raise
                 self.stats["reconnects"] += 1
                 log(event="redis_unavailable", consumer=self.name, error=str(e)[:200], retry_in_s=backoff,
                     holding=len(self.held))
