@@ -7,6 +7,7 @@ transform): `evaluate.py report` and the notebooks run each image set through ea
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import torch
@@ -39,9 +40,14 @@ class CachedPredictor:
         digest = hashlib.sha256("\n".join([set_name, size, *paths]).encode()).hexdigest()[:16]
         file = self.cache_dir / f"{self.key}_{digest}.pt" if self.cache_dir else None
         if file is not None and file.is_file():
-            cached = torch.load(file, map_location="cpu", weights_only=True)
-            if cached.get("paths") == paths and "features" in cached:  # older entries held logits only
-                return cached["logits"], cached["features"]
+            try:
+                cached = torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as e:  # truncated, or not plain tensors (weights_only refuses code): infer again
+                print(f"warning: {file}: unusable cache entry ({type(e).__name__}); inferring {set_name} again",
+                      file=sys.stderr)
+                cached = {}
+            if isinstance(cached, dict) and cached.get("paths") == paths and "features" in cached:
+                return cached["logits"], cached["features"]  # (older entries held logits only)
         logits, features = predict_features(self.ckpt.model, paths, self.ckpt.transform(), self.batch_size,
                                             self.device, desc=set_name, progress=self.progress, workers=self.workers)
         self.inferred.append(set_name)

@@ -243,3 +243,26 @@ def test_broken_checkpoints_and_a_resume_into_other_widths_give_one_line_errors(
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and "do not fit" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_malicious_or_broken_evaluation_cache_is_inferred_again(artifacts, tiny_data, tmp_path, capsys):
+    import pickle
+    from data.spec import load_spec
+    from evaluation.inference import CachedPredictor
+    from models.checkpoint import load
+
+    class Payload:  # what a hostile cache file could carry: code that weights_only refuses to run
+        def __reduce__(self):
+            return (print, ("pwned",))
+    ckpt = load(artifacts / "uni" / "exp1" / "best.pt", load_spec(tiny_data))
+    items = load_spec(tiny_data).split_samples("test")[:4]
+    pred = CachedPredictor(ckpt, tmp_path, progress=False)
+    logits, _ = pred("test", items)
+    (entry,) = list(tmp_path.glob("*.pt"))
+    for content in (pickle.dumps(Payload()), b"\x80\x02truncated"):
+        entry.write_bytes(content)
+        again = CachedPredictor(ckpt, tmp_path, progress=False)
+        z, _ = again("test", items)
+        assert again.inferred == ["test"] and torch.equal(z, logits)
+        err = capsys.readouterr()
+        assert "unusable cache entry" in err.err and "pwned" not in err.out
