@@ -141,7 +141,7 @@ class Predictor:
         for s, names, p in zip(scores.tolist(), top_labels, top_p.tolist()):
             ood = self.threshold is not None and s < self.threshold
             out.append({"model_name": self.name, "model_version": self.version, "ood_score": s,
-                        "ood_threshold": self.threshold, "is_ood": ood,
+                        "ood_scorer": self.score, "ood_threshold": self.threshold, "is_ood": ood,
                         "top1_label": names[0], "top1_prob": p[0],
                         "top2_label": names[1] if len(names) > 1 else None,
                         "top2_prob": p[1] if len(p) > 1 else None,
@@ -150,5 +150,5 @@ class Predictor:
 
     def error_row(self, message: str) -> dict:
         return {"model_name": self.name, "model_version": self.version, "ood_score": None,
-                "ood_threshold": self.threshold, "is_ood": None, "top1_label": None, "top1_prob": None,
+                "ood_scorer": self.score, "ood_threshold": self.threshold, "is_ood": None, "top1_label": None, "top1_prob": None,
                 "top2_label": None, "top2_prob": None, "status": "error", "error": message}

@@ -30,7 +30,8 @@ from pathlib import Path
 COLUMNS = [  # name, SQL type (SQLite reads these type names by affinity)
     ("image_id", "TEXT NOT NULL"), ("model_version", "TEXT NOT NULL"), ("model_name", "TEXT NOT NULL"),
     ("source", "TEXT NOT NULL"), ("captured_date", "DATE"),
-    ("ood_score", "DOUBLE PRECISION"), ("ood_threshold", "DOUBLE PRECISION"), ("is_ood", "BOOLEAN"),
+    ("ood_score", "DOUBLE PRECISION"), ("ood_scorer", "TEXT"), ("ood_threshold", "DOUBLE PRECISION"),
+    ("is_ood", "BOOLEAN"),
     ("top1_label", "TEXT"), ("top1_prob", "DOUBLE PRECISION"),
     ("top2_label", "TEXT"), ("top2_prob", "DOUBLE PRECISION"),
     ("status", "TEXT NOT NULL CHECK (status IN ('ok', 'ood', 'error'))"), ("error", "TEXT"),
@@ -163,6 +164,18 @@ class PredictionTable:
         self._run(f"CREATE TABLE IF NOT EXISTS {self.name} ({cols}, PRIMARY KEY (image_id, model_version))")
         self._run(f"CREATE INDEX IF NOT EXISTS {self.name}_day_idx ON {self.name} "
                   f"(captured_date, status, top1_label, top2_label)")
+        have = set(self.columns())
+        for c, t in COLUMNS:  # a table written by an older version: add what it lacks (NULL there)
+            if c not in have:
+                self._run(f"ALTER TABLE {self.name} ADD COLUMN {c} {t}")
+
+    def columns(self) -> list[str]:
+        if self.pg:
+            rows = self._run("SELECT column_name AS name FROM information_schema.columns WHERE table_name = ?",
+                             (self.name.lower(),), fetch=True)
+        else:
+            rows = self._run(f"PRAGMA table_info({self.name})", fetch=True)
+        return [r["name"] for r in rows]
 
     def upsert(self, rows: list[dict]) -> None:
         """Insert or replace rows by (image_id, model_version), in one transaction."""
