@@ -24,7 +24,10 @@ import torch
 from tqdm import tqdm
 
 from models.jigsaw import jigsaw
+from models.mixing import Mixer
 from models.pmg import CONCAT
+
+NO_MIX = Mixer()
 
 
 def autocast(device: torch.device, amp: bool):
@@ -58,15 +61,17 @@ class Divergence(RuntimeError):
 
 def pmg_step(model, paradigm, images, targets, optimizer, generator, granularities=(8, 4, 2),
              scaler=None, amp=False, naive=False, zero_grad="none", permutation="cycle",
-             method="pmg") -> list[float]:
-    """The optimizer steps of one batch (four for PMG, one for plain); returns their losses."""
+             method="pmg", mix: Mixer = NO_MIX) -> list[float]:
+    """The optimizer steps of one batch (four for PMG, one for plain); returns their losses.
+    `mix` mixes the batch once, before the jigsaw, for all its steps (models/mixing.py)."""
     losses = []
+    mixed = mix(images, targets, generator)
     for k, n, weight in training_steps(method, granularities):
         optimizer.zero_grad(set_to_none=zero_grad == "none")
-        x = jigsaw(images, n, generator, permutation) if k != CONCAT else images
+        x = jigsaw(mixed.images, n, generator, permutation) if k != CONCAT else mixed.images
         with autocast(images.device, amp):
             logits = model.forward_all(x)[k] if naive else model(x, step=k)
-        loss = paradigm.loss(logits, targets) * weight
+        loss = mixed.loss(paradigm, logits, targets) * weight
         if not torch.isfinite(loss):
             raise Divergence(f"granularity step {k} (jigsaw n={n}) gave loss {loss.item()}")
         if scaler is not None and scaler.is_enabled():
@@ -82,7 +87,8 @@ def pmg_step(model, paradigm, images, targets, optimizer, generator, granulariti
 
 def train_one_epoch(model, paradigm, loader, optimizer, device, generator, epoch, *, granularities=(8, 4, 2),
                     scaler=None, amp=False, channels_last=False, naive=False, progress=True, zero_grad="none",
-                    permutation="cycle", method="pmg", max_batches=None, on_batch=None) -> dict:
+                    permutation="cycle", method="pmg", mix: Mixer = NO_MIX, max_batches=None,
+                    on_batch=None) -> dict:
     """One pass over the loader (or its first `max_batches` batches: the step budget's last epoch);
     `on_batch()` runs after every batch (a per-batch schedule)."""
     model.train()
@@ -102,7 +108,7 @@ def train_one_epoch(model, paradigm, loader, optimizer, device, generator, epoch
         targets = targets.to(device, non_blocking=True)
         try:
             losses = pmg_step(model, paradigm, images, targets, optimizer, generator, granularities,
-                              scaler, amp, naive, zero_grad, permutation, method)
+                              scaler, amp, naive, zero_grad, permutation, method, mix)
         except Divergence as e:
             raise Divergence(f"training diverged in epoch {epoch}, batch {batch}: {e}; nothing of this epoch was "
                              f"saved (try a lower --lr, or --no-amp)") from None

@@ -25,6 +25,7 @@ from models import BACKBONES, PARADIGMS, build_model, build_paradigm
 from models import checkpoint
 from models.backbones import WeightsError
 from models.jigsaw import PERMUTATIONS
+from models.mixing import MIXES, Mixer
 from models.checkpoint import CheckpointError
 from utils import append_summary, init_distributed, plain, resolve_device, seed_everything, truncate_summary
 
@@ -40,7 +41,8 @@ PROFILES = {
 }
 DEFAULTS = dict(batch_size=16, lr=2e-3, momentum=0.9, weight_decay=5e-4, workers=2, seed=0, trial="exp1",
                 output_dir="artifacts", device="auto", branch_mid=512, branch_out=1024, hidden=512,
-                granularities=[8, 4, 2], jigsaw="cycle", method="pmg", budget="epochs")
+                granularities=[8, 4, 2], jigsaw="cycle", method="pmg", budget="epochs", mix="none", mix_prob=0.5,
+                mix_alpha=1.0)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -72,6 +74,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-grad", choices=ZERO_GRAD,
                    help="zeros: PyTorch 1.x zero_grad (the paper's code: every parameter gets weight decay and "
                         "momentum in each of the 4 steps); none: PyTorch 2's set_to_none")
+    p.add_argument("--mix", choices=MIXES,
+                   help="cutmix | mixup: mix each batch with a partner of another class, soft targets by area "
+                        "(or blend weight), before the jigsaw (models/mixing.py); none: single-label images")
+    p.add_argument("--mix-prob", type=float, help="share of batches that are mixed")
+    p.add_argument("--mix-alpha", type=float, help="the mixed share is drawn from Beta(alpha, alpha)")
     p.add_argument("--branch-mid", type=int)
     p.add_argument("--branch-out", type=int)
     p.add_argument("--hidden", type=int)
@@ -110,6 +117,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, key, value)
     if args.crop > args.resize:
         raise SystemExit(f"error: --crop {args.crop} is larger than --resize {args.resize}")
+    try:
+        Mixer(args.mix, args.mix_prob, args.mix_alpha)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     return args
 
 
@@ -247,6 +258,7 @@ def main(args: argparse.Namespace) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "args.yaml").write_text(yaml.safe_dump(plain(vars(args)), sort_keys=False))
     jigsaw_gen = torch.Generator()
+    mixer = Mixer(args.mix, args.mix_prob, args.mix_alpha)
     for epoch in range(start, epochs + 1):
         # Every random stream is re-seeded from (seed, epoch): a resumed run draws exactly what an
         # uninterrupted one would have drawn.
@@ -259,7 +271,7 @@ def main(args: argparse.Namespace) -> Path:
         stats = train_one_epoch(net, paradigm, train_loader, optimizer, device, jigsaw_gen, epoch,
                                 granularities=tuple(args.granularities), scaler=scaler, amp=args.amp,
                                 channels_last=args.channels_last, progress=main_proc and not args.no_progress,
-                                zero_grad=args.zero_grad, permutation=args.jigsaw, method=args.method,
+                                zero_grad=args.zero_grad, permutation=args.jigsaw, method=args.method, mix=mixer,
                                 max_batches=None if total_batches is None else
                                 total_batches - (epoch - 1) * len(train_loader),
                                 on_batch=None if total_batches is None else scheduler.step)
