@@ -11,9 +11,11 @@ sets (the task's two classes), each OOD set and each multi-label set of the spec
   scored by the class probability (`auroc`) and by its logit (`auroc_logit`).
 - RQ2 `rejection.<ood set>.<scorer>`: in-distribution = the whole test split (positive) against the
   OOD set; AUROC, AUPR, FPR at 95% TPR per scorer: every logit scorer of models.scores and every
-  feature detector of models.detectors (fitted on the train split once and kept beside the
-  checkpoint in `<ckpt>.detectors.pt`, refitted when missing or stale; the train split's features
-  go through the same cache); `paper_scorer` names the paper's score, `detectors` the detectors.
+  feature detector of models.detectors (models/ood.py: fitted on the train split once and kept
+  beside the checkpoint in `<ckpt>.detectors.pt`, refitted when missing or stale; the train, val
+  and ood_val features go through the same cache); `paper_scorer` names the paper's score,
+  `detectors` the detectors, `default` the scorer chosen on val + ood_val (never on these sets)
+  and `selection` the ood_val figures it was chosen by.
 - RQ3 `multilabel.<set>`: top-2 analysis of `Paradigm.rank_labels`; a task-centric model answers
   only its own task: share of images it calls positive (the report takes the union over them).
 - `calibration`: ECE (15 bins) of the model's own decisions on the test split (`Paradigm.decisions`).
@@ -30,10 +32,9 @@ from data.spec import Spec
 from evaluation import metrics
 from evaluation.inference import CachedPredictor
 from models import checkpoint as checkpoints
-from models import detectors as ood_detectors
+from models import ood
 from models.inference import valid_rows
 from models.paradigms import NoAnswer
-from models.scores import all_scores
 from utils import plain
 
 
@@ -98,14 +99,16 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
         out["tasks"][task] = task_entry(paradigm, spec, task, test_logits, test_labels, run,
                                         raw.setdefault("tasks", {}).setdefault(task, {}))
 
-    detectors = ood_detectors.fitted_for(ckpt, spec, extract=lambda items: predictor("train", items))
+    filt = ood.fitted_for(ckpt, spec, extract=predictor)
 
     def scores(logits, name):
-        return {**all_scores(logits, paradigm), **ood_detectors.all_detector_scores(detectors, features[name])}
+        return filt.scores(logits, features[name], paradigm)
 
     id_scores = scores(test_logits, "test")
     out["rejection"]["paper_scorer"] = paradigm.paper_scorer
-    out["rejection"]["detectors"] = list(detectors)
+    out["rejection"]["detectors"] = list(filt.detectors)
+    out["rejection"]["default"] = filt.default
+    out["rejection"]["selection"] = filt.selection
     for name in spec.ood:
         logits, _ = run(f"ood/{name}")
         ood_scores = scores(logits, f"ood/{name}")

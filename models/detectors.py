@@ -12,6 +12,12 @@ in-distribution, as models.scores), and `state()` / `from_state()` for the detec
                squared Mahalanobis distance to a class mean.
 - rmds:        Ren et al. 2021, relative Mahalanobis: per class, that distance minus the distance
                under one background Gaussian fitted to all train features; minus the smallest.
+- vim:         Wang et al. 2022, Virtual-logit Matching: the energy (logsumexp) of the logits minus
+               alpha times the norm of the feature's residual outside the principal subspace of the
+               train features (centred on the heads' origin u = -pinv(W) b; the subspace keeps half
+               the feature width, as ViM's 1000 of 2048, and at least the number of classes + 1;
+               alpha = mean train max logit / mean train residual norm). The logits are recomputed
+               from the features and the heads' weights, which are the heads' exact Linear maps.
 Classes are the dataset classes of the training images (`Paradigm.classes`), also for multi-task
 and task-centric models, not their heads. Covariances are Ledoit-Wolf shrunk towards a scaled
 identity (the coefficient comes from the data: ~0 with many images, larger on tiny sets) plus a
@@ -24,31 +30,18 @@ file; its Mahalanobis divides no covariance by N and adds only a fixed 1e-6 ridg
 when a train split is narrower than the features) and asserts that every class index occurs; and
 its detectors have no state to save, so the fitted tensors would be pulled out of them anyway.
 
-The detector file `<ckpt>.detectors.pt` (read with weights_only=True) stores the content hash of
-the checkpoint it belongs to: `load` refuses another checkpoint's file, naming both;
-`fitted_for` refits when it is missing or stale. CLI:
-    python -m models.detectors fit --checkpoint CKPT [--data DIR]
+`fit(features, labels, weight, bias)` takes the heads' concatenated Linear weight and bias (only
+ViM uses them). Fitting on a checkpoint, the detector file and the choice of the default detector
+are in models/ood.py.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from pathlib import Path
-
 import torch
 
-from models.checkpoint import CheckpointError
-
-FORMAT = 1
 FEATURES = "concat classifier hidden layer after ELU"
 DEFAULT_K = 50
 MAX_BANK = 10_000
 SEED = 0
-
-
-class DetectorFileError(CheckpointError):
-    """A detector file that does not belong to this checkpoint or cannot be read; names both files."""
 
 
 def l2_normalise(z: torch.Tensor) -> torch.Tensor:
@@ -82,7 +75,7 @@ class KNN:
         self.k, self.max_bank, self.seed = k, max_bank, seed
         self.bank = None
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> "KNN":
+    def fit(self, features: torch.Tensor, labels: torch.Tensor | None = None, weight=None, bias=None) -> "KNN":
         z = l2_normalise(features.double())
         if len(z) > self.max_bank:
             z = z[torch.randperm(len(z), generator=torch.Generator().manual_seed(self.seed))[: self.max_bank]]
@@ -114,7 +107,7 @@ class Mahalanobis:
         self.shrinkage = shrinkage
         self.classes = self.means = self.precision = None
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> "Mahalanobis":
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, weight=None, bias=None) -> "Mahalanobis":
         z, labels = features.double(), torch.as_tensor(labels)
         self.classes = labels.unique()  # label indices present in the train split
         self.means = torch.stack([z[labels == c].mean(0) for c in self.classes])
@@ -141,7 +134,7 @@ class Mahalanobis:
 class RMDS(Mahalanobis):
     """Relative Mahalanobis: class distance minus the background Gaussian's distance (module doc)."""
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> "RMDS":
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, weight=None, bias=None) -> "RMDS":
         super().fit(features, labels)
         z = features.double()
         self.background_mean = z.mean(0, keepdim=True)
@@ -163,118 +156,54 @@ class RMDS(Mahalanobis):
         return det
 
 
-DETECTORS = {"knn": KNN, "mahalanobis": Mahalanobis, "rmds": RMDS}
+class ViM:
+    """Energy minus alpha x the residual norm outside the train features' principal subspace (module doc)."""
+
+    def __init__(self, dim: int | None = None):
+        self.dim = dim
+        self.weight = self.bias = self.origin = self.residual = self.alpha = None
+
+    def fit(self, features: torch.Tensor, labels=None, weight=None, bias=None) -> "ViM":
+        if weight is None or bias is None:
+            raise ValueError("vim needs the heads' weight and bias")
+        z, self.weight, self.bias = features.double(), weight.detach().double(), bias.detach().double()
+        width = z.shape[1]
+        self.dim = self.dim or min(max(width // 2, len(self.bias) + 1), width - 1)
+        self.origin = -(torch.linalg.pinv(self.weight) @ self.bias)
+        centred = z - self.origin
+        _, vectors = torch.linalg.eigh(centred.T @ centred / len(z))  # ascending eigenvalues
+        self.residual = vectors[:, : width - self.dim]  # the directions of the smallest variance
+        train_logits = z @ self.weight.T + self.bias
+        self.alpha = float(train_logits.max(1).values.mean() / self.residual_norm(z).mean().clamp(min=1e-12))
+        return self
+
+    def residual_norm(self, z: torch.Tensor) -> torch.Tensor:
+        return ((z - self.origin) @ self.residual).norm(dim=1)
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        z = features.double()
+        energy = torch.logsumexp(z @ self.weight.T + self.bias, 1)
+        return (energy - self.alpha * self.residual_norm(z)).float()
+
+    def state(self) -> dict:
+        return {"dim": self.dim, "weight": self.weight, "bias": self.bias, "origin": self.origin,
+                "residual": self.residual, "alpha": self.alpha}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ViM":
+        det = cls(state["dim"])
+        for key in ("weight", "bias", "origin", "residual", "alpha"):
+            setattr(det, key, state[key])
+        return det
 
 
-def fit_all(features: torch.Tensor, labels: torch.Tensor) -> dict:
+DETECTORS = {"knn": KNN, "mahalanobis": Mahalanobis, "rmds": RMDS, "vim": ViM}
+
+
+def fit_all(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> dict:
     """Every detector of `DETECTORS`, fitted on these features (NaN rows, unreadable images, dropped)."""
     ok = ~torch.isnan(features).any(1)
     if not ok.any():
         raise ValueError("no train features to fit the OOD detectors on")
-    return {name: cls().fit(features[ok], torch.as_tensor(labels)[ok]) for name, cls in DETECTORS.items()}
-
-
-def all_detector_scores(detectors: dict, features: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {name: det.score(features) for name, det in detectors.items()}
-
-
-# --- the detector file ------------------------------------------------------------------------
-
-def detector_file(ckpt_path: str | Path) -> Path:
-    ckpt_path = Path(ckpt_path)
-    return ckpt_path.with_name(ckpt_path.name + ".detectors.pt")
-
-
-def checkpoint_hash(ckpt_path: str | Path) -> str:
-    from data.images import content_hash
-    return content_hash(ckpt_path)
-
-
-def save(ckpt_path: str | Path, detectors: dict, meta: dict, ckpt_hash: str | None = None) -> Path:
-    """Write `<ckpt>.detectors.pt` atomically, keyed by the checkpoint's content hash."""
-    file = detector_file(ckpt_path)
-    state = {"format": FORMAT, "checkpoint": str(ckpt_path), "checkpoint_sha256": ckpt_hash or checkpoint_hash(ckpt_path),
-             "features": FEATURES, **meta, "detectors": {n: d.state() for n, d in detectors.items()}}
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, file)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return file
-
-
-def load(ckpt_path: str | Path, ckpt_hash: str | None = None) -> dict:
-    """The fitted detectors of this checkpoint; DetectorFileError (naming both files) when the file
-    is missing, unreadable, of another format or fitted for another checkpoint."""
-    from utils import read_torch_file
-    file = detector_file(ckpt_path)
-    fix = f"refit them: python -m models.detectors fit --checkpoint {ckpt_path}"
-    state = read_torch_file(file, DetectorFileError, f"OOD detector file of {ckpt_path} ({fix})")
-    if not isinstance(state, dict) or state.get("format") != FORMAT or set(state.get("detectors") or {}) != set(DETECTORS):
-        raise DetectorFileError(f"{file}: not a detector file of format {FORMAT} with {', '.join(DETECTORS)}; {fix}")
-    actual = ckpt_hash or checkpoint_hash(ckpt_path)
-    if state.get("checkpoint_sha256") != actual:
-        raise DetectorFileError(f"{file}: fitted for a checkpoint with content hash "
-                                f"{str(state.get('checkpoint_sha256'))[:12]}, but {ckpt_path} has {actual[:12]} "
-                                f"(the checkpoint changed or the file was copied); {fix}")
-    return {n: DETECTORS[n].from_state(s) for n, s in state["detectors"].items()}
-
-
-def fit_checkpoint(ckpt, spec, *, batch_size: int = 32, device="cpu", progress: bool = True, workers: int = 0,
-                   extract=None, ckpt_hash: str | None = None) -> dict:
-    """Fit every detector on the train split of `spec` (the checkpoint's classes, its eval transform)
-    and write the detector file. `extract(items) -> (logits, features)` replaces the default
-    models.inference.predict_features (evaluation passes its cache)."""
-    from models.inference import predict_features
-    classes = list(ckpt.paradigm.classes)
-    items = spec.split_samples("train", classes)
-    if extract is None:
-        _, feats = predict_features(ckpt.model, items, ckpt.transform(), batch_size, device,
-                                    desc="train features", progress=progress, workers=workers)
-    else:
-        _, feats = extract(items)
-    detectors = fit_all(feats, torch.tensor([classes.index(c) for _, c in items]))
-    save(ckpt.path, detectors, {"data": str(spec.root), "classes": classes, "n_train": len(items)}, ckpt_hash)
-    return detectors
-
-
-def fitted_for(ckpt, spec, **kwargs) -> dict:
-    """The checkpoint's detectors: from its file when that is current, else fitted and written."""
-    ckpt_hash = checkpoint_hash(ckpt.path)
-    if detector_file(ckpt.path).is_file():
-        try:
-            return load(ckpt.path, ckpt_hash)
-        except DetectorFileError as e:
-            print(f"warning: {str(e).split('; refit')[0]}; refitting", file=sys.stderr)
-    return fit_checkpoint(ckpt, spec, ckpt_hash=ckpt_hash, **kwargs)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m models.detectors", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-    fit = sub.add_parser("fit", help="fit every detector on the train split; write <ckpt>.detectors.pt")
-    fit.add_argument("--checkpoint", required=True, help="a train.py checkpoint (best.pt)")
-    fit.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
-    fit.add_argument("--device", default="cpu")
-    fit.add_argument("--batch-size", type=int, default=32)
-    fit.add_argument("--workers", type=int, default=0)
-    fit.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    from data.spec import SpecError, load_spec
-    from models import checkpoint as checkpoints
-    try:
-        data = args.data or checkpoints.read(args.checkpoint)["args"]["data"]
-        spec = load_spec(data)
-        ckpt = checkpoints.load(args.checkpoint, spec, args.device)
-        detectors = fit_checkpoint(ckpt, spec, batch_size=args.batch_size, device=args.device,
-                                   progress=not args.no_progress, workers=args.workers)
-    except (SpecError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {detector_file(args.checkpoint)} ({', '.join(detectors)} on {spec.root} train)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {name: cls().fit(features[ok], torch.as_tensor(labels)[ok], weight, bias)
+            for name, cls in DETECTORS.items()}

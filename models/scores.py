@@ -59,9 +59,3 @@ SCORERS = {"max_logit": max_logit, "max_softmax": max_softmax, "energy": energy,
 def all_scores(logits: torch.Tensor, paradigm) -> dict[str, torch.Tensor]:
     """Every scorer of `SCORERS` on these logits."""
     return {name: f(logits, paradigm) for name, f in SCORERS.items()}
-
-
-def check_scorer(name: str) -> str:
-    if name not in SCORERS:
-        raise ValueError(f"unknown OOD score '{name}'; choose one of {', '.join(SCORERS)}")
-    return name

@@ -2,9 +2,13 @@
 
 `Predictor.load(ckpt)` rebuilds the network through models.checkpoint, names it
 (`pmg-<backbone>-<run>`) and versions it by the checkpoint's content hash. Every paradigm is
-served the same way: the OOD score is the design's own (max logit; KL to uniform for the
-multi-task model) unless `--score` names another, and the top-2 comes from the paradigm's label
-ranking (softmax probabilities; for the multi-task model each head's own probability).
+served the same way: one forward pass gives the logits and the hidden features; the OOD score is
+the checkpoint's default scorer (models/ood.py: chosen on val + ood_val among the logit scores
+and the feature detectors, kept in `<ckpt>.detectors.pt`; fitted at first use when that file is
+missing and the training data is here; the paradigm's paper score when neither is) unless
+`--score` names another, and the top-2 comes from the paradigm's label ranking (softmax
+probabilities; for the multi-task model each head's own probability). Each row records the
+scorer and threshold that produced it.
 The OOD threshold is stored beside the checkpoint in `<ckpt>.threshold.json` (keyed by that hash):
 chosen on the validation split so that a stated fraction (TPR, default 0.95) of in-distribution
 val images score at or above it. It is computed by `python -m pipeline threshold`, or at first use
@@ -23,14 +27,38 @@ import torch
 
 from data.images import content_hash
 from models import checkpoint as checkpoints
+from models import ood
 from models.checkpoint import Checkpoint
-from models.scores import SCORERS, check_scorer
+from models.scores import SCORERS
 
 DEFAULT_TPR = 0.95
 
 
 class ThresholdError(ValueError):
     """No OOD threshold can be found or computed; the message says how to get one."""
+
+
+def ood_filter(ckpt: Checkpoint, device, needed: bool) -> ood.OODFilter | None:
+    """The checkpoint's OOD filter: its detector file, or fitted now from the training data when
+    that is here; None (serve with the paper's score, with a warning) when neither is, unless
+    `needed` (a feature detector was asked for by name)."""
+    data = ckpt.args.get("data")
+    data_here = bool(data) and (Path(data) / "dataset.yaml").is_file()
+    if not ood.detector_file(ckpt.path).is_file() and not data_here:
+        message = (f"{ckpt.path}: no OOD detector file ({ood.detector_file(ckpt.path).name}) and the training data "
+                   f"'{data}' is not here; fit it where the data is: python -m models.ood fit --checkpoint "
+                   f"{ckpt.path} --data DATASET")
+        if needed:
+            raise ThresholdError(message)
+        print(f"warning: {message}; serving with the paper's score {ckpt.paradigm.paper_scorer}", file=sys.stderr)
+        return None
+    from data.spec import SpecError, load_spec
+    try:
+        if not data_here:
+            return ood.load(ckpt.path)
+        return ood.fitted_for(ckpt, load_spec(data), device=device, progress=False)
+    except (ood.DetectorFileError, SpecError) as e:
+        raise ThresholdError(str(e)) from None
 
 
 def threshold_file(ckpt: str | Path) -> Path:
@@ -43,16 +71,18 @@ class Predictor:
     ckpt: Checkpoint
     version: str
     score: str
+    filter: ood.OODFilter | None = None
     threshold: float | None = None
     device: torch.device = torch.device("cpu")
 
     @classmethod
     def load(cls, path: str | Path, score: str | None = None, device: str = "cpu") -> "Predictor":
-        """`score` None: the paradigm's own OOD score (Paradigm.paper_scorer)."""
+        """`score` None: the checkpoint's default scorer (module doc)."""
         dev = torch.device(device)
         ckpt = checkpoints.load(path, device=dev)
-        score = check_scorer(score or ckpt.paradigm.paper_scorer)
-        return cls(ckpt, content_hash(ckpt.path)[:16], score, None, dev)
+        filt = ood_filter(ckpt, dev, needed=score is not None and score not in SCORERS)
+        score = ood.check_scorer(score or (filt.default if filt else ckpt.paradigm.paper_scorer))
+        return cls(ckpt, content_hash(ckpt.path)[:16], score, filt, None, dev)
 
     @property
     def name(self) -> str:
@@ -71,26 +101,34 @@ class Predictor:
         return self.ckpt.transform()
 
     @torch.inference_mode()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ckpt.model(x.to(self.device)).float().cpu()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, hidden features) of one forward pass."""
+        z, f = self.ckpt.model(x.to(self.device), features=True)
+        return z.float().cpu(), f.float().cpu()
+
+    def ood_scores(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        if self.score in SCORERS:
+            return SCORERS[self.score](logits, self.ckpt.paradigm)
+        return self.filter.score(self.score, logits, features, self.ckpt.paradigm)
 
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[list[str]], torch.Tensor]:
         """(OOD scores, top-2 labels, their scores) for a batch of images."""
-        z = self.logits(x)
+        z, f = self.forward(x)
         labels, top = self.ckpt.paradigm.top_labels(z, 2)
-        return SCORERS[self.score](z, self.ckpt.paradigm), labels, top
+        return self.ood_scores(z, f), labels, top
 
     # --- threshold -------------------------------------------------------------------------
     def val_scores(self, data: str | Path, workers: int = 0, batch_size: int = 64) -> torch.Tensor:
         from data.spec import load_spec
-        from models.inference import predict, valid_rows
+        from models.inference import predict_features, valid_rows
         items = load_spec(data).split_samples("val", list(self.ckpt.paradigm.classes))
         try:
-            z = predict(self.ckpt.model, items, self.transform(), batch_size, self.device, "val scores", False,
-                        workers)
+            z, f = predict_features(self.ckpt.model, items, self.transform(), batch_size, self.device, "val scores",
+                                    False, workers)
         except ValueError as e:
             raise ThresholdError(f"{data}: {e}") from None
-        return SCORERS[self.score](z[valid_rows(z)], self.ckpt.paradigm)
+        ok = valid_rows(z)
+        return self.ood_scores(z[ok], f[ok])
 
     def compute_threshold(self, data: str | Path, tpr: float = DEFAULT_TPR, workers: int = 0) -> dict:
         """Pick the threshold on the val split, write it beside the checkpoint and use it."""

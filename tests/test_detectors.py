@@ -1,5 +1,6 @@
 """Feature-space OOD detectors: hand-checkable fits and scores, the detector file beside its
-checkpoint, features from the same forward pass, and evaluation reporting the detectors."""
+checkpoint, the default chosen on ood_val, features from the same forward pass, and evaluation
+and serving using them."""
 from __future__ import annotations
 
 import shutil
@@ -10,6 +11,7 @@ import torch
 
 from models import CONCAT, build_model, build_paradigm
 from models import detectors as det
+from models import ood
 from models.scores import SCORERS
 from tests.conftest import run_cli
 
@@ -24,12 +26,17 @@ def two_clusters(n=30, d=4, seed=0):
     return centres[labels] + torch.randn(2 * n, d, generator=g) * 0.5, labels, centres
 
 
+def head_of(centres):
+    """A linear head that separates the clusters (ViM needs the heads' weight and bias)."""
+    return centres.clone(), torch.zeros(len(centres))
+
+
 # ---------------------------------------------------------------- fitting and scoring
 
-@pytest.mark.parametrize("name", list(det.DETECTORS))
+@pytest.mark.parametrize("name", [n for n in det.DETECTORS if n != "vim"])  # vim: test_vim_by_hand
 def test_point_at_class_mean_is_in_distribution(name):
     z, y, centres = two_clusters()
-    d = det.DETECTORS[name]().fit(z, y)
+    d = det.DETECTORS[name]().fit(z, y, *head_of(centres))
     means = torch.stack([z[y == c].mean(0) for c in (0, 1)])
     far = torch.full((1, z.shape[1]), 40.0)
     s_mean, s_train, s_far = d.score(means), d.score(z), d.score(far)
@@ -90,27 +97,62 @@ def test_ledoit_wolf_shrinkage_as_sklearn():
     assert torch.isfinite(det.Mahalanobis().fit(x, y).score(x)).all()  # tiny split, wide features
 
 
-# ---------------------------------------------------------------- the detector file
+def test_vim_by_hand():
+    """Features in a 3-d subspace of 4-d (plus a little noise): the residual of a query is its
+    4th coordinate; the score is logsumexp(logits) - alpha * residual, alpha from the train split."""
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(200, 4, generator=g, dtype=torch.float64)
+    z[:, 3] *= 1e-3
+    w, b = torch.randn(2, 4, generator=g, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    vim = det.ViM().fit(z, None, w, b)
+    assert vim.dim == 3 and vim.origin.abs().max() < 1e-12  # zero bias: the origin is 0
+    q = torch.tensor([[0.5, -1.0, 2.0, 0.0], [0.5, -1.0, 2.0, 5.0]], dtype=torch.float64)
+    assert vim.residual_norm(q).tolist() == pytest.approx([0.0, 5.0], abs=1e-2)
+    zn, qn, wn = z.numpy(), q.numpy(), w.numpy()
+    resid_train = np.abs(zn @ vim.residual.numpy()).ravel()
+    alpha = (zn @ wn.T).max(1).mean() / resid_train.mean()
+    logits = qn @ wn.T
+    expected = np.log(np.exp(logits).sum(1)) - alpha * np.abs(qn @ vim.residual.numpy()).ravel()
+    assert vim.score(q).tolist() == pytest.approx(expected.tolist(), rel=1e-4)
+    assert vim.score(q)[1] < vim.score(q)[0]  # the same logits, off the train subspace: less in-distribution
+    with pytest.raises(ValueError, match="weight and bias"):
+        det.ViM().fit(z)
+
+
+# ---------------------------------------------------------------- the default and the detector file
+
+def test_default_is_chosen_on_ood_val_by_auroc_then_fpr():
+    from models.paradigms import Paradigm
+    paradigm = Paradigm("uni", None, ("a", "b"), (), "max_logit")
+    id_scores = {"good": torch.arange(10.0), "bad": torch.arange(10.0), "tied": torch.arange(10.0)}
+    ood_sets = {"near": {"good": torch.full((5,), -1.0), "bad": torch.arange(5.0) + 3, "tied": torch.full((5,), -1.0)},
+                "far": {"good": torch.full((5,), -2.0), "bad": torch.full((5,), 20.0), "tied": torch.full((5,), -1.0)}}
+    name, table = ood.choose_default(paradigm, id_scores, ood_sets)
+    assert table["good"] == {"auroc": 1.0, "fpr95": 0.0} and table["bad"]["auroc"] < 0.5
+    assert name in ("good", "tied") and table["tied"] == table["good"]
+    assert ood.choose_default(paradigm, id_scores, {}) == ("max_logit", {})  # no ood_val sets: the paper's
+
 
 def test_detector_file_round_trip_and_mismatch(tmp_path):
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"a checkpoint")
-    z, y, _ = two_clusters()
-    fitted = det.fit_all(z, y)
-    file = det.save(ckpt, fitted, {"classes": ["a", "b"]})
+    z, y, centres = two_clusters()
+    fitted = ood.OODFilter(det.fit_all(z, y, *head_of(centres)), "knn", {"knn": {"auroc": 0.9, "fpr95": 0.2}})
+    file = ood.save(ckpt, fitted, {"classes": ["a", "b"]})
     assert file == tmp_path / "best.pt.detectors.pt"
     raw = torch.load(file, weights_only=True)  # tensors and plain data only
-    assert set(raw["detectors"]) == set(det.DETECTORS) and raw["checkpoint_sha256"] == det.checkpoint_hash(ckpt)
-    loaded = det.load(ckpt)
+    assert set(raw["detectors"]) == set(det.DETECTORS) and raw["checkpoint_sha256"] == ood.checkpoint_hash(ckpt)
+    loaded = ood.load(ckpt)
+    assert loaded.default == "knn" and loaded.selection == fitted.selection
     for name in det.DETECTORS:
-        assert torch.equal(loaded[name].score(z), fitted[name].score(z))
+        assert torch.equal(loaded.detectors[name].score(z), fitted.detectors[name].score(z))
     ckpt.write_bytes(b"another checkpoint")
-    with pytest.raises(det.DetectorFileError) as e:
-        det.load(ckpt)
-    assert str(file) in str(e.value) and str(ckpt) in str(e.value) and "models.detectors fit" in str(e.value)
+    with pytest.raises(ood.DetectorFileError) as e:
+        ood.load(ckpt)
+    assert str(file) in str(e.value) and str(ckpt) in str(e.value) and "models.ood fit" in str(e.value)
     file.unlink()
-    with pytest.raises(det.DetectorFileError, match="not found"):
-        det.load(ckpt)
+    with pytest.raises(ood.DetectorFileError, match="not found"):
+        ood.load(ckpt)
 
 
 # ---------------------------------------------------------------- features of the same forward pass
@@ -144,8 +186,12 @@ def test_evaluation_reports_detectors(tiny_data, artifacts, tmp_path):
     ckpt.parent.mkdir()
     shutil.copy(artifacts / "uni" / "exp1" / "best.pt", ckpt)
     m, raw = evaluate_checkpoint(ckpt, spec, cache_dir=tmp_path / "cache", progress=False)
-    assert det.detector_file(ckpt).is_file() and "train" in m["inferred_sets"]
+    assert ood.detector_file(ckpt).is_file() and {"train", "val"} <= set(m["inferred_sets"])
+    assert all(f"ood_val/{o}" in m["inferred_sets"] for o in spec.ood_val)
     assert m["rejection"]["detectors"] == list(det.DETECTORS)
+    sel = m["rejection"]["selection"]
+    assert set(sel) == {*SCORERS, *det.DETECTORS} and m["rejection"]["default"] in sel
+    assert sel[m["rejection"]["default"]]["auroc"] == max(v["auroc"] for v in sel.values())
     for o in spec.ood:
         assert set(m["rejection"][o]) == {*SCORERS, *det.DETECTORS}
         for name in det.DETECTORS:
@@ -157,18 +203,20 @@ def test_evaluation_reports_detectors(tiny_data, artifacts, tmp_path):
     # a stale file (fitted for the checkpoint this one replaced) is refitted
     shutil.copy(artifacts / "multi" / "exp1" / "best.pt", ckpt)
     other, _ = evaluate_checkpoint(ckpt, spec, cache_dir=tmp_path / "cache", progress=False)
-    assert "train" in other["inferred_sets"] and det.load(ckpt)
+    assert "train" in other["inferred_sets"] and ood.load(ckpt)
 
 
 def test_fit_command(tiny_data, artifacts, tmp_path):
     ckpt = tmp_path / "best.pt"
     shutil.copy(artifacts / "task_defect" / "exp1" / "best.pt", ckpt)
-    proc = run_cli("-m", "models.detectors", "fit", "--checkpoint", ckpt, "--data", tiny_data, "--no-progress")
-    assert "wrote" in proc.stdout and str(det.detector_file(ckpt)) in proc.stdout
-    fitted = det.load(ckpt)
-    raw = torch.load(det.detector_file(ckpt), weights_only=True)
-    assert raw["classes"] == ["normal", "defect"] and raw["n_train"] > 0
-    assert fitted["mahalanobis"].means.shape[0] == 2  # the task's two dataset classes
-    proc = run_cli("-m", "models.detectors", "fit", "--checkpoint", tmp_path / "missing.pt", check=False)
+    proc = run_cli("-m", "models.ood", "fit", "--checkpoint", ckpt, "--data", tiny_data, "--no-progress")
+    assert "wrote" in proc.stdout and str(ood.detector_file(ckpt)) in proc.stdout
+    fitted = ood.load(ckpt)
+    assert f"default scorer {fitted.default} (mean ood_val AUROC" in proc.stdout
+    raw = torch.load(ood.detector_file(ckpt), weights_only=True)
+    assert raw["classes"] == ["normal", "defect"] and raw["n_train"] > 0 and raw["rule"] == ood.RULE
+    assert fitted.detectors["mahalanobis"].means.shape[0] == 2  # the task's two dataset classes
+    assert fitted.detectors["vim"].weight.shape[0] == 2  # the task head's two logits
+    proc = run_cli("-m", "models.ood", "fit", "--checkpoint", tmp_path / "missing.pt", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -51,6 +51,10 @@ def test_predict_folder_writes_one_row_per_file_and_bad_files_become_errors(uni,
     assert {good["top1_label"], good["top2_label"]} <= classes and good["top2_label"] != good["top1_label"]
     assert 1 >= good["top1_prob"] >= good["top2_prob"] >= 0
     assert good["is_ood"] == (good["ood_score"] < good["ood_threshold"])
+    from models import ood  # the default scorer, chosen on val + ood_val, fitted at first use beside the checkpoint
+    stored = json.loads((uni.parent / "best.pt.threshold.json").read_text())
+    assert {r["ood_scorer"] for r in rows.values()} == {ood.load(uni).default} == {stored["score"]}
+    assert {r["ood_threshold"] for r in rows.values()} == {stored["threshold"]}
     assert good["model_name"] == "pmg-resnet18-uni" and len(good["model_version"]) == 16
     assert good["captured_date"] and good["processed_at"]
 
@@ -194,3 +198,37 @@ def test_missing_threshold_and_bad_source_are_clear_errors(models, tmp_path):
     proc = pipeline_cli("predict", "--checkpoint", tmp_path / "moved.pt", "--threshold", "0", "--source",
                         tmp_path / "nowhere", "--table", tmp_path / "p.db", check=False)
     assert proc.returncode == 1 and "no such folder or manifest file" in proc.stderr
+    # no detector file and no training data: the paper's score, said in a warning and in every row
+    proc = pipeline_cli("predict", "--checkpoint", tmp_path / "moved.pt", "--threshold", "0", "--source",
+                        tmp_path / "src", "--table", tmp_path / "p.db", "--no-progress")
+    assert "no OOD detector file" in proc.stderr and "python -m models.ood fit" in proc.stderr
+    from pipeline.table import PredictionTable
+    assert {r["ood_scorer"] for r in PredictionTable(str(tmp_path / "p.db")).query()} == {"max_logit"}
+    # ... but a feature detector asked for by name cannot be served without its file
+    proc = pipeline_cli("predict", "--checkpoint", tmp_path / "moved.pt", "--threshold", "0", "--score", "knn",
+                        "--source", tmp_path / "src", "--table", tmp_path / "p.db", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "python -m models.ood fit" in proc.stderr
+
+
+def test_a_feature_detector_scores_the_rows_it_is_named_in(uni, tmp_path):
+    """--score knn: each row's ood_score is the knn detector's score of that image's features from
+    the same forward pass, and the row names the scorer and its threshold."""
+    import torch
+    from data.loading import ImageSet, collate_skip_bad
+    from pipeline.model import Predictor
+    from pipeline.sources import list_source
+    from pipeline.table import PredictionTable
+    write_images(tmp_path / "src", 6)
+    pipeline_cli("predict", "--checkpoint", uni, "--source", tmp_path / "src", "--table", tmp_path / "p.db",
+                 "--score", "knn", "--no-progress")
+    rows = {r["image_id"]: r for r in PredictionTable(str(tmp_path / "p.db")).query()}
+    pred = Predictor.load(uni, "knn")
+    items = list_source(tmp_path / "src")
+    x, _, _ = collate_skip_bad([ImageSet([(it.path, 0) for it in items], pred.transform())[i] for i in range(6)])
+    with torch.inference_mode():
+        _, feats = pred.ckpt.model(x, features=True)
+    expected = pred.filter.detectors["knn"].score(feats)
+    got = [rows[it.image_id]["ood_score"] for it in items]
+    assert got == pytest.approx(expected.tolist(), abs=1e-5)
+    assert {r["ood_scorer"] for r in rows.values()} == {"knn"}
+    assert pred.resolve_threshold() == rows[next(iter(rows))]["ood_threshold"]
