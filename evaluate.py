@@ -6,7 +6,8 @@ images (RQ3), calibration and serving efficiency.
 
 `run` writes OUT/metrics.json for one checkpoint; `report` evaluates every
 ARTIFACTS/<run>/<trial>/best.pt (run = uni, multi, task_<task>) and writes OUT/REPORT.md, one CSV
-per table and the figures. Model outputs are cached under OUT/cache (or --cache-dir), so every
+per table and the figures; `--variant NAME=DIR` adds ablation tables (evaluation/ablation.py) of the
+same runs trained with other flags. Model outputs are cached under OUT/cache (or --cache-dir), so every
 image set is inferred once per checkpoint.
 """
 from __future__ import annotations
@@ -38,11 +39,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     rep.add_argument("--artifacts", default="artifacts", help="folder of <run>/<trial>/best.pt")
     rep.add_argument("--out", default="results", help="output folder")
     rep.add_argument("--efficiency-images", type=int, default=64, help="test images timed per system")
+    rep.add_argument("--variant", action="append", metavar="NAME=DIR",
+                     help="also evaluate DIR/<run>/<trial>/best.pt (the same runs trained with other flags) and "
+                          "add ablation tables against the main runs; repeatable")
     return p
 
 
 def main(argv=None) -> Path:
     args = get_args_parser().parse_args(argv)
+    variants = {}
+    if args.command == "report":
+        from evaluation.ablation import parse_variants
+        try:
+            variants = parse_variants(args.variant)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
     device = resolve_device(args.device)
     spec = load_spec(args.data)
     out = Path(args.out)
@@ -58,7 +69,7 @@ def main(argv=None) -> Path:
         from evaluation.report import build_report
         path = build_report(args.artifacts, spec, out, device=device, batch_size=args.batch_size, cache_dir=cache,
                             progress=not args.no_progress, efficiency_images=args.efficiency_images,
-                            workers=args.workers)
+                            workers=args.workers, variants=variants)
     print(f"wrote {path}")
     return path
 

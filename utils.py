@@ -86,15 +86,21 @@ def append_summary(run_dir: Path, row: dict) -> None:
         w.writerow(row)
 
 
+def read_summary(run_dir: Path) -> list[dict]:
+    """The rows of summary.csv (strings, as written); [] when the run has none."""
+    path = Path(run_dir) / "summary.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def truncate_summary(run_dir: Path, first_epoch: int) -> None:
     """Drop summary.csv rows of epochs >= first_epoch (a resumed run writes them again)."""
     path = Path(run_dir) / "summary.csv"
-    if not path.exists():
+    rows = read_summary(run_dir)
+    if not rows:
         return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
     keep = [r for r in rows if int(r["epoch"]) < first_epoch]
     if len(keep) == len(rows):
         return

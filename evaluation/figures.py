@@ -12,7 +12,8 @@ import numpy as np
 
 from data.images import ImageError, load_rgb
 from evaluation.metrics import reliability
-from evaluation.report import MULTI, TASK, UNI, display, first_trial, run_paper_scorer, task_union, values
+from evaluation.report import (MULTI, TASK, UNI, display, first_trial, run_default, run_paper_scorer, task_union,
+                               values)
 from evaluation.tables import mean_std
 
 
@@ -67,7 +68,8 @@ def _grouped_bars(ax, groups: list[str], bars: dict[str, tuple[list[float], list
 
 
 def plot_roc(results, spec, out: Path):
-    """roc.png: ROC of the test split against each OOD set, each run's paper scorer, first trial."""
+    """roc.png: ROC of the test split against each OOD set, each run's paper scorer and default scorer
+    (when it differs), first trial."""
     if not spec.ood:
         return None
     from sklearn.metrics import roc_curve
@@ -76,10 +78,11 @@ def plot_roc(results, spec, out: Path):
     for ax, name in zip(axes[0], spec.ood):
         for run in results:
             m, raw = first_trial(results, run)
-            scorer = run_paper_scorer(results, run)
-            id_s, ood_s = raw["rejection"][name][scorer]
-            fpr, tpr, _ = roc_curve(np.r_[np.ones(len(id_s)), np.zeros(len(ood_s))], np.r_[id_s, ood_s])
-            ax.plot(fpr, tpr, label=f"{display(run)} [{scorer}] {m['rejection'][name][scorer]['auroc']:.3f}")
+            paper, default = run_paper_scorer(results, run), run_default(results, run)
+            for scorer, style in [(paper, "-")] + ([(default, "--")] if default != paper else []):
+                id_s, ood_s = raw["rejection"][name][scorer]
+                fpr, tpr, _ = roc_curve(np.r_[np.ones(len(id_s)), np.zeros(len(ood_s))], np.r_[id_s, ood_s])
+                ax.plot(fpr, tpr, style, label=f"{display(run)} [{scorer}] {m['rejection'][name][scorer]['auroc']:.3f}")
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set_xlabel("false-positive rate (OOD accepted)")
         ax.set_ylabel("true-positive rate (test images accepted)")
@@ -89,15 +92,15 @@ def plot_roc(results, spec, out: Path):
 
 
 def plot_score_histograms(results, spec, out: Path):
-    """score_histograms.png: one row per run, one panel per OOD set: the run's paper score on the test
-    split (in distribution) against the OOD set's, first trial."""
+    """score_histograms.png: one row per run, one panel per OOD set: the run's default OOD scorer
+    (chosen on val + ood_val) on the test split (in distribution) against the OOD set's, first trial."""
     if not spec.ood or not results:
         return None
     plt = _plt()
     fig, axes = plt.subplots(len(results), len(spec.ood), figsize=(4.5 * len(spec.ood), 3 * len(results)),
                              squeeze=False)
     for row, run in zip(axes, results):
-        scorer = run_paper_scorer(results, run)
+        scorer = run_default(results, run)
         raw = first_trial(results, run)[1]
         for ax, name in zip(row, spec.ood):
             id_s, ood_s = raw["rejection"][name][scorer]
@@ -106,7 +109,8 @@ def plot_score_histograms(results, spec, out: Path):
             ax.hist(ood_s, bins, alpha=0.6, density=True, label=f"{name} ({len(ood_s)})")
             ax.set_xlabel(f"{scorer} (higher = in distribution)")
             ax.set_ylabel("density")
-            ax.set_title(f"{display(run)}: test v {name}", fontsize=9)
+            ax.set_title(f"{display(run)}: test v {name}{f' ({spec.ood_kind[name]})' if spec.ood_kind.get(name) else ''}",
+                         fontsize=9)
             ax.legend(fontsize=7)
     return save(fig, out / "score_histograms.png")
 

@@ -77,17 +77,23 @@ def evaluate_all(artifacts, spec: Spec, cache_dir, *, device="cpu", batch_size=3
 
 
 def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cache_dir=None, progress=True,
-                 efficiency_images: int = 64, workers: int = 0) -> Path:
+                 efficiency_images: int = 64, workers: int = 0, variants: dict[str, str] | None = None) -> Path:
+    """`variants`: {name: artifacts folder} of the same runs trained with other flags (ablation tables)."""
+    from evaluation.ablation import ablation_tables
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results, first_models = evaluate_all(artifacts, spec, cache_dir or out / "cache", device=device,
                                          batch_size=batch_size, progress=progress, workers=workers)
-    for run, trials in results.items():
-        (out / "runs" / run).mkdir(parents=True, exist_ok=True)
-        for trial, (metrics_, _) in trials.items():
-            (out / "runs" / run / f"{trial}.json").write_text(to_json(metrics_))
+    variant_results = {name: evaluate_all(path, spec, cache_dir or out / "cache", device=device, batch_size=batch_size,
+                                          progress=progress, workers=workers)[0]
+                       for name, path in (variants or {}).items()}
+    for folder, res in [(out / "runs", results), *((out / "runs" / "variants" / n, r) for n, r in variant_results.items())]:
+        for run, trials in res.items():
+            (folder / run).mkdir(parents=True, exist_ok=True)
+            for trial, (metrics_, _) in trials.items():
+                (folder / run / f"{trial}.json").write_text(to_json(metrics_))
     header = describe(results, spec)
-    tables = make_tables(results, spec)
+    tables = make_tables(results, spec) + ablation_tables(results, variant_results, spec)
     eff = measure_efficiency(first_models, spec, device, efficiency_images, batch_size)
     if eff is not None:
         tables.append(eff)
@@ -217,23 +223,59 @@ def table_one_class(results, spec: Spec) -> ReportTable:
 
 
 def table_rejection(results, spec: Spec) -> ReportTable:
-    """Table 4 (RQ2): AUROC and FPR at 95 % TPR of the test split against each OOD set, by each run's
-    paper scorer and by each feature detector fitted on its train split (models.detectors)."""
+    """Table 4 (RQ2): AUROC and FPR at 95 % TPR of the test split against each OOD set (and the mean
+    over the near- and the far-OOD sets), by each run's paper scorer, its default scorer (chosen on
+    val + ood_val, models/ood.py) and each feature detector fitted on its train split."""
+    kinds = ood_kinds(spec)
+    groups = {**{o: [o] for o in spec.ood}, **{f"{k}-OOD mean": sets for k, sets in kinds.items()}}
     table = ReportTable("Table 4: irrelevant-sample rejection (RQ2)",
-                        [f"{o} {k}" for o in spec.ood for k in ("AUROC", "FPR@95")],
-                        lower_is_better={f"{o} FPR@95" for o in spec.ood},
-                        note="In-distribution: the whole test split (positive) against each OOD set. Score: the "
-                             "paper's per paradigm (max logit; multi-task: KL divergence of its heads to uniform), "
-                             "then the detectors on the concat classifier's hidden features, fitted on the run's "
-                             "train split: knn (minus the distance to the k-th nearest normalised train feature), "
-                             "mahalanobis (class means, tied covariance), rmds (relative Mahalanobis). "
-                             "AUROC of every scorer: table4_rejection_scorers.csv; AUPR too: runs/<run>/<trial>.json.")
+                        [f"{g} {k}" for g in groups for k in ("AUROC", "FPR@95")],
+                        lower_is_better={f"{g} FPR@95" for g in groups},
+                        note="In-distribution: the whole test split (positive) against each OOD set. Scores: the "
+                             "paper's per paradigm (max logit; multi-task: KL divergence of its heads to uniform); "
+                             "default: the scorer each trial chose by the rule of models/ood.py (highest mean AUROC "
+                             "over the ood_val sets against the val split; never these sets), named with how many "
+                             "trials chose it; then the detectors on the concat classifier's hidden features, "
+                             "fitted on the run's train split: knn (minus the distance to the k-th nearest "
+                             "normalised train feature), mahalanobis (class means, tied covariance), rmds (relative "
+                             "Mahalanobis), vim (energy minus the scaled residual outside the principal subspace). "
+                             + (f"Near-OOD sets: {', '.join(kinds.get('near', []))}; far-OOD: "
+                                f"{', '.join(kinds.get('far', []))}. " if kinds else "")
+                             + "AUROC of every scorer: table4_rejection_scorers.csv; AUPR too: runs/<run>/<trial>.json.")
     for run in results:
-        for scorer in (run_paper_scorer(results, run), *run_detectors(results, run)):
-            table.add(f"{display(run)} [{scorer}]",
-                      {f"{o} {k}": values(results, run, "rejection", o, scorer, metric)
-                       for o in spec.ood for k, metric in (("AUROC", "auroc"), ("FPR@95", "fpr95"))})
+        chosen = [m["rejection"].get("default") for m, _ in results[run].values()]
+        named = ", ".join(f"{c}{f' x{chosen.count(c)}' if chosen.count(c) > 1 else ''}"
+                          for c in dict.fromkeys(chosen) if c)
+        rows = [(run_paper_scorer(results, run), run_paper_scorer(results, run))]
+        if any(chosen):
+            rows.append((DEFAULT, f"default: {named}"))
+        rows += [(d, d) for d in run_detectors(results, run)]
+        for scorer, label in rows:
+            table.add(f"{display(run)} [{label}]",
+                      {f"{g} {k}": rejection_values(results, run, sets, scorer, metric)
+                       for g, sets in groups.items() for k, metric in (("AUROC", "auroc"), ("FPR@95", "fpr95"))})
     return table
+
+
+DEFAULT = "default"
+
+
+def ood_kinds(spec: Spec) -> dict[str, list[str]]:
+    """{'near': [...], 'far': [...]}: the OOD sets of each kind the spec names (kinds it does not, left out)."""
+    kinds: dict[str, list[str]] = {}
+    for o in spec.ood:
+        if spec.ood_kind.get(o):
+            kinds.setdefault(spec.ood_kind[o], []).append(o)
+    return {k: kinds[k] for k in ("near", "far") if k in kinds}
+
+
+def rejection_values(results, run: str, sets: list[str], scorer: str, metric: str) -> list[float]:
+    """Per trial: `metric` of `scorer` (DEFAULT: the trial's own default) averaged over `sets`."""
+    out = []
+    for m, _ in results.get(run, {}).values():
+        name = m["rejection"].get("default") if scorer == DEFAULT else scorer
+        out.append(float(np.mean([_get(m, "rejection", o, name, metric) for o in sets])))
+    return out
 
 
 def table_rejection_by_scorer(results, spec: Spec) -> ReportTable:
@@ -241,7 +283,7 @@ def table_rejection_by_scorer(results, spec: Spec) -> ReportTable:
     table = ReportTable("Table 4b: rejection AUROC by OOD score", [f"{o} AUROC" for o in spec.ood],
                         note="kl_uniform = sum over heads of KL(head distribution || uniform); for the multi-task "
                              "model max_logit / energy are over the concatenated head logits and max_softmax over "
-                             "each head's own probabilities. knn, mahalanobis, rmds: detectors on the hidden "
+                             "each head's own probabilities. knn, mahalanobis, rmds, vim: detectors on the hidden "
                              "features of the same forward pass, fitted on the train split (classes: the dataset "
                              "classes the run trained on, not its heads).")
     for run in results:
@@ -303,6 +345,11 @@ def task_runs(results, spec: Spec) -> list[str]:
 def run_paper_scorer(results, run: str) -> str:
     """The OOD score the paper uses for this run's paradigm (as recorded in its first trial's metrics)."""
     return first_trial(results, run)[0]["rejection"]["paper_scorer"]
+
+
+def run_default(results, run: str) -> str:
+    """The default OOD scorer of the run's first trial (its paper scorer in metrics written before defaults)."""
+    return first_trial(results, run)[0]["rejection"].get("default") or run_paper_scorer(results, run)
 
 
 def run_detectors(results, run: str) -> list[str]:

@@ -191,7 +191,8 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
     spec = load_spec(tiny_data)
     out = tmp_path / "results"
     proc = run_cli("evaluate.py", "report", "--artifacts", artifacts, "--data", tiny_data, "--out", out,
-                   "--device", "cpu", "--no-progress", "--efficiency-images", "8", "--workers", "0")
+                   "--device", "cpu", "--no-progress", "--efficiency-images", "8", "--workers", "0",
+                   "--variant", f"again={artifacts}")
     assert "REPORT.md" in proc.stdout
     report = (out / "REPORT.md").read_text()
     for title in ("Table 1: accuracy", "Table 2: macro F1", "Table 3: one-class recognition AUROC",
@@ -214,11 +215,17 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
     t3 = rows("table3_one_class_auroc.csv")
     assert [r["method"] for r in t3] == ["efficiency-centric", "multi-task", "task-centric"]
     t4 = rows("table4_rejection.csv")
-    detectors = ("knn", "mahalanobis", "rmds")
-    assert [r["method"] for r in t4] == [f"{run} [{s}]" for run, paper in
-                                         [("efficiency-centric", "max_logit"), ("multi-task", "kl_uniform"),
-                                          *[(f"task-centric ({t})", "max_logit") for t in spec.tasks]]
-                                         for s in (paper, *detectors)]
+    detectors = ("knn", "mahalanobis", "rmds", "vim")
+    expected = [f"{run} [{s}" for run, paper in [("efficiency-centric", "max_logit"), ("multi-task", "kl_uniform"),
+                                                  *[(f"task-centric ({t})", "max_logit") for t in spec.tasks]]
+                for s in (f"{paper}]", "default: ", *[f"{d}]" for d in detectors])]
+    assert len(t4) == len(expected) and all(r["method"].startswith(e) for r, e in zip(t4, expected))
+    # the default row: each trial's own default, averaged over the near-OOD sets, as in the per-trial JSON
+    trials = [json.loads(f.read_text()) for f in sorted((out / "runs" / "uni").glob("*.json"))]
+    near = [o for o in spec.ood if spec.ood_kind[o] == "near"]
+    by_trial = [np.mean([m["rejection"][o][m["rejection"]["default"]]["auroc"] for o in near]) for m in trials]
+    assert float(t4[1]["near-OOD mean AUROC mean"]) == pytest.approx(np.mean(by_trial), abs=1e-5)
+    assert t4[1]["method"] == f"efficiency-centric [default: {trials[0]['rejection']['default']} x2]"
     t4b = rows("table4_rejection_scorers.csv")
     assert {r["method"] for r in t4b} >= {f"{run} [{s}]" for run in ("efficiency-centric", "multi-task")
                                           for s in ("max_logit", "kl_uniform", *detectors)}
@@ -236,6 +243,14 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
     for png in ("top2.png", "roc.png", "reliability.png"):
         assert (out / png).stat().st_size > 1000 and f"]({png})" in report
     assert len(list((out / "runs").glob("*/*.json"))) == 5
+    # --variant: the same checkpoints again, so every ablation row equals the main one
+    for kind in ("tasks", "ood_top2"):
+        main, again = rows(f"ablation_uni_{kind}.csv")
+        assert (main["method"], again["method"]) == ("main", "again")
+        assert {k: v for k, v in main.items() if k != "method" and "train" not in k} == \
+            {k: v for k, v in again.items() if k != "method" and "train" not in k}
+    assert "## Ablation, efficiency-centric: OOD rejection (default scorer), calibration, top-2" in report
+    assert len(list((out / "runs" / "variants" / "again").glob("*/*.json"))) == 5
 
 
 def test_unreadable_image_gives_a_nan_row(tiny_data, artifacts, tmp_path, capsys):
@@ -256,3 +271,5 @@ def test_report_errors_are_one_line(tmp_path):
     proc = run_cli("evaluate.py", "report", "--artifacts", tmp_path, "--data", tmp_path / "missing",
                    "--out", tmp_path / "o", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    proc = run_cli("evaluate.py", "report", "--artifacts", tmp_path, "--variant", "nodir", check=False)
+    assert proc.returncode == 2 and "write NAME=DIR" in proc.stderr and "Traceback" not in proc.stderr

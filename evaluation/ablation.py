@@ -1,0 +1,102 @@
+"""Ablation tables: the report's own runs against the same runs trained with other flags.
+
+`evaluate.py report --variant NAME=DIR` (repeatable) evaluates DIR/<run>/<trial>/best.pt like the
+main artifacts and, for every run found in both, adds two tables: each task's test accuracy and
+macro F1, then OOD rejection by the default scorer (mean over near- and far-OOD sets), ECE and the
+top-2 of each multi-label set — mean ± std over trials, the main runs first. The flags that tell the
+variants apart (read from their checkpoints) are listed in the note, so a table never hides what
+changed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from evaluation.report import DEFAULT, display, ood_kinds, rejection_values, values
+from evaluation.tables import ReportTable
+from utils import read_summary
+
+FLAGS = ("method", "budget", "mix", "mix_prob", "zero_grad", "jigsaw", "epochs_run", "budget_batches")
+
+
+def flags_of(trials: dict) -> str:
+    m = next(iter(trials.values()))[0]
+    flags = {"backbone": m.get("backbone"), "crop": m.get("crop"), **(m.get("protocol") or {})}
+    return ", ".join(f"{k}={flags[k]}" for k in ("backbone", "crop", *FLAGS) if flags.get(k) is not None)
+
+
+def ablation_tables(main: dict, variants: dict[str, dict], spec, main_name: str = "main") -> list[tuple[str, ReportTable]]:
+    """[(CSV name, table)] for every run trained both in `main` and in at least one variant."""
+    out = []
+    for run in main:
+        arms = {main_name: main, **{name: res for name, res in variants.items() if run in res}}
+        if len(arms) < 2:
+            continue
+        note = "Rows: " + "; ".join(f"{name}: {flags_of(res[run])} ({len(res[run])} trials)"
+                                    for name, res in arms.items()) + "."
+        out.append((f"ablation_{run}_tasks", tasks_table(run, arms, spec, note)))
+        out.append((f"ablation_{run}_ood_top2", ood_top2_table(run, arms, spec, note)))
+    return out
+
+
+def training(res: dict, run: str) -> dict[str, list[float]]:
+    """Per trial, from the run folder's summary.csv: training images/s and training seconds."""
+    speed, seconds = [], []
+    for m, _ in res[run].values():
+        rows = read_summary(Path(m["checkpoint"]).parent)
+        secs = sum(float(r["train_seconds"]) for r in rows)
+        seconds.append(secs if rows else float("nan"))
+        speed.append(sum(int(r["train_images"]) for r in rows) / secs if rows and secs > 0 else float("nan"))
+    return {"train images/s": speed, "train s": seconds}
+
+
+def tasks_table(run: str, arms: dict, spec, note: str) -> ReportTable:
+    answered = {t for res in arms.values() for m, _ in res[run].values() for t in m["tasks"]}
+    tasks = [t for t in spec.tasks if t in answered]
+    table = ReportTable(f"Ablation, {display(run)}: test accuracy and macro F1 per task, training cost",
+                        [f"{t} {k}" for t in tasks for k in ("acc", "F1")] + ["train images/s", "train s"],
+                        no_bold={"train images/s", "train s"}, column_digits={"train images/s": 1, "train s": 0},
+                        note=note + " Training cost from each run's summary.csv on the machine that trained it.")
+    for name, res in arms.items():
+        table.add(name, {**{f"{t} {k}": values(res, run, "tasks", t, "sets", "test", metric)
+                            for t in tasks for k, metric in (("acc", "accuracy"), ("F1", "f1_macro"))},
+                         **training(res, run)})
+    return table
+
+
+def ood_top2_table(run: str, arms: dict, spec, note: str) -> ReportTable:
+    kinds = ood_kinds(spec) or ({"all": list(spec.ood)} if spec.ood else {})
+    ml = {name: list(m.labels) for name, m in spec.multilabel.items()}
+    columns = [f"{k}-OOD AUROC" for k in kinds] + [f"{k}-OOD FPR@95" for k in kinds] + ["ECE"]
+    for name, labels in ml.items():
+        columns += [f"{name}: all in top-2", *[f"{name}: {l} top-1" for l in labels],
+                    *[f"{name}: {l} in top-2" for l in labels]]
+    table = ReportTable(f"Ablation, {display(run)}: OOD rejection (default scorer), calibration, top-2", columns,
+                        lower_is_better={"ECE", *[f"{k}-OOD FPR@95" for k in kinds]},
+                        note=note + " OOD: each trial's default scorer (chosen on val + ood_val), averaged over "
+                                    "the sets of each kind.")
+    for name, res in arms.items():
+        cells = {}
+        for k, sets in kinds.items():
+            cells[f"{k}-OOD AUROC"] = rejection_values(res, run, sets, DEFAULT, "auroc")
+            cells[f"{k}-OOD FPR@95"] = rejection_values(res, run, sets, DEFAULT, "fpr95")
+        cells["ECE"] = values(res, run, "calibration", "ece")
+        for set_name, labels in ml.items():
+            cells[f"{set_name}: all in top-2"] = values(res, run, "multilabel", set_name, "all_in_topk")
+            for l in labels:
+                cells[f"{set_name}: {l} top-1"] = values(res, run, "multilabel", set_name, "top1", l)
+                cells[f"{set_name}: {l} in top-2"] = values(res, run, "multilabel", set_name, "topk", l)
+        table.add(name, cells)
+    return table
+
+
+def parse_variants(items: list[str] | None) -> dict[str, str]:
+    """NAME=DIR pairs of --variant; ValueError naming the bad one."""
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--variant '{item}': write NAME=DIR (e.g. no_mix=artifacts_variants/no_mix)")
+        if name in out:
+            raise ValueError(f"--variant {name} given twice")
+        out[name] = path
+    return out
