@@ -1,9 +1,11 @@
 #!/bin/sh
 # The main job: create .venv, generate the embedded dataset if absent, check the dataset, train
 # every paradigm (--trials N, default 3): uni, multi (when the spec has a 'multitask:' section)
-# and one task-centric model per task of the spec; evaluate every trial and write OUT/REPORT.md.
+# and one task-centric model per task of the spec, plus the uni model once more with the other
+# --mix setting (the RQ3 ablation: top-2 with and without mixing; --no-variants skips it);
+# evaluate every trial and write OUT/REPORT.md.
 #   sh run/reproduce.sh [--trials 3] [--profile auto|quick|paper] [--data DIR] [--output-dir DIR]
-#                       [--out results] [train.py flags]
+#                       [--out results] [--no-variants] [train.py flags]
 # Paths are read from the folder you call it from. Flags other than --out go to every training
 # run (run/train_trials.sh passes unknown ones on to train.py); --device, --workers and
 # --no-progress go to evaluate.py as well.
@@ -13,6 +15,8 @@ data=datasets/sofar_embedded
 artifacts=artifacts
 results=results
 eval_flags=
+variants=yes
+mix_variant="--mix cutmix"  # the other setting than train.py's default (--mix none)
 n=$#
 prev=
 while [ "$n" -gt 0 ]; do
@@ -20,6 +24,7 @@ while [ "$n" -gt 0 ]; do
   case $a in
     --out) results=$1; shift; n=$((n - 1)); prev=; continue ;;
     --out=*) results=${a#*=}; prev=; continue ;;
+    --no-variants) variants=; prev=; continue ;;
     --no-progress|--device=*|--workers=*) eval_flags="$eval_flags $a" ;;
     --data=*) data=${a#*=} ;;
     --output-dir=*) artifacts=${a#*=} ;;
@@ -52,6 +57,13 @@ for task in $tasks; do
   echo "==== run/train_trials.sh --paradigm task --task $task $*"
   sh run/train_trials.sh --paradigm task --task "$task" "$@"
 done
+if [ -n "$variants" ]; then
+  name=$(echo "$mix_variant" | tr -d ' -' | sed 's/mix/mix_/')
+  echo "==== run/pmg_uni.sh $* $mix_variant --output-dir ${artifacts}_variants/$name"
+  # shellcheck disable=SC2086  # mix_variant: a flag and its value
+  sh run/pmg_uni.sh "$@" $mix_variant --output-dir "${artifacts}_variants/$name"
+  eval_flags="$eval_flags --variant $name=${artifacts}_variants/$name"
+fi
 trained=$(date +%s)
 echo "==== evaluate.py report --artifacts $artifacts --data $data --out $results$eval_flags"
 # shellcheck disable=SC2086  # eval_flags: flags and plain values, split on purpose

@@ -45,6 +45,23 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
         assert (tmp_path / "art" / run / "exp1" / "best.pt").is_file()
     report = (tmp_path / "res" / "REPORT.md").read_text()
     assert "scratch" in report and "stain" in report
+    # the RQ3 ablation: the uni model once more with the other --mix setting, beside the main runs
+    assert (tmp_path / "art_variants" / "mix_cutmix" / "uni" / "exp1" / "best.pt").is_file()
+    args = yaml.safe_load((tmp_path / "art_variants" / "mix_cutmix" / "uni" / "exp1" / "args.yaml").read_text())
+    assert args["mix"] == "cutmix"
+    assert "## Ablation, efficiency-centric: OOD rejection (default scorer), calibration, top-2" in report
+    assert "| mix_cutmix |" in report
+    # run/ablations.sh beside those runs: plain fine-tuning at equal epochs and at equal wall-clock
+    proc = subprocess.run(["sh", str(ROOT / "run" / "ablations.sh"), "--data", "mine", "--output-dir", "art",
+                           "--out", "res", "--trials", "1", "--only", "plain,plain_time", "--epochs", "1", *TINY_TRAIN],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "plain fine-tuning for the wall-clock of PMG:" in proc.stdout
+    for name in ("plain", "plain_time"):
+        args = yaml.safe_load((tmp_path / "art_variants" / name / "uni" / "exp1" / "args.yaml").read_text())
+        assert args["method"] == "plain"
+    report = (tmp_path / "res" / "REPORT.md").read_text()
+    assert "| plain |" in report and "| plain_time |" in report and "method=plain" in report
 
 
 def test_reproduce_checks_the_dataset_before_training(own_data, tmp_path):

@@ -1,0 +1,90 @@
+#!/bin/sh
+# The ablations a reviewer asks for, beside the main runs that run/reproduce.sh trained (same
+# --data, --output-dir and trials); each variant is trained into OUTPUT_DIR_variants/<name>/ and
+# evaluated with `evaluate.py report --variant`, which adds its ablation tables to OUT/REPORT.md:
+#   plain        the efficiency-centric model by plain fine-tuning (--method plain), same epochs
+#   plain_time   plain fine-tuning for as long as PMG trained (epochs scaled by the seconds per
+#                epoch in the two runs' summary.csv: equal wall-clock)
+#   zeros        PyTorch 1.x zero_grad semantics (--zero-grad zeros, the paper's code)
+#   steps        every task-centric model under the equal-compute budget (--budget steps: as many
+#                optimizer steps as the efficiency-centric model)
+#   mix_cutmix   the efficiency-centric model with CutMix (trained by reproduce.sh too; kept if there)
+#   sh run/ablations.sh [--trials 3] [--only plain,plain_time,zeros,steps,mix_cutmix] [--data DIR]
+#                       [--output-dir artifacts] [--out results] [train.py flags]
+# Cost on 2 CPU cores, quick profile, per trial: plain ~2 min, plain_time / zeros / mix ~4-5 min,
+# steps ~4-5 min per task.
+set -e
+. "$(dirname "$0")/setup.sh"
+data=datasets/sofar_embedded
+artifacts=artifacts
+results=results
+only=plain,plain_time,zeros,steps,mix_cutmix
+trials=3
+n=$#
+prev=
+while [ "$n" -gt 0 ]; do
+  a=$1; shift; n=$((n - 1))
+  case $a in
+    --out) results=$1; shift; n=$((n - 1)); prev=; continue ;;
+    --out=*) results=${a#*=}; prev=; continue ;;
+    --only) only=$1; shift; n=$((n - 1)); prev=; continue ;;
+    --only=*) only=${a#*=}; prev=; continue ;;
+    --trials) trials=$1; shift; n=$((n - 1)); prev=; continue ;;
+    --trials=*) trials=${a#*=}; prev=; continue ;;
+    --data=*) data=${a#*=} ;;
+    --output-dir=*) artifacts=${a#*=} ;;
+  esac
+  case $prev in
+    --data) data=$a ;;
+    --output-dir) artifacts=$a ;;
+  esac
+  set -- "$@" "$a"
+  prev=$a
+done
+if [ ! -f "$artifacts/uni/exp1/best.pt" ]; then
+  echo "error: $artifacts/uni/exp1/best.pt not found; train the main runs first (sh run/reproduce.sh)" >&2
+  exit 2
+fi
+wanted() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+variant_flags=
+train() {  # train NAME PARADIGM-FLAGS...: one variant of one paradigm, all trials
+  name=$1; shift
+  echo "==== $name: run/train_trials.sh $* --trials $trials"
+  sh run/train_trials.sh "$@" --trials "$trials" --output-dir "${artifacts}_variants/$name"
+}
+add() { variant_flags="$variant_flags --variant $1=${artifacts}_variants/$1"; }
+
+if wanted plain || wanted plain_time; then
+  train plain --paradigm uni --data "$data" "$@" --method plain
+  add plain
+fi
+if wanted plain_time; then
+  epochs=$($PY -c "
+import sys
+from utils import read_summary
+pmg, plain = (read_summary(sys.argv[i]) for i in (1, 2))
+per_epoch = sum(float(r['train_seconds']) for r in plain) / len(plain)
+print(max(1, round(sum(float(r['train_seconds']) for r in pmg) / per_epoch)))
+" "$artifacts/uni/exp1" "${artifacts}_variants/plain/uni/exp1")
+  echo "plain fine-tuning for the wall-clock of PMG: $epochs epochs"
+  train plain_time --paradigm uni --data "$data" "$@" --method plain --epochs "$epochs"
+  add plain_time
+fi
+if wanted zeros; then
+  train zeros --paradigm uni --data "$data" "$@" --zero-grad zeros
+  add zeros
+fi
+if wanted steps; then
+  for task in $($PY -m data.spec "$data" --tasks); do
+    train steps --paradigm task --task "$task" --data "$data" "$@" --budget steps
+  done
+  add steps
+fi
+if wanted mix_cutmix; then
+  [ -f "${artifacts}_variants/mix_cutmix/uni/exp$trials/best.pt" ] || \
+    train mix_cutmix --paradigm uni --data "$data" "$@" --mix cutmix
+  add mix_cutmix
+fi
+echo "==== evaluate.py report --artifacts $artifacts --data $data --out $results$variant_flags"
+# shellcheck disable=SC2086  # variant_flags: flags and plain values, split on purpose
+$PY evaluate.py report --artifacts "$artifacts" --data "$data" --out "$results" $variant_flags
