@@ -6,12 +6,16 @@
     python -m pipeline produce   --source DIR_OR_MANIFEST --from 2026-11-01 --to 2026-11-20
     python -m pipeline consume   --checkpoint CKPT --table URL --redis URL --exit-when-empty
     python -m pipeline redrive   --redis URL
+    python -m pipeline trim      --redis URL
+    python -m pipeline.health    --heartbeat /tmp/heartbeat --max-age 120 [--ready]   (a probe: no torch)
     python -m pipeline query     --table URL --date today --labels dirt defect
 
 Days are YYYY-MM-DD, `today` or `yesterday` in --tz (an IANA time zone, default UTC), which also
 dates a file by its modification time. Every server/table flag also reads an environment variable
 (shown in --help), so a container needs only the environment: PIPELINE_CHECKPOINT, PIPELINE_TABLE,
-PIPELINE_TABLE_NAME, PIPELINE_SOURCE, REDIS_URL, PIPELINE_STREAM, PIPELINE_GROUP, PIPELINE_TZ.
+PIPELINE_TABLE_NAME, PIPELINE_SOURCE, REDIS_URL, PIPELINE_STREAM, PIPELINE_GROUP, PIPELINE_TZ,
+PIPELINE_HEARTBEAT. Redis URLs: redis://[:PASSWORD@]host:port/db, or rediss:// for TLS (add
+?ssl_ca_certs=/path/ca.pem to trust a private CA).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from pipeline.table import DEFAULT_TABLE, DEFAULT_URL
 
 ENV = {"checkpoint": "PIPELINE_CHECKPOINT", "table": "PIPELINE_TABLE", "table_name": "PIPELINE_TABLE_NAME",
        "source": "PIPELINE_SOURCE", "redis": "REDIS_URL", "stream": "PIPELINE_STREAM", "group": "PIPELINE_GROUP",
-       "tz": "PIPELINE_TZ"}
+       "tz": "PIPELINE_TZ", "heartbeat": "PIPELINE_HEARTBEAT"}
 
 
 def env_arg(p, flag: str, default=None, help: str = "", **kw):
@@ -58,11 +62,12 @@ def days(args) -> list[str] | None:
 
 
 def model_flags(p):
-    from pipeline.model import DEFAULT_TPR, SCORERS
+    from models.ood import SCORER_NAMES
+    from pipeline.model import DEFAULT_TPR
     env_arg(p, "--checkpoint", help="a train.py checkpoint (best.pt)")
-    p.add_argument("--score", choices=list(SCORERS),
-                   help="OOD score, higher = in-distribution (default: the paradigm's own: max_logit; "
-                        "kl_uniform for a multi-task model)")
+    p.add_argument("--score", choices=list(SCORER_NAMES),
+                   help="OOD score, higher = in-distribution (default: the checkpoint's default scorer, chosen "
+                        "on val + ood_val by models/ood.py; the paper's score when it has no detector file)")
     p.add_argument("--threshold", type=float, help="OOD threshold; overrides the one stored beside the checkpoint")
     p.add_argument("--data", help="dataset whose val split sets the threshold when none is stored "
                                   "(default: the checkpoint's training data)")
@@ -123,6 +128,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-when-empty", action="store_true", help="exit once nothing is queued or pending")
     p.add_argument("--max-backoff", type=float, default=5.0,
                    help="longest wait (s) between retries while Redis or the table is unreachable")
+    from pipeline.streams import MAX_OUTAGE_S
+    p.add_argument("--max-outage", type=float, default=MAX_OUTAGE_S,
+                   help="exit 1 once Redis has been unreachable this many seconds in a row")
+    p.add_argument("--trim-interval", type=float, default=60.0,
+                   help="trim acknowledged stream entries at most this often, in seconds (0: never)")
+    env_arg(p, "--heartbeat", "", help="heartbeat file rewritten every loop, for `health` probes (empty: none)")
+
+    p = sub.add_parser("trim", help="remove the stream entries every consumer group has acknowledged (prints JSON)")
+    redis_flags(p)
 
     p = sub.add_parser("redrive", help="move dead letters back onto the stream (prints what it did as JSON)")
     redis_flags(p)
@@ -158,27 +172,36 @@ def main(argv=None) -> int:
         print(json.dumps(pred.compute_threshold(args.data, args.tpr), indent=2))
     elif args.command == "predict":
         from pipeline.batch import run_batch
-        from pipeline.sources import list_source
+        from pipeline.sources import scan_source, warn_skipped
         pred = load_predictor(args)
-        items = list_source(args.source, days(args), args.tz)
+        items, skipped = scan_source(args.source, days(args), args.tz)
+        warn_skipped(skipped)
         table = PredictionTable(args.table, args.table_name)
         summary = run_batch(pred, table, items, args.batch_size, args.workers, not args.no_progress)
         print(json.dumps({"model": pred.name, "version": pred.version, "threshold": pred.threshold,
-                          "table": f"{args.table}#{args.table_name}", **summary}))
+                          "table": f"{args.table}#{args.table_name}", **summary, "skipped": len(skipped)}))
     elif args.command == "produce":
-        from pipeline.streams import produce
+        from pipeline.publish import produce
         table = PredictionTable(args.table, args.table_name) if args.table else None
         print(json.dumps(produce(args.redis, args.source, days(args), args.stream, args.group, table, tz=args.tz)))
     elif args.command == "consume":
+        from pipeline.health import Heartbeat
         from pipeline.streams import Consumer
+        heartbeat = Heartbeat(args.heartbeat or None, args.consumer or "")
+        heartbeat.beat("starting", strict=True)  # replaces a previous container's file before the model loads
         pred = load_predictor(args)
         table = PredictionTable(args.table, args.table_name)
         c = Consumer(pred, table, args.redis, args.stream, args.group, args.consumer, args.batch_size,
                      args.block_ms, args.min_idle_ms, args.max_deliveries, args.max_idle, args.exit_when_empty,
-                     args.max_backoff)
+                     args.max_backoff, args.max_outage, args.trim_interval, heartbeat)
         print(json.dumps(c.run()))
+    elif args.command == "trim":
+        from pipeline.retention import trim
+        from pipeline.streams import connect
+        print(json.dumps(trim(connect(args.redis), args.stream)))
+
     elif args.command == "redrive":
-        from pipeline.streams import redrive
+        from pipeline.publish import redrive
         print(json.dumps(redrive(args.redis, args.stream, args.group, args.count)))
     elif args.command == "query":
         table = PredictionTable(args.table, args.table_name)
@@ -191,18 +214,34 @@ def main(argv=None) -> int:
 
 
 def run() -> None:
-    from data.images import ImageError
-    from data.spec import SpecError
-    from pipeline.model import ThresholdError
-    from pipeline.sources import SourceError
-    from pipeline.table import TableError, TableUnavailable
-    from models.checkpoint import CheckpointError
-    import redis
     try:
         sys.exit(main())
-    except (CheckpointError, ThresholdError, SourceError, TableError, TableUnavailable, SpecError, ImageError) as e:
-        sys.exit(f"error: {e}")
-    except redis.AuthenticationError as e:
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise
+        sys.exit(message)
+
+
+def user_error(e: Exception) -> str | None:
+    """The one-line `error:` for a mistake or an outage the user can act on; None for a bug."""
+    from data.images import ImageError
+    from data.spec import SpecError
+    from models.checkpoint import CheckpointError
+    from pipeline.health import HeartbeatError
+    from pipeline.model import ThresholdError
+    from pipeline.sources import SourceError
+    from pipeline.streams import RedisOutage
+    from pipeline.table import TableError, TableUnavailable
+    import redis
+    if isinstance(e, (CheckpointError, ThresholdError, SourceError, TableError, TableUnavailable, SpecError,
+                      ImageError, RedisOutage, HeartbeatError)):
+        return f"error: {e}"
+    if isinstance(e, redis.AuthenticationError):
         # A wrong password is not an outage: fail at once instead of retrying for ever.
-        sys.exit(f"error: Redis refused the credentials of --redis / REDIS_URL ({e}); "
-                 f"check the password (redis://:PASSWORD@host:port/db or rediss:// for TLS)")
+        return (f"error: Redis refused the credentials of --redis / REDIS_URL ({e}); "
+                f"check the password (redis://:PASSWORD@host:port/db or rediss:// for TLS)")
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):  # produce, redrive, trim: one try
+        return (f"error: cannot reach Redis at --redis / REDIS_URL ({e}); check that it runs and the URL: "
+                f"redis://host:port/db, rediss:// for TLS (?ssl_ca_certs=CA.pem for a private CA); then run again")
+    return None

@@ -1,8 +1,12 @@
 """Where new images come from: a folder tree or a manifest CSV, as (image id, path, captured date).
 
-- Folder tree: every file under it with an image extension (.jpg .jpeg .png .bmp .webp .tif
-  .tiff, any case), recursively; captured date = the file's modification time as a date in
-  `--tz` (UTC by default).
+- Folder tree: every regular file under it with an image extension (.jpg .jpeg .png .bmp .webp
+  .tif .tiff, any case), recursively; captured date = the file's modification time as a date in
+  `--tz` (UTC by default). Nothing is opened while listing. A folder stays inside itself: a
+  symbolic link that leads out of it, a link loop, a broken link, and a FIFO, socket, device or
+  folder with an image's name are skipped, counted and named (`warning: PATH: skipped, WHY`);
+  a link to a folder is not walked (inside the source its images are listed under their own
+  path). A link to a file inside the source is listed under the link's name.
 - Manifest: a CSV with a header holding `path` and optionally `captured_date` (YYYY-MM-DD or an
   ISO timestamp; its date part is used) and `image_id`. Relative paths are relative to the
   manifest's folder; a missing captured date falls back to the file's mtime. Every listed path
@@ -19,11 +23,14 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from data.images import ImageError, content_hash
+from data.images import ImageError, content_hash, file_kind
 from data.spec import IMAGE_EXTENSIONS
 
 HASH_CHARS = 16  # 64 bits of SHA-256: the id also carries the path, so collisions need both
@@ -89,12 +96,22 @@ def day_range(first: str, last: str, max_days: int = 366) -> list[str]:
 
 
 def list_source(source: str | Path, day=None, tz: str | None = None) -> list[SourceImage]:
-    """Every image of a folder tree or manifest, sorted by image id; only those captured on `day`
-    (a YYYY-MM-DD or a collection of them) when given. Only the kept files are hashed."""
+    """The images of `scan_source`; each skipped entry is named on stderr."""
+    items, skipped = scan_source(source, day, tz)
+    warn_skipped(skipped)
+    return items
+
+
+def scan_source(source: str | Path, day=None, tz: str | None = None
+                ) -> tuple[list[SourceImage], list[tuple[str, str]]]:
+    """(every image of a folder tree or manifest, sorted by image id; only those captured on `day`
+    (a YYYY-MM-DD or a collection of them) when given, and the (path, why) entries of a folder
+    that were skipped). Only the kept files are hashed."""
     source = Path(source)
+    skipped = []
     if source.is_dir():
-        items = [(p.relative_to(source).as_posix(), p, mtime_date(p, tz), False)
-                 for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+        files, skipped = walk_folder(source)
+        items = [(p.relative_to(source).as_posix(), p, mtime_date(p, tz), False) for p in files]
     elif source.is_file():
         items = read_manifest(source, tz)
     else:
@@ -103,7 +120,65 @@ def list_source(source: str | Path, day=None, tz: str | None = None) -> list[Sou
         days = {parse_date(d, "--date") for d in ([day] if isinstance(day, str) else day)}
         items = [i for i in items if i[2] in days]
     return sorted((SourceImage(name if fixed else content_id(name, p), str(p), date)
-                   for name, p, date, fixed in items), key=lambda i: i.image_id)
+                   for name, p, date, fixed in items), key=lambda i: i.image_id), skipped
+
+
+def warn_skipped(skipped: list[tuple[str, str]]) -> None:
+    for path, why in skipped:
+        print(f"warning: {path}: skipped, {why} (only regular files inside the source are read)", file=sys.stderr)
+
+
+def walk_folder(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(regular image files under `root`, (path, why) of the entries skipped). Symbolic links are
+    resolved, never followed out of `root` and never walked into as folders, so never in a loop."""
+    top = root.resolve()
+    files, skipped, stack = [], [], [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as e:
+            skipped.append((str(folder), f"a folder that cannot be listed ({e.strerror})"))
+            continue
+        for entry in entries:
+            p, image = Path(entry.path), Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError:
+                continue  # gone since the listing
+            if stat.S_ISLNK(mode):
+                why, target = link_target(p, top)
+                if why is None and target == "file" and image:
+                    files.append(p)
+                elif why and (image or target in ("folder", "loop")):
+                    skipped.append((str(p), why))
+            elif stat.S_ISDIR(mode):
+                stack.append(p)
+            elif image and file_kind(mode):
+                skipped.append((str(p), file_kind(mode)))
+            elif image:
+                files.append(p)
+    return files, sorted(skipped)
+
+
+def link_target(link: Path, top: Path) -> tuple[str | None, str]:
+    """(why the symbolic link `link` is skipped, or None; what it leads to: file, folder, loop or
+    other). A link to a folder inside `top` is not walked: its images are listed under their own
+    path."""
+    try:
+        real = link.resolve(strict=True)
+    except FileNotFoundError:
+        return "a broken symbolic link", "other"
+    except (RuntimeError, OSError):  # a loop: RuntimeError up to Python 3.12, OSError (ELOOP) after
+        return "a symbolic link loop", "loop"
+    mode = real.stat().st_mode
+    target = "folder" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+    if not real.is_relative_to(top):
+        return (f"a symbolic link to {real}, outside the source folder {top} (copy the data into the "
+                f"source folder, or list the files in a manifest)"), target
+    if target == "other":
+        return f"a symbolic link to {file_kind(mode)}", target
+    return None, target
 
 
 def content_id(name: str, path: Path) -> str:

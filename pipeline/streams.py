@@ -19,7 +19,13 @@ JUSTID so that no other consumer takes it over (and counts a delivery). A lost R
 retried the same way and the batch in hand processed again, uncounted. Stopped during an outage, a
 consumer hands its batch back with the delivery uncounted. Only what fails on its own content
 counts: a malformed payload is dead-lettered at once, a row the table refuses stays pending and is
-dead-lettered after --max-deliveries.
+dead-lettered after --max-deliveries. A Redis outage is ridden out for up to --max-outage seconds
+(every retry logged with the outage so far, then `redis_reconnected`); past that the consumer exits
+1 with one line and its batch stays pending for another consumer.
+
+Every --trim-interval seconds, after an ack, the consumer trims the entries every group has
+acknowledged (pipeline/retention.py); with --heartbeat it rewrites a heartbeat file on every turn
+of its loop for the Kubernetes probes (pipeline/health.py). The producer side: pipeline/publish.py.
 """
 from __future__ import annotations
 
@@ -33,25 +39,22 @@ import time
 
 import redis
 
-from pipeline.sources import SourceImage, list_source, parse_date
+from pipeline.health import Heartbeat
+from pipeline.retention import trim
+from pipeline.sources import SourceImage
 from pipeline.table import TableUnavailable
 
 STREAM, GROUP = "pipeline:images", "pipeline-consumers"
-RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 FIELDS = ("image_id", "path", "captured_date")  # a message's payload
-# Atomic per chunk: publish an id only if this call added it to the day's published set, or if it
-# is a retry (its row says the file was not there or could not be opened: ARGV[i + 3] == '1').
-PUBLISH = """
-local n = 0
-for i = 2, #ARGV, 4 do
-  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 or ARGV[i + 3] == '1' then
-    redis.call('XADD', KEYS[1], '*', 'image_id', ARGV[i], 'path', ARGV[i + 1], 'captured_date', ARGV[i + 2])
-    n = n + 1
-  end
-end
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return n
-"""
+# A lost or refused connection, a server still loading its append-only file, a reply cut off by a
+# restart (InvalidResponse), a replica that became read-only in a failover: all pass.
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.exceptions.InvalidResponse,
+             redis.ReadOnlyError)
+MAX_OUTAGE_S = 3600.0  # a consumer rides out a Redis outage this long (--max-outage), then exits 1
+
+
+class RedisOutage(RuntimeError):
+    """Redis stayed unreachable for longer than --max-outage."""
 
 
 def log(**fields) -> None:
@@ -73,58 +76,6 @@ def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
-def produce(url: str, source, days, stream: str = STREAM, group: str = GROUP, table=None,
-            ttl_days: int = 30, tz: str | None = None) -> dict:
-    """Publish the images captured on `days` (one YYYY-MM-DD or a list) that are not yet published
-    (each day's set) and have no final row in `table`. A listed file that is not there yet is left
-    for a later run; one whose row says it was not found or could not be opened is published again."""
-    days = [parse_date(d, "--date") for d in ([days] if isinstance(days, str) else days)]
-    items = list_source(source, days, tz)
-    ready = [i for i in items if os.path.lexists(i.path)]
-    states = table.states([i.image_id for i in ready]) if table is not None else {}
-    todo = [(i, i.image_id in states) for i in ready if not states.get(i.image_id)]
-    r = connect(url)
-    ensure_group(r, stream, group)
-    script = r.register_script(PUBLISH)
-    published = 0
-    for day in days:
-        batch = [(i, retry) for i, retry in todo if i.captured_date == day]
-        for k in range(0, len(batch), 500):
-            args = [ttl_days * 86400]
-            for it, retry in batch[k:k + 500]:
-                args += [it.image_id, it.path, it.captured_date or "", "1" if retry else "0"]
-            published += script(keys=[stream, f"{stream}:published:{day}"], args=args)
-    retried = sum(retry for _, retry in todo)
-    span = {"day": days[0]} if len(days) == 1 else {"from": days[0], "to": days[-1], "days": len(days)}
-    out = {**span, "listed": len(items), "not_ready": len(items) - len(ready), "in_table": len(states) - retried,
-           "retried": retried, "published": published, "already_queued": len(todo) - published, "stream": stream}
-    waiting = set(items) - set(ready)
-    log(event="produced", **out, waiting_for=sorted(i.image_id for i in waiting)[:20])
-    return out
-
-
-def redrive(url: str, stream: str = STREAM, group: str = GROUP, count: int | None = None) -> dict:
-    """Move dead letters (the first `count`, or all) back onto the stream as new messages, each
-    XADD + XDEL in one transaction; a malformed one would only die again, so it stays."""
-    r = connect(url)
-    ensure_group(r, stream, group)
-    dead = f"{stream}:dead"
-    moved, kept = [], []
-    for mid, fields in r.xrange(dead, count=count):
-        if payload_error(fields):
-            kept.append(mid)
-            continue
-        tx = r.pipeline(transaction=True)
-        tx.xadd(stream, {k: fields.get(k, "") for k in FIELDS})
-        tx.xdel(dead, mid)
-        tx.execute()
-        moved.append(fields["image_id"])
-    out = {"redriven": len(moved), "kept_malformed": len(kept), "dead_left": r.xlen(dead), "stream": stream,
-           "image_ids": moved}
-    log(event="redriven", **{k: v for k, v in out.items() if k != "image_ids"})
-    return out
-
-
 def payload_error(fields: dict) -> str | None:
     """Why a message cannot be an image to predict, or None: poison on its own content."""
     if not (fields.get("image_id") and fields.get("path")):
@@ -141,20 +92,22 @@ class Consumer:
     def __init__(self, predictor, table, url: str, stream: str = STREAM, group: str = GROUP,
                  name: str | None = None, batch_size: int = 32, block_ms: int = 1000,
                  min_idle_ms: int = 60_000, max_deliveries: int = 3, max_idle_s: float | None = None,
-                 exit_when_empty: bool = False, max_backoff_s: float = 5.0):
+                 exit_when_empty: bool = False, max_backoff_s: float = 5.0, max_outage_s: float = MAX_OUTAGE_S,
+                 trim_interval_s: float = 60.0, heartbeat=None):
         self.predictor, self.table, self.url = predictor, table, url
         self.stream, self.group = stream, group
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.batch_size, self.block_ms, self.min_idle_ms = batch_size, block_ms, min_idle_ms
         self.max_deliveries, self.max_idle_s, self.exit_when_empty = max_deliveries, max_idle_s, exit_when_empty
-        self.max_backoff_s = max_backoff_s
+        self.max_backoff_s, self.max_outage_s, self.trim_interval_s = max_backoff_s, max_outage_s, trim_interval_s
+        self.heartbeat = heartbeat or Heartbeat(None)
         self.dead, self.errors = f"{stream}:dead", f"{stream}:errors"
         self.transform = predictor.transform()
         self.stopping = False
         self.r: redis.Redis | None = None
         self.held: list = []  # the batch in hand, kept across a lost Redis connection
         self.stats = {"ok": 0, "ood": 0, "error": 0, "batches": 0, "reclaimed": 0, "dead_lettered": 0,
-                      "reconnects": 0, "table_retries": 0, "handed_back": 0}
+                      "reconnects": 0, "table_retries": 0, "handed_back": 0, "trimmed": 0}
 
     def stop(self, *_):
         self.stopping = True
@@ -162,7 +115,7 @@ class Consumer:
     def run(self) -> dict:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        backoff, idle_since = 0.1, time.monotonic()
+        backoff, idle_since, outage_since, trimmed_at = 0.1, time.monotonic(), None, time.monotonic()
         log(event="consumer_start", consumer=self.name, stream=self.stream, group=self.group,
             model=self.predictor.name, version=self.predictor.version)
         while not self.stopping:
@@ -171,12 +124,19 @@ class Consumer:
                     self.r = connect(self.url, self.block_ms)
                     ensure_group(self.r, self.stream, self.group)
                 msgs = self.held or self.claim() or self.read()
-                backoff = 0.1
+                if outage_since is not None:
+                    log(event="redis_reconnected", consumer=self.name, outage_s=round(time.monotonic() - outage_since, 1))
+                backoff, outage_since = 0.1, None
+                self.heartbeat.beat("serving")
                 if msgs:
                     self.held = msgs
                     self.process(msgs)
                     self.held = []
                     idle_since = time.monotonic()
+                    self.heartbeat.beat("serving")
+                    if self.trim_interval_s > 0 and time.monotonic() - trimmed_at >= self.trim_interval_s:
+                        self.stats["trimmed"] += trim(self.r, self.stream)["trimmed"]
+                        trimmed_at = time.monotonic()
                 elif self.exit_when_empty and self.drained():
                     break
                 elif self.max_idle_s is not None and time.monotonic() - idle_since > self.max_idle_s:
@@ -184,11 +144,18 @@ class Consumer:
             except RETRYABLE as e:
                 if isinstance(e, redis.AuthenticationError):  # a ConnectionError in redis-py: never retried
                     raise
+                now = time.monotonic()
+                outage_since = outage_since or now
+                if now - outage_since > self.max_outage_s:
+                    raise RedisOutage(f"Redis at --redis / REDIS_URL unreachable for {now - outage_since:.0f} s, "
+                                      f"longer than --max-outage {self.max_outage_s:g} s ({str(e)[:200]}); the "
+                                      f"batch in hand ({len(self.held)} messages) stays pending for another consumer")
                 self.stats["reconnects"] += 1
+                self.heartbeat.beat("redis_unavailable")
                 log(event="redis_unavailable", consumer=self.name, error=str(e)[:200], retry_in_s=backoff,
-                    holding=len(self.held))
+                    outage_s=round(now - outage_since, 1), holding=len(self.held))
                 self.r = None
-                if self.max_idle_s is not None and time.monotonic() - idle_since > self.max_idle_s:
+                if not self.held and self.max_idle_s is not None and now - idle_since > self.max_idle_s:
                     break
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
@@ -215,8 +182,14 @@ class Consumer:
         return got[0][1] if got else []
 
     def drained(self) -> bool:
+        """Nothing pending and nothing undelivered. Redis reports the lag as NULL when it cannot
+        tell (entries deleted after the group's position): then look for an entry after it."""
         info = next((g for g in self.r.xinfo_groups(self.stream) if g["name"] == self.group), None)
-        return info is not None and info["pending"] == 0 and not info.get("lag")
+        if info is None or info["pending"]:
+            return False
+        if info.get("lag") is not None:
+            return info["lag"] == 0
+        return not self.r.xrange(self.stream, f"({info['last-delivered-id']}", "+", count=1)
 
     def deliveries(self, ids: list[str]) -> dict[str, int]:
         pend = self.r.xpending_range(self.stream, self.group, min=min(ids, key=_key),
@@ -261,6 +234,7 @@ class Consumer:
                 if self.stopping:
                     return self.hand_back(ids, counts)
                 self.stats["table_retries"] += 1
+                self.heartbeat.beat("table_unavailable")
                 pause = min(backoff, self.min_idle_ms / 2000)  # re-claimed before anyone may take it
                 log(event="table_unavailable", consumer=self.name, holding=len(ids), error=str(e)[:200],
                     retry_in_s=pause)

@@ -22,6 +22,7 @@ not found or could not be opened): `produce --table` publishes such images again
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import sqlite3
 import sys
@@ -61,7 +62,7 @@ def unavailable(e: Exception) -> bool:
     connection that failed or broke, a shutdown, too many clients. When in doubt this says yes:
     retrying a batch costs time, dead-lettering it loses predictions."""
     psycopg = sys.modules.get("psycopg")
-    return isinstance(e, sqlite3.OperationalError) or (
+    return isinstance(e, (sqlite3.OperationalError, OSError)) or (
         psycopg is not None and isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)))
 
 
@@ -75,6 +76,31 @@ def is_postgres(url: str) -> bool:
 
 def sqlite_path(url: str) -> str:
     return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+
+
+def sqlite_failure(path: str, e: Exception) -> str:
+    """`e`, raised by SQLite or the file system for the table file `path`, as one line that names
+    the file, what is wrong with its disk or folder when that can be seen, and what to do."""
+    error = f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}"
+    if "locked" in str(e):
+        return f"{path}: {error} (another process held it longer than the 60 s busy timeout); try again"
+    where = Path(path).absolute().parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        disk = os.statvfs(where)
+        read_only, free = bool(disk.f_flag & os.ST_RDONLY), disk.f_bavail * disk.f_frsize
+    except OSError:
+        read_only, free = False, None
+    if read_only or not os.access(where, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        why = "its disk is mounted read-only" if read_only else "it or its folder is not writable by this user"
+        fix = "give --table a writable path"
+    elif free is not None and free < (1 << 20):
+        why, fix = f"its disk is full ({free // 1024} KiB free)", "free space there, or give --table a file on another disk"
+    else:
+        why, fix = "", "check the path, its disk and its permissions"
+    return (f"{path}: cannot write the prediction table ({why + '; ' if why else ''}{error}); {fix}. Rows "
+            f"already written are kept; a re-run writes the rest")
 
 
 # A quoted SQL string ('it''s') or identifier ("x"): its text is data, never a placeholder.
@@ -137,7 +163,8 @@ class PredictionTable:
                 if self.pg:
                     self.close()
                 if attempt == 2 or not self.pg:
-                    raise TableUnavailable(f"{type(e).__name__}: {e}".strip()[:500]) from e
+                    raise TableUnavailable(f"{type(e).__name__}: {e}".strip()[:500] if self.pg else
+                                           sqlite_failure(sqlite_path(self.url), e)) from e
 
     def _execute(self, sql: str, params, many: bool, fetch: bool):
         cur = self.conn.cursor()

@@ -8,12 +8,12 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.builders import write_bad_files, write_images
-from tests.test_pipeline_support import RedisServer, by_path, finish, pipeline_cli, start_consumer
+from tests.test_pipeline_support import (RedisServer, by_path, finish, pending, pipeline_cli, rows_of, start_consumer,
+                                         stop_holding_a_batch, wait_for, wait_rows)
 
 redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install redis)")
 
@@ -27,50 +27,6 @@ def server(tmp_path):
     srv = RedisServer(tmp_path / "redis").start()
     yield srv
     srv.stop()
-
-
-def rows_of(db):
-    from pipeline.table import PredictionTable
-    t = PredictionTable(str(db))
-    rows = t.query()
-    t.close()
-    return rows
-
-
-def wait_rows(db, n, timeout=120):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if db.exists() and len(rows_of(db)) >= n:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"fewer than {n} rows after {timeout}s")
-
-
-def pending(r, consumer) -> list[str]:
-    """Ids of the messages delivered to `consumer` and not yet acknowledged."""
-    return [p["message_id"] for p in r.xpending_range(STREAM, GROUP, "-", "+", 10_000, consumername=consumer)]
-
-
-def stopped(proc) -> bool:
-    """Whether the kernel has stopped `proc` (a SIGSTOP takes effect asynchronously)."""
-    assert proc.poll() is None, f"the consumer exited {proc.returncode}"
-    return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("t", "T")
-
-
-def stop_holding_a_batch(proc, r, consumer, timeout=60) -> list[str]:
-    """SIGSTOP the consumer `proc` at a moment it holds an unacknowledged batch; the batch's ids.
-    Stopped, it can neither ack nor read more, so whatever is done to it next happens mid-batch."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        proc.send_signal(signal.SIGSTOP)
-        while not stopped(proc):
-            time.sleep(0.001)
-        held = pending(r, consumer)
-        if held:
-            return held
-        proc.send_signal(signal.SIGCONT)
-        time.sleep(0.005)
-    raise TimeoutError(f"{consumer} held no batch within {timeout}s")
 
 
 def test_sigkill_mid_batch_loses_and_duplicates_nothing(models, server, tmp_path):
@@ -100,10 +56,18 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(models, server, tmp_path
     # Re-running the producer for the same day publishes nothing again.
     again = json.loads(pipeline_cli("produce", "--source", src, "--date", DAY, "--redis", server.url,
                                     "--table", db).stdout)
-    assert again["published"] == 0 and again["in_table"] == 2100 and r.xlen(STREAM) == 2100
+    # (entries-added, not XLEN: the consumers trim what they have acknowledged)
+    assert again["published"] == 0 and again["in_table"] == 2100 and r.xinfo_stream(STREAM)["entries-added"] == 2100
 
 
-def test_consumers_reconnect_when_redis_restarts(models, server, tmp_path):
+# PIPELINE_SOAK=20 repeats the restart test 20 times in one session; under load:
+#   PIPELINE_SOAK=20 python bench/cpu_burner.py --procs 2 -- python -m pytest -q \
+#       tests/test_pipeline_queue.py::test_consumers_reconnect_when_redis_restarts
+SOAK = int(os.environ.get("PIPELINE_SOAK", "1"))
+
+
+@pytest.mark.parametrize("attempt", range(SOAK))
+def test_consumers_reconnect_when_redis_restarts(models, server, tmp_path, attempt):
     src = tmp_path / "src"
     write_images(src, 600, mtime=NOON)
     db = tmp_path / "p.db"
@@ -111,17 +75,34 @@ def test_consumers_reconnect_when_redis_restarts(models, server, tmp_path):
     procs = [start_consumer(models["uni"], db, server.url, f"c{i}", tmp_path) for i in range(2)]
     wait_rows(db, 64)
     server.stop()
-    time.sleep(1.5)
+    time.sleep(6)  # longer than --max-backoff (5 s): the consumers retry at the capped backoff
     server.start()
     stats = finish(procs)
     assert sum(s["reconnects"] for s in stats) >= 1
     ids = [row["image_id"] for row in rows_of(db)]
     assert len(ids) == len(set(ids)) == 600
+    log = (tmp_path / "c0.log").read_text() + (tmp_path / "c1.log").read_text()
+    assert '"redis_reconnected"' in log and '"outage_s"' in log  # each outage and its end are logged
+
+
+def test_an_outage_longer_than_max_outage_ends_a_consumer_with_one_line(models, server, tmp_path):
+    proc = start_consumer(models["uni"], tmp_path / "p.db", server.url, "c0", tmp_path, "--threshold", "0",
+                          "--max-outage", "3", "--max-backoff", "0.5", until_empty=False)
+    log = tmp_path / "c0.log"
+    wait_for(lambda: "consumer_start" in log.read_text(), 120, "the consumer's start")
+    server.stop()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    lines = log.read_text().splitlines()
+    assert "Traceback" not in log.read_text()
+    assert lines[-1].startswith("error: Redis at --redis / REDIS_URL unreachable for") and "--max-outage 3" in lines[-1]
+    waits = [json.loads(x)["retry_in_s"] for x in lines if '"redis_unavailable"' in x]
+    assert len(waits) >= 3 and waits[:3] == [0.1, 0.2, 0.4] and max(waits) == 0.5  # backoff, capped
 
 
 def test_producer_rerun_publishes_nothing_twice(server, tmp_path):
     from pipeline.sources import list_source
-    from pipeline.streams import produce
+    from pipeline.publish import produce
     from pipeline.table import PredictionTable
     src = tmp_path / "src"
     write_images(src, 30, mtime=NOON)
@@ -143,7 +124,8 @@ def test_producer_rerun_publishes_nothing_twice(server, tmp_path):
 
 def test_bad_files_dead_letters_and_malformed_messages(models, server, tmp_path):
     from pipeline.model import Predictor
-    from pipeline.streams import Consumer, produce
+    from pipeline.publish import produce
+    from pipeline.streams import Consumer
     from pipeline.table import PredictionTable
     src = tmp_path / "src"
     expected = write_bad_files(src / "bad")
@@ -189,6 +171,7 @@ def test_sigterm_finishes_and_acks_the_current_batch(models, server, tmp_path):
     r = redis.Redis.from_url(server.url, decode_responses=True)
     proc = start_consumer(models["uni"], db, server.url, "c0", tmp_path)
     held = stop_holding_a_batch(proc, r, "c0")
+    held_ids = {r.xrange(STREAM, m, m)[0][1]["image_id"] for m in held}  # read now: acked entries get trimmed
     proc.send_signal(signal.SIGTERM)  # handled when it continues, in the middle of that batch
     proc.send_signal(signal.SIGCONT)
     stats = finish([proc], timeout=60)[0]
@@ -197,4 +180,4 @@ def test_sigterm_finishes_and_acks_the_current_batch(models, server, tmp_path):
     assert group["lag"] > 0, "it stopped early rather than draining the stream"
     rows = rows_of(db)
     assert len(rows) == group["entries-read"] == stats["ok"] + stats["ood"] + stats["error"]
-    assert {r.xrange(STREAM, m, m)[0][1]["image_id"] for m in held} <= {row["image_id"] for row in rows}
+    assert held_ids <= {row["image_id"] for row in rows}

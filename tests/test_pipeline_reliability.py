@@ -65,7 +65,7 @@ def consume_all(pred, db, url):
 
 
 def test_table_outage_under_a_consumer_dead_letters_nothing(models, server, tmp_path):
-    from pipeline.streams import produce
+    from pipeline.publish import produce
     pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
     pg = PostgresServer().start()
     try:
@@ -104,7 +104,8 @@ def test_table_outage_under_a_consumer_dead_letters_nothing(models, server, tmp_
 
 
 def test_redrive_puts_dead_letters_back_on_the_stream(predictor, server, tmp_path):
-    from pipeline.streams import ensure_group, redrive
+    from pipeline.publish import redrive
+    from pipeline.streams import ensure_group
     paths = write_images(tmp_path / "src", 2, mtime=NOON)
     r = redis.Redis.from_url(server.url, decode_responses=True)
     ensure_group(r, STREAM, GROUP)
@@ -126,7 +127,7 @@ def test_redrive_puts_dead_letters_back_on_the_stream(predictor, server, tmp_pat
 def test_two_sources_with_the_same_file_names_give_two_rows(predictor, server, tmp_path):
     from pipeline.batch import run_batch
     from pipeline.sources import list_source
-    from pipeline.streams import produce
+    from pipeline.publish import produce
     from pipeline.table import PredictionTable
     day1 = write_images(tmp_path / "uploads" / "day1", 3, seed=1, mtime=NOON)
     day2 = write_images(tmp_path / "uploads" / "day2", 3, seed=2, mtime=NOON)
@@ -148,7 +149,7 @@ def test_two_sources_with_the_same_file_names_give_two_rows(predictor, server, t
 
 
 def test_a_file_not_there_yet_is_predicted_by_a_later_produce_run(predictor, server, tmp_path):
-    from pipeline.streams import produce
+    from pipeline.publish import produce
     from pipeline.table import PredictionTable
     src = tmp_path / "img"
     good = write_images(src, 4, mtime=NOON)
@@ -180,7 +181,7 @@ def test_a_file_not_there_yet_is_predicted_by_a_later_produce_run(predictor, ser
 def test_produce_a_past_day_a_range_and_days_in_a_time_zone(server, tmp_path):
     from pipeline.cli import days, parser
     from pipeline.sources import SourceError, list_source, resolve_day
-    from pipeline.streams import produce
+    from pipeline.publish import produce
     for k in range(3):  # 2026-11-20, 21, 22 at noon UTC
         write_images(tmp_path / "src" / f"d{k}", 2 + k, seed=k, mtime=NOON + k * 86400)
     src = tmp_path / "src"

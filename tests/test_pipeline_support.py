@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, run_cli
+
+STREAM, GROUP = "pipeline:images", "pipeline-consumers"  # the code's defaults
 
 
 def free_port() -> int:
@@ -150,3 +153,49 @@ def wait_for(condition, timeout: float, what: str, every: float = 0.1):
             return got
         time.sleep(every)
     raise TimeoutError(f"{what}: not within {timeout}s")
+
+
+def rows_of(db):
+    """Every row of the SQLite prediction table `db`."""
+    from pipeline.table import PredictionTable
+    t = PredictionTable(str(db))
+    rows = t.query()
+    t.close()
+    return rows
+
+
+def wait_rows(db, n, timeout=120):
+    """Wait until the SQLite table `db` holds at least `n` rows."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if db.exists() and len(rows_of(db)) >= n:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"fewer than {n} rows after {timeout}s")
+
+
+def pending(r, consumer) -> list[str]:
+    """Ids of the messages delivered to `consumer` and not yet acknowledged."""
+    return [p["message_id"] for p in r.xpending_range(STREAM, GROUP, "-", "+", 10_000, consumername=consumer)]
+
+
+def stopped(proc) -> bool:
+    """Whether the kernel has stopped `proc` (a SIGSTOP takes effect asynchronously)."""
+    assert proc.poll() is None, f"the consumer exited {proc.returncode}"
+    return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("t", "T")
+
+
+def stop_holding_a_batch(proc, r, consumer, timeout=60) -> list[str]:
+    """SIGSTOP the consumer `proc` at a moment it holds an unacknowledged batch; the batch's ids.
+    Stopped, it can neither ack nor read more, so whatever is done to it next happens mid-batch."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        proc.send_signal(signal.SIGSTOP)
+        while not stopped(proc):
+            time.sleep(0.001)
+        held = pending(r, consumer)
+        if held:
+            return held
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+    raise TimeoutError(f"{consumer} held no batch within {timeout}s")
