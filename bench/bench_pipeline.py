@@ -1,19 +1,27 @@
 """Benchmark of the deployed pipeline, one run, same images (not a test: it prints what it measured).
 
-1. batch mode (decode workers + OOD + top-2 + SQLite upserts) vs the bare model forward on
-   pre-decoded tensors: images/s (target: the pipeline at most 15% slower);
+1. speed (issue 11 §2): the batch pipeline (`run_batch`: decode + transform + model + OOD score +
+   top-2 + SQLite upsert) and the queue consumer's decode path (`decode_items` + `infer` + upsert
+   per batch of 32, no broker) vs the bare model forward on the same images decoded beforehand:
+   img/s, ms/image and the ratio to the forward (target >= 0.85x), at 64 px and 224 px model
+   input, for the embedded 96 px files and for phone-size photos (the same images re-encoded at
+   1600 x 1200, made here in a temporary folder). `before` is the configuration this replaced
+   (2 DataLoader worker processes, full-size JPEG decode). Interleaved, median of --repeats;
 2. efficiency-centric (1 model, 1 table) vs task-centric (2 and 3 models, one table each):
    wall time and CPU time per image;
 3. the inspectors' query ("dirty or damaged, captured on day D") on the one table vs the join of
    the task-centric tables (rows replicated over --days days so the index matters).
 
     python bench/bench_pipeline.py                       # trains tiny models itself (~1 min)
+    python bench/bench_pipeline.py --only speed --sweep  # also every decode configuration
     python bench/bench_pipeline.py --images 2000 --crop 64 --workers 2
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import statistics
 import shutil
 import subprocess
 import sys
@@ -27,8 +35,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import data.loading  # noqa: E402
 from data.loading import ImageSet, collate_skip_bad  # noqa: E402
-from pipeline.batch import run_batch  # noqa: E402
+from models import checkpoint as checkpoints  # noqa: E402
+from pipeline.batch import (cores, decode_items, decode_threads, default_torch_threads, default_workers,  # noqa: E402
+                            infer, run_batch)
 from pipeline.model import Predictor  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
 from pipeline.table import PredictionTable  # noqa: E402
@@ -48,7 +59,7 @@ def noisy(rng, colour, size):
     return Image.fromarray(a.astype(np.uint8), "RGB")
 
 
-def train_models(work: Path, args) -> dict[str, Path]:
+def train_models(work: Path, args, runs=RUNS) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     for split, n in (("train", 12), ("val", 8), ("test", 2)):
         for k, (c, col) in enumerate(CLASSES.items()):
@@ -61,7 +72,7 @@ def train_models(work: Path, args) -> dict[str, Path]:
              str(args.crop), "--branch-mid", "128", "--branch-out", "256", "--hidden", "128", "--epochs", "1",
              "--batch-size", "16", "--workers", "0", "--no-progress", "--profile", "quick", "--device", "cpu"]
     out = {}
-    for paradigm, task in RUNS:
+    for paradigm, task in runs:
         subprocess.run([sys.executable, "train.py", "--data", str(work / "data"), "--paradigm", paradigm,
                         *(["--task", task] if task else []), "--output-dir", str(work / "runs"), *flags],
                        cwd=ROOT, check=True, capture_output=True)
@@ -85,11 +96,126 @@ def bare_forward(pred: Predictor, items, batch: int) -> float:
     """images/s of model(x) alone, on tensors decoded beforehand."""
     ds = ImageSet([(it.path, i) for i, it in enumerate(items)], pred.transform())
     xs = [collate_skip_bad([ds[j] for j in range(i, min(i + batch, len(ds)))])[0] for i in range(0, len(ds), batch)]
-    pred.logits(xs[0])  # warm-up
+    forward = getattr(pred, "forward", None) or pred.logits  # (logits, features) since the feature detectors
+    forward(xs[0])  # warm-up
     t = time.perf_counter()
     for x in xs:
-        pred.logits(x)
+        forward(x)
     return len(items) / (time.perf_counter() - t)
+
+
+# --- 1. speed ------------------------------------------------------------------------------------
+def embedded_files(work: Path, n: int) -> list[Path]:
+    """`n` images of the embedded dataset (data.generate at 96 px, test split and special sets)."""
+    from data.generate import generate
+    per_class = max(1, -(-n // 10))
+    generate(work / "embedded", seed=0, size=96, train=1, val=1, test=per_class, ext=1, ood=1, multilabel=1,
+             workers=min(2, cores()), montage=False)
+    return sorted((work / "embedded" / "test").rglob("*.jpg"))[:n]
+
+
+def copy_as(files: list[Path], folder: Path, size: tuple[int, int] | None) -> Path:
+    """The files into one dated folder tree; `size`: re-encoded at that size (phone photos)."""
+    stamp = time.mktime(time.strptime(DAY + " 12", "%Y-%m-%d %H"))
+    for i, f in enumerate(files):
+        p = folder / f"{i // 500}" / f"{i:06d}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if size is None:
+            shutil.copyfile(f, p)
+        else:
+            Image.open(f).convert("RGB").resize(size, Image.BICUBIC).save(p, quality=90)
+        os.utime(p, (stamp, stamp))
+    return folder
+
+
+def at_crop(ckpt: Path, crop: int, out: Path) -> Path:
+    """The same weights served at another input size (PMG pools adaptively): resize = 9/8 crop,
+    the quick profile's 72 -> 64 ratio."""
+    state = checkpoints.read(ckpt)
+    state["args"] = {**state["args"], "crop": crop, "resize": round(crop * 9 / 8)}
+    checkpoints.save(state, out)
+    return out
+
+
+@contextlib.contextmanager
+def full_decode():
+    """The decoder as it was before DCT scaling: every JPEG decoded at its stored size."""
+    saved = data.loading.decode_size
+    data.loading.decode_size = lambda transform: None
+    try:
+        yield
+    finally:
+        data.loading.decode_size = saved
+
+
+def consumer_path(pred: Predictor, table: PredictionTable, items, batch: int = 32) -> float:
+    """img/s of what a queue consumer does per message batch (pipeline/streams.Consumer.process
+    without Redis): decode in-process, infer, upsert."""
+    t = time.perf_counter()
+    for i in range(0, len(items), batch):
+        chunk = items[i:i + batch]
+        table.upsert(infer(pred, chunk, *decode_items(chunk, pred.transform())))
+    return len(items) / (time.perf_counter() - t)
+
+
+def speed(work: Path, ckpt: Path, args) -> None:
+    files = embedded_files(work, args.speed_images)
+    sets = {"embedded 96 px": copy_as(files, work / "speed_small", None),
+            "phone 1600x1200": copy_as(files[:args.phone_images], work / "speed_phone", (1600, 1200))}
+    load = os.getloadavg()
+    base = torch.get_num_threads()
+    print(f"## speed: {cores()} cores, torch threads {base} (torch's default), pipeline default: "
+          f"{default_workers()} worker processes, {decode_threads()} decode thread(s), "
+          f"{default_torch_threads()} torch thread(s); "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")
+    now = default_torch_threads()
+    modes = {f"bare forward ({base} torch threads)": dict(forward=True),
+             "batch pipeline (now: decode thread + DCT scaling)": dict(torch_threads=now),
+             f"batch pipeline (before: 2 worker processes, full decode, {base} torch threads)":
+                 dict(workers=2, full=True),
+             "queue consumer decode path (now)": dict(consumer=True, torch_threads=now)}
+    if now != base:
+        modes[f"bare forward ({now} torch threads)"] = dict(forward=True, torch_threads=now)
+    if args.sweep:
+        for t in sorted({1, base}):
+            modes.update({f"batch, 0 workers, 1 decode thread, {t} torch threads": dict(workers=0, threads=1,
+                                                                                          torch_threads=t),
+                          f"batch, 0 workers, 2 decode threads, {t} torch threads": dict(workers=0, threads=2,
+                                                                                           torch_threads=t),
+                          f"batch, 1 worker process, {t} torch threads": dict(workers=1, torch_threads=t),
+                          f"batch, 2 worker processes, {t} torch threads": dict(workers=2, torch_threads=t)})
+        modes["batch, now but full decode"] = dict(full=True, torch_threads=now)
+    print(f"\n| images | input | mode | img/s | ms/img | vs forward ({base} threads) | vs the faster forward |\n"
+          f"|---|---|---|---|---|---|---|")
+    for crop in args.speed_crops:
+        c = at_crop(ckpt, crop, work / f"uni_{crop}.pt")
+        pred = Predictor.load(c)
+        pred.resolve_threshold(0.0)
+        for label, folder in sets.items():
+            items = list_source(folder)
+            times: dict[str, list[float]] = {m: [] for m in modes}
+            for r in range(args.repeats):
+                for m, how in modes.items():  # interleaved: every mode once per round
+                    db = work / f"speed_{crop}_{r}.db"
+                    torch.set_num_threads(how.get("torch_threads", base))
+                    if how.get("forward"):
+                        times[m].append(bare_forward(pred, items, args.batch_size))
+                    elif how.get("consumer"):
+                        times[m].append(consumer_path(pred, PredictionTable(str(db), "consumer"), items))
+                    else:
+                        with full_decode() if how.get("full") else contextlib.nullcontext():
+                            s = run_batch(pred, PredictionTable(str(db)), items, args.batch_size,
+                                          how.get("workers"), False, threads=how.get("threads"))
+                        times[m].append(s["images"] / s["seconds"])
+                    torch.set_num_threads(base)
+            fwd = statistics.median(times[f"bare forward ({base} torch threads)"])
+            best = max(statistics.median(times[m]) for m, how in modes.items() if how.get("forward"))
+            for m in modes:
+                v = statistics.median(times[m])
+                print(f"| {label} ({len(items)}) | {crop} px | {m} | {v:.0f} | {1000 / v:.2f} | {v / fwd:.2f}x | "
+                      f"{v / best:.2f}x |", flush=True)
+    load = os.getloadavg()
+    print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at end (median of {args.repeats} interleaved runs)")
 
 
 def timed_pipeline(ckpts, items, db: Path, batch: int, workers: int) -> tuple[float, float]:
@@ -146,10 +272,20 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--only", choices=["speed", "systems"], help="run one part (default: both)")
+    ap.add_argument("--speed-images", type=int, default=500, help="embedded 96 px files in the speed part")
+    ap.add_argument("--phone-images", type=int, default=200, help="of those, re-encoded at 1600x1200")
+    ap.add_argument("--speed-crops", type=int, nargs="+", default=[64, 224], help="model input sides")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per mode (median)")
+    ap.add_argument("--sweep", action="store_true", help="also time every decode configuration")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
-        ckpts = train_models(work, args)
+        ckpts = train_models(work, args, RUNS[:1] if args.only == "speed" else RUNS)
+        if args.only != "systems":
+            speed(work, ckpts["uni"], args)
+        if args.only == "speed":
+            return
         make_images(work / "images", args.images, args.size)
         items = list_source(work / "images")
         pred = Predictor.load(ckpts["uni"])

@@ -1,14 +1,28 @@
-"""Benchmark: training images/s of the step-skipping PMG step vs the naive step that runs the
-whole network in every granularity pass (the paper's code), same model, same batch, one run.
+"""Benchmark: training images/s of the step-skipping PMG step vs the PMG reference's procedure,
+same model, same batch, same permutations, same SGD settings, one run.
 
-    python bench/bench_step.py --backbone resnet18 --size 64 --batch-size 16 --steps 5
+The reference side is the paper code's procedure: the whole network in each of the four passes
+(`naive=True`), each its own optimizer step, in fp32 and NCHW, PyTorch-1 `zero_grad` semantics
+(`--zero-grad zeros`, the paper profile's default). The project's side runs the step-skipping
+step with the levers given (channels_last, bf16 autocast on CPU / fp16 on CUDA, torch.compile).
+Both are printed with their ratio and the bound that step-skipping allows: the FLOP ratio of the
+reference's four passes to the step-skipping ones (forward + backward, counted by
+torch.utils.flop_counter).
 
+    python bench/bench_step.py --backbone resnet18 --size 128 --batch-size 16 --steps 3
+    python bench/bench_step.py --backbone resnet50 --size 224 --levers   # every lever, interleaved
+
+`--levers` times the reference and each configuration in turn (base, channels_last, amp,
+channels_last+amp, compile, ...), --repeats rounds, and prints the median of each. Compile time
+is reported separately (it is paid once per run, per granularity step: one graph each).
 Not a test: it prints what it measured on this machine.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,24 +34,60 @@ from engine import pmg_step  # noqa: E402
 from models import BACKBONES, build_model  # noqa: E402
 from models.paradigms import Head, Paradigm  # noqa: E402
 
+LEVERS = {"base": {}, "channels_last": {"channels_last": True}, "amp": {"amp": True},
+          "channels_last+amp": {"channels_last": True, "amp": True}, "compile": {"compile": True},
+          "compile+channels_last": {"compile": True, "channels_last": True},
+          "compile+amp": {"compile": True, "amp": True}}
 
-def images_per_s(model, paradigm, x, y, steps, warmup, naive, amp, channels_last) -> float:
-    model = copy.deepcopy(model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for i in range(warmup + steps):
-        if i == warmup:
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-        pmg_step(model, paradigm, x, y, opt, gen, amp=amp, naive=naive)
+
+class Runner:
+    """One configuration: its own copy of the model and optimizer, stepped on the same batch."""
+
+    def __init__(self, model, paradigm, x, y, naive, zero_grad, amp=False, channels_last=False, compile=False):
+        self.model = copy.deepcopy(model)
+        self.x = x
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = x.contiguous(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+        self.gen = torch.Generator().manual_seed(0)
+        self.model.train()
+        # One compiled graph per granularity step: forward(x, step=k) specialises on k.
+        self.net = torch.compile(self.model) if compile else self.model
+        self.paradigm, self.y, self.naive, self.zero_grad, self.amp = paradigm, y, naive, zero_grad, amp
+        self.compile_s = None
+        if compile:
+            t = time.perf_counter()
+            self.step()  # the first step compiles the four graphs (forward and backward)
+            self.compile_s = time.perf_counter() - t
+
+    def step(self) -> list[float]:
+        return pmg_step(self.net, self.paradigm, self.x, self.y, self.opt, self.gen, amp=self.amp,
+                        naive=self.naive, zero_grad=self.zero_grad)
+
+    def images_per_s(self, steps: int, warmup: int) -> float:
+        for _ in range(warmup):
+            self.step()
+        sync(self.x)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        sync(self.x)
+        return steps * len(self.x) / (time.perf_counter() - start)
+
+
+def sync(x):
     if x.is_cuda:
         torch.cuda.synchronize()
-    return steps * len(x) / (time.perf_counter() - start)
+
+
+def flops(model, paradigm, x, y, naive: bool, zero_grad: str) -> int:
+    """Forward + backward FLOPs of one training step (convolutions and matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    r = Runner(model, paradigm, x, y, naive, zero_grad)
+    with FlopCounterMode(display=False) as counter:
+        r.step()
+    return counter.get_total_flops()
 
 
 def main() -> None:
@@ -46,26 +96,53 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--branch-mid", type=int, default=512)
+    p.add_argument("--branch-out", type=int, default=1024)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1, help="interleaved rounds (median)")
+    p.add_argument("--zero-grad", choices=["zeros", "none"], default="zeros",
+                   help="both sides (zeros: PyTorch 1.x, the reference's and the paper profile's)")
     p.add_argument("--amp", action="store_true", help="bf16 on CPU, fp16 on CUDA")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (one graph per step)")
+    p.add_argument("--levers", nargs="*", choices=list(LEVERS),
+                   help="time these configurations (all when given alone) instead of the one of the flags")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args()
     torch.manual_seed(0)
     names = tuple(f"c{i}" for i in range(a.classes))
     paradigm = Paradigm("uni", None, names, (Head("classes", "softmax", names),), "max_logit")
-    model = build_model(a.backbone, paradigm).to(a.device)
+    model = build_model(a.backbone, paradigm, "none", a.branch_mid, a.branch_out, a.hidden).to(a.device)
     x = torch.randn(a.batch_size, 3, a.size, a.size, device=a.device)
     y = torch.randint(0, a.classes, (a.batch_size, 1), device=a.device)
-    args = (a.steps, a.warmup)
-    naive = images_per_s(model, paradigm, x, y, *args, naive=True, amp=a.amp, channels_last=a.channels_last)
-    ours = images_per_s(model, paradigm, x, y, *args, naive=False, amp=a.amp, channels_last=a.channels_last)
-    dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{a.backbone} {a.size}px batch {a.batch_size} amp={a.amp} channels_last={a.channels_last} on {dev}")
-    print(f"  naive step (full network x4): {naive:8.1f} images/s")
-    print(f"  step-skipping PMG step:       {ours:8.1f} images/s")
-    print(f"  speed-up: {ours / naive:.2f}x")
+    if a.levers is None:
+        configs = {"this run": dict(amp=a.amp, channels_last=a.channels_last, compile=a.compile)}
+    else:
+        configs = {k: LEVERS[k] for k in (a.levers or LEVERS)}
+    dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else \
+        f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    load = os.getloadavg()
+    print(f"{a.backbone} {a.size}px batch {a.batch_size}, branches {a.branch_mid}/{a.branch_out}, "
+          f"zero_grad={a.zero_grad}, on {dev}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start",
+          flush=True)
+    bound = flops(model, paradigm, x, y, True, a.zero_grad) / flops(model, paradigm, x, y, False, a.zero_grad)
+    runners = {"reference (naive x4, fp32, NCHW)": Runner(model, paradigm, x, y, True, a.zero_grad)}
+    for name, kw in configs.items():
+        runners[f"step-skipping, {name}"] = Runner(model, paradigm, x, y, False, a.zero_grad, **kw)
+    speeds = {k: [] for k in runners}
+    for _ in range(a.repeats):
+        for k, r in runners.items():  # interleaved: every configuration once per round
+            speeds[k].append(r.images_per_s(a.steps, a.warmup))
+    ref = statistics.median(speeds["reference (naive x4, fp32, NCHW)"])
+    print(f"\n| configuration | images/s | vs reference | compile s |\n|---|---|---|---|")
+    for k, r in runners.items():
+        v = statistics.median(speeds[k])
+        print(f"| {k} | {v:.1f} | {v / ref:.2f}x | {'' if r.compile_s is None else f'{r.compile_s:.0f}'} |")
+    load = os.getloadavg()
+    print(f"\nFLOP bound (reference / step-skipping, forward+backward): {bound:.2f}x; median of {a.repeats} "
+          f"round(s) of {a.steps} steps; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at end")
 
 
 if __name__ == "__main__":

@@ -29,11 +29,33 @@ def eval_transform(resize: int, crop: int) -> T.Compose:
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-class ImageSet(Dataset):
-    """(path, target) pairs; an item is (image tensor or None, target, error message or None)."""
+def decode_size(transform) -> tuple[int, int] | None:
+    """(width, height) the transform resizes a decoded image to first, or None when it does not
+    start with a fixed-size Resize. Passed to `load_rgb`, it lets a large JPEG be decoded at a
+    reduced DCT scale (data/images.py); train, eval and the pipeline get it from their transform,
+    so they see the same pixels."""
+    first = transform.transforms[0] if isinstance(transform, T.Compose) and transform.transforms else transform
+    if not isinstance(first, T.Resize):
+        return None
+    size = first.size
+    if isinstance(size, int):  # shorter side -> size: both sides end up at least this large
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        return int(size[1]), int(size[0])
+    if isinstance(size, (tuple, list)) and len(size) == 1:
+        return int(size[0]), int(size[0])
+    return None
 
-    def __init__(self, items: list[tuple[Path, object]], transform):
+
+class ImageSet(Dataset):
+    """(path, target) pairs; an item is (image tensor or None, target, error message or None).
+
+    `size`: what the decoder may assume the image is resized to (see `decode_size`); "auto" reads
+    it from the transform, None always decodes at full size."""
+
+    def __init__(self, items: list[tuple[Path, object]], transform, size="auto"):
         self.items, self.transform = items, transform
+        self.size = decode_size(transform) if size == "auto" else size
 
     def __len__(self) -> int:
         return len(self.items)
@@ -42,7 +64,7 @@ class ImageSet(Dataset):
         path, target = self.items[i]
         target = torch.as_tensor(target, dtype=torch.long)
         try:
-            return self.transform(load_rgb(path)), target, None
+            return self.transform(load_rgb(path, self.size)), target, None
         except ImageError as e:
             return None, target, str(e)
 

@@ -35,14 +35,23 @@ def draw_permutation(n: int, generator: torch.Generator, kind: str = "cycle") ->
 
 
 def jigsaw(x: torch.Tensor, n: int, generator: torch.Generator, kind: str = "cycle") -> torch.Tensor:
+    """x with its n x n blocks permuted: output block (i, j) is input block perm[i * n + j].
+
+    Two passes over the data: one gather of every block into place order, one copy into the
+    output, which keeps x's memory format (channels_last); the leftover border, if any, is copied
+    from x."""
     if n <= 1:
         return x
     b, c, h, w = x.shape
     bh, bw = h // n, w // n
     perm = draw_permutation(n * n, generator, kind).to(x.device)
-    core = x[:, :, : n * bh, : n * bw]
-    blocks = core.reshape(b, c, n, bh, n, bw).permute(0, 2, 4, 1, 3, 5).reshape(b, n * n, c, bh, bw)
-    core = blocks[:, perm].reshape(b, n, n, c, bh, bw).permute(0, 3, 1, 4, 2, 5).reshape(b, c, n * bh, n * bw)
-    out = x.clone()  # keeps x's memory format (channels_last) and any leftover border
-    out[:, :, : n * bh, : n * bw] = core
+    rows, cols = (perm // n).view(n, n), (perm % n).view(n, n)
+    exact = n * bh == h and n * bw == w
+    out = torch.empty_like(x) if exact else x.clone()
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:  # a (b, c, n, bh, n, bw) view of the core
+        return t[:, :, : n * bh, : n * bw].unflatten(2, (n, bh)).unflatten(4, (n, bw))
+
+    # Advanced indices on dims 2 and 4 put the (n, n) block grid first: (n, n, b, c, bh, bw).
+    blocks(out).permute(2, 4, 0, 1, 3, 5).copy_(blocks(x)[:, :, rows, :, cols, :])
     return out

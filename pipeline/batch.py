@@ -1,12 +1,25 @@
-"""Batch mode (one machine, no broker): source -> DataLoader (decoding workers) -> OOD filter +
-classifier -> top-2 -> upsert into the prediction table, with a progress bar and a summary.
+"""Batch mode (one machine, no broker): source -> decode (in-process threads, or DataLoader
+worker processes) -> OOD filter + classifier -> top-2 -> upsert into the prediction table (one
+transaction per batch), with a progress bar and a summary.
 
 A file that cannot be decoded becomes an `error` row carrying the decoder's message; nothing a
 single file contains stops the run.
+
+How decoding shares the machine with the model (measured by bench/bench_pipeline.py, see
+pipeline/README.md "Performance"): by default (`workers=None`) images are decoded in-process by
+background threads, `decode_threads()` of them, while the model runs on the batch before: the
+decoder (libjpeg, Pillow's resize) and the forward both release the GIL, so they overlap without
+the start-up, pickling and memory of worker processes, which on a few cores only compete with the
+model's own threads. With many cores (more than 8), DataLoader worker processes are used instead
+(`default_workers()`), where the decode work outgrows what threads sharing one interpreter give.
+The model gets the cores the decoders leave (`default_torch_threads()`; the CLI's --threads).
 """
 from __future__ import annotations
 
+import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 from torch.utils.data import DataLoader
 
@@ -16,11 +29,64 @@ from pipeline.sources import SourceImage
 from pipeline.table import PredictionTable
 
 
-def decode_items(items: list[SourceImage], transform):
+def cores() -> int:
+    """CPU cores this process may run on (the container's CPU set, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """DataLoader worker processes for `run_batch`: none up to 8 cores (in-process decode threads
+    overlap with the forward and measured faster on 2 cores), then a quarter of the cores."""
+    n = cores()
+    return 0 if n <= 8 else n // 4
+
+
+def decode_threads() -> int:
+    """In-process decode threads: one per two cores, at least one (the model keeps the rest)."""
+    return max(1, cores() // 2)
+
+
+def default_torch_threads(workers: int | None = None) -> int:
+    """Torch intra-op threads beside the decoders: the cores they leave (at least one). More
+    threads than cores make OpenMP's barriers wait on descheduled threads: on the shared 2-core
+    machine, 2 torch threads beside a busy decoder ran the forward several times slower than 1."""
+    workers = default_workers() if workers is None else workers
+    return max(1, cores() - (workers if workers > 0 else decode_threads()))
+
+
+def decode_items(items: list[SourceImage], transform, threads: int | None = None):
     """(stacked good images or None, their item indices, {item index: error message}) for a batch
-    of items, whichever way it was loaded (DataLoader workers or in-process for queue consumers)."""
-    return split_batch(collate_skip_bad([ImageSet([(it.path, i) for i, it in enumerate(items)], transform)[i]
-                                         for i in range(len(items))]))
+    of items, decoded in-process (queue consumers): `threads` (default `decode_threads()`) decode
+    images of the batch in parallel."""
+    ds = ImageSet([(it.path, i) for i, it in enumerate(items)], transform)
+    threads = decode_threads() if threads is None else threads
+    if threads > 1 and len(items) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            decoded = list(pool.map(ds.__getitem__, range(len(items))))
+    else:
+        decoded = [ds[i] for i in range(len(items))]
+    return split_batch(collate_skip_bad(decoded))
+
+
+def prefetched(images: ImageSet, batch_size: int, threads: int):
+    """Collated batches of `images` in order, decoded by `threads` background threads that run
+    up to `threads + 1` batches ahead of the consumer (the model), so decode and forward overlap."""
+    starts = iter(range(0, len(images), batch_size))
+
+    def decode(lo: int):
+        return collate_skip_bad([images[i] for i in range(lo, min(lo + batch_size, len(images)))])
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        pending = deque(pool.submit(decode, lo) for _, lo in zip(range(threads + 1), starts))
+        while pending:
+            batch = pending.popleft().result()
+            lo = next(starts, None)
+            if lo is not None:
+                pending.append(pool.submit(decode, lo))
+            yield batch
 
 
 def split_batch(batch):
@@ -45,13 +111,19 @@ def infer(predictor: Predictor, items: list[SourceImage], x, good: list[int], er
 
 
 def run_batch(predictor: Predictor, table: PredictionTable | None, items: list[SourceImage], batch_size: int = 64,
-              workers: int = 2, progress: bool = True, on_rows=None) -> dict:
-    """Predict every item and upsert each batch; returns the summary counts and images/s."""
+              workers: int | None = None, progress: bool = True, on_rows=None, threads: int | None = None) -> dict:
+    """Predict every item and upsert each batch; returns the summary counts and images/s.
+
+    `workers` > 0: that many DataLoader processes decode; 0: in-process, `threads` (default
+    `decode_threads()`) background threads decode ahead of the model; None: `default_workers()`."""
     from tqdm import tqdm
     images = ImageSet([(it.path, i) for i, it in enumerate(items)], predictor.transform())
-    loader = DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad,
-                        persistent_workers=False,
-                        prefetch_factor=4 if workers > 0 else None)
+    workers = default_workers() if workers is None else workers
+    if workers > 0:
+        loader = DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad,
+                            persistent_workers=False, prefetch_factor=4)
+    else:
+        loader = prefetched(images, batch_size, decode_threads() if threads is None else max(1, threads))
     counts = {"ok": 0, "ood": 0, "error": 0}
     start = time.perf_counter()
     offset = 0

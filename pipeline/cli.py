@@ -73,7 +73,10 @@ def model_flags(p):
                                   "(default: the checkpoint's training data)")
     p.add_argument("--tpr", type=float, default=DEFAULT_TPR, help="fraction of in-distribution val images accepted")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores the decode threads leave)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default=os.environ.get("PIPELINE_BACKEND", "torch"),
+                   help="torch: BatchNorm folded, inference_mode; onnx: ONNX Runtime on the exported graph (CPU; "
+                        "1.5-3.9x faster for the quick profile's model, pipeline/README.md) (env PIPELINE_BACKEND)")
 
 
 def table_flags(p, required=True):
@@ -103,7 +106,9 @@ def parser() -> argparse.ArgumentParser:
     day_flags(p)
     table_flags(p, required=False)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader processes decoding images (default: none up to 8 cores, where decode threads "
+                        "overlap the forward; else cores/4)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("produce", help="queue mode: publish a day's (or a range of days') new images to the stream")
@@ -153,10 +158,10 @@ def parser() -> argparse.ArgumentParser:
 def load_predictor(args):
     import torch
 
+    from pipeline.batch import default_torch_threads
     from pipeline.model import Predictor
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pred = Predictor.load(args.checkpoint, args.score, args.device)
+    torch.set_num_threads(args.threads or default_torch_threads(getattr(args, "workers", None)))
+    pred = Predictor.load(args.checkpoint, args.score, args.device, backend=args.backend)
     pred.resolve_threshold(args.threshold, args.data, args.tpr)
     return pred
 
@@ -228,6 +233,7 @@ def user_error(e: Exception) -> str | None:
     from data.images import ImageError
     from data.spec import SpecError
     from models.checkpoint import CheckpointError
+    from models.serving import BackendError
     from pipeline.health import HeartbeatError
     from pipeline.model import ThresholdError
     from pipeline.sources import SourceError
@@ -235,7 +241,7 @@ def user_error(e: Exception) -> str | None:
     from pipeline.table import TableError, TableUnavailable
     import redis
     if isinstance(e, (CheckpointError, ThresholdError, SourceError, TableError, TableUnavailable, SpecError,
-                      ImageError, RedisOutage, HeartbeatError)):
+                      ImageError, RedisOutage, HeartbeatError, BackendError)):
         return f"error: {e}"
     if isinstance(e, redis.AuthenticationError):
         # A wrong password is not an outage: fail at once instead of retrying for ever.

@@ -74,15 +74,20 @@ class Predictor:
     filter: ood.OODFilter | None = None
     threshold: float | None = None
     device: torch.device = torch.device("cpu")
+    backend: object = None  # models.serving: x -> (logits, features)
 
     @classmethod
-    def load(cls, path: str | Path, score: str | None = None, device: str = "cpu") -> "Predictor":
-        """`score` None: the checkpoint's default scorer (module doc)."""
+    def load(cls, path: str | Path, score: str | None = None, device: str = "cpu",
+             backend: str = "torch") -> "Predictor":
+        """`score` None: the checkpoint's default scorer (module doc). `backend`: torch (BatchNorm
+        folded, inference_mode) or onnx (ONNX Runtime on the exported graph), models/serving.py."""
+        from models.serving import build_backend
         dev = torch.device(device)
         ckpt = checkpoints.load(path, device=dev)
         filt = ood_filter(ckpt, dev, needed=score is not None and score not in SCORERS)
         score = ood.check_scorer(score or (filt.default if filt else ckpt.paradigm.paper_scorer))
-        return cls(ckpt, content_hash(ckpt.path)[:16], score, filt, None, dev)
+        return cls(ckpt, content_hash(ckpt.path)[:16], score, filt, None, dev,
+                   build_backend(ckpt.model, backend, crop=ckpt.crop, device=dev))
 
     @property
     def name(self) -> str:
@@ -103,8 +108,7 @@ class Predictor:
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, hidden features) of one forward pass."""
-        z, f = self.ckpt.model(x.to(self.device), features=True)
-        return z.float().cpu(), f.float().cpu()
+        return self.backend(x)
 
     def ood_scores(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         if self.score in SCORERS:

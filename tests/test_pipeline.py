@@ -229,6 +229,6 @@ def test_a_feature_detector_scores_the_rows_it_is_named_in(uni, tmp_path):
         _, feats = pred.ckpt.model(x, features=True)
     expected = pred.filter.detectors["knn"].score(feats)
     got = [rows[it.image_id]["ood_score"] for it in items]
-    assert got == pytest.approx(expected.tolist(), abs=1e-5)
+    assert got == pytest.approx(expected.tolist(), abs=1e-3)  # served BatchNorm-folded: equal to rounding
     assert {r["ood_scorer"] for r in rows.values()} == {"knn"}
     assert pred.resolve_threshold() == rows[next(iter(rows))]["ood_threshold"]

@@ -1,0 +1,260 @@
+"""The lean serving path: BatchNorm folded into the layers beside it, no autograd, and an optional
+exported backend (ONNX Runtime), all behind one call: `backend(x) -> (logits, features)`.
+
+Serving never trains, so a BatchNorm in eval mode is a fixed per-channel affine map `s * x + t`
+(s = gamma / sqrt(var + eps), t = beta - mean * s). Folded into the convolution or Linear layer
+that feeds it (or, for a BatchNorm1d right before a Linear, into that Linear's input side), it
+costs nothing at run time; in exact arithmetic the outputs are unchanged, in fp32 they agree to
+rounding (checked on every fold: `fold_batchnorm` compares the folded model with the original on
+a probe batch and refuses a fold that changes the logits).
+
+Which layer feeds which is read from one traced forward pass (forward hooks on the leaf
+modules), so it works for any backbone built from modules (ResNet's blocks call their BN from
+Python code, EfficientNet's convolutions are Conv2d subclasses) without knowing its code.
+
+    backend = build_backend(ckpt.model, "torch")          # BN folded, inference_mode
+    backend = build_backend(ckpt.model, "onnx", crop=ckpt.crop)   # ONNX Runtime, same interface
+    logits, features = backend(x)                         # float32 CPU tensors
+"""
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import torch
+from torch import nn
+
+BACKENDS = ("torch", "onnx")
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be built here (package missing, export failed); the message says why."""
+
+
+def _affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, t) of the eval-mode BN as float64: bn(x) = s * x + t per channel."""
+    var, mean = bn.running_var.double(), bn.running_mean.double()
+    s = 1.0 / torch.sqrt(var + bn.eps)
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    return gamma * s, beta - mean * gamma * s
+
+
+def _set_bias(layer: nn.Module, bias: torch.Tensor) -> None:
+    ref = layer.weight
+    value = bias.to(ref.dtype).to(ref.device)
+    if layer.bias is None:
+        layer.bias = nn.Parameter(value, requires_grad=False)
+    else:
+        layer.bias.data.copy_(value)
+
+
+@torch.no_grad()
+def _fold_after(layer: nn.Module, bn) -> None:
+    """layer (Conv2d or Linear) followed by bn: out = s * (W x + b) + t."""
+    s, t = _affine(bn)
+    w = layer.weight.double()
+    b = layer.bias.double() if layer.bias is not None else torch.zeros_like(s)
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    layer.weight.data.copy_((w * s.view(shape)).to(layer.weight.dtype))
+    _set_bias(layer, b * s + t)
+
+
+@torch.no_grad()
+def _fold_before(bn, linear: nn.Linear) -> None:
+    """bn followed by linear: W (s x + t) + b = (W diag s) x + (W t + b)."""
+    s, t = _affine(bn)
+    w = linear.weight.double()
+    b = linear.bias.double() if linear.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    linear.weight.data.copy_((w * s.view(1, -1)).to(linear.weight.dtype))
+    _set_bias(linear, w @ t + b)
+
+
+def _pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str, str]]:
+    """(kind, producer name, consumer name) of every foldable pair seen in one forward pass.
+
+    kind "after": a Conv2d/Linear whose output goes straight into a BatchNorm; "before": a
+    BatchNorm1d whose output goes straight into a Linear. "Straight" means the consumer's input is
+    the very tensor the producer returned and no other module wrote it in between (an in-place
+    ReLU/ELU re-registers the tensor as its own output)."""
+    producer: dict[int, str] = {}
+    keep: list[torch.Tensor] = []  # holds every recorded tensor, so that no id is reused in the pass
+    inputs: dict[str, list[str | None]] = {}
+    outputs_used: dict[str, int] = {}
+    names = {m: n for n, m in model.named_modules()}
+    hooks = []
+
+    def hook(module, args, out):
+        name = names[module]
+        src = producer.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
+        inputs.setdefault(name, []).append(src)
+        if src is not None:
+            outputs_used[src] = outputs_used.get(src, 0) + 1
+        if isinstance(out, torch.Tensor):
+            producer[id(out)] = name
+            keep.append(out)
+
+    for m in model.modules():
+        if not list(m.children()):
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for h in hooks:
+            h.remove()
+    mods = dict(model.named_modules())
+    calls = {n: len(v) for n, v in inputs.items()}
+    found = []
+    for name, srcs in inputs.items():
+        if len(srcs) != 1 or srcs[0] is None or calls.get(srcs[0]) != 1 or outputs_used.get(srcs[0]) != 1:
+            continue
+        src, m, p = srcs[0], mods[name], mods[srcs[0]]
+        usable_bn = lambda bn: bn.track_running_stats and bn.running_var is not None  # noqa: E731
+        if isinstance(m, nn.BatchNorm2d) and isinstance(p, nn.Conv2d) and usable_bn(m):
+            found.append(("after", src, name))
+        elif isinstance(m, nn.BatchNorm1d) and isinstance(p, nn.Linear) and usable_bn(m):
+            found.append(("after", src, name))
+        elif isinstance(m, nn.Linear) and isinstance(p, nn.BatchNorm1d) and usable_bn(p):
+            found.append(("before", src, name))
+    return found
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+
+
+def fold_batchnorm(model: nn.Module, probe: torch.Tensor, atol: float = 1e-3) -> nn.Module:
+    """An eval-mode copy of `model` with every foldable BatchNorm folded into its neighbour and
+    replaced by Identity. `probe` is an input batch (batch >= 2: BatchNorm1d in the graph) used to
+    trace which layer feeds which and to check the result: ValueError if the folded model's
+    outputs differ from the original's by more than `atol`."""
+    original = model.eval()
+    model = copy.deepcopy(model)
+    pairs = _pairs(model, probe)
+    mods = dict(model.named_modules())
+    folded_bn = set()
+    # "after" folds first: a Linear may take a BN on both sides (BN1d -> Linear -> BN1d).
+    for kind, src, dst in sorted(pairs, key=lambda p: p[0] != "after"):
+        if kind == "after":
+            _fold_after(mods[src], mods[dst])
+            folded_bn.add(dst)
+        else:
+            _fold_before(mods[src], mods[dst])
+            folded_bn.add(src)
+    for name in folded_bn:
+        _replace(model, name, nn.Identity())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    check(model, original, probe, atol)
+    return model
+
+
+def check(folded: nn.Module, reference: nn.Module, probe: torch.Tensor, atol: float) -> float:
+    """Largest |logit difference| between `folded` and `reference` on `probe`; ValueError when it
+    exceeds atol or is not finite."""
+    with torch.inference_mode():
+        diff = (_logits(folded(probe)) - _logits(reference(probe))).abs().max().item()
+    if not diff <= atol:
+        raise ValueError(f"folding BatchNorm changed the logits by {diff:.2e} (> {atol:g})")
+    return diff
+
+
+def _logits(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class Features(nn.Module):
+    """model(x) -> (logits, features): the interface every backend serves (PMG's features=True)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return tuple(self.model(x, features=True))
+
+
+class TorchBackend:
+    """Eager PyTorch: BN folded (fold=True), under torch.inference_mode."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, crop: int, fold: bool = True, device="cpu"):
+        self.device = torch.device(device)
+        model = model.eval()
+        if fold:
+            probe = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0)).to(self.device)
+            model = fold_batchnorm(model, probe)
+        self.model = Features(model).eval()
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, feats = self.model(x.to(self.device))
+        return logits.float().cpu(), feats.float().cpu()
+
+
+def onnx_available() -> str | None:
+    """None when the ONNX backend can be used here, else the reason (a missing package)."""
+    for mod, pkg in (("onnxruntime", "onnxruntime"), ("onnx", "onnx")):
+        try:
+            __import__(mod)
+        except ImportError:
+            return f"the onnx backend needs the package {pkg} (pip install -r requirements-serve.txt)"
+    return None
+
+
+def export_onnx(model: nn.Module, crop: int) -> bytes:
+    """The serialized ONNX graph of Features(model) (BN folded first) for (N, 3, crop, crop) input,
+    N dynamic. TorchScript-based exporter (dynamo=False): it needs only the `onnx` package and
+    exports this model's plain conv/pool/linear graph directly."""
+    probe = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+    net = Features(fold_batchnorm(model.cpu().eval(), probe)).eval()
+    buf = io.BytesIO()
+    # The input side is fixed (crop): size arithmetic traced as constants is what we want.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(net, (probe,), buf, input_names=["images"], output_names=["logits", "features"],
+                          dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}, "features": {0: "n"}},
+                          opset_version=17, dynamo=False)
+    return buf.getvalue()
+
+
+class OnnxBackend:
+    """ONNX Runtime (CPU execution provider) on the exported, BN-folded graph."""
+
+    name = "onnx"
+
+    def __init__(self, model: nn.Module, crop: int, threads: int | None = None):
+        reason = onnx_available()
+        if reason:
+            raise BackendError(reason)
+        import onnxruntime as ort
+        try:
+            graph = export_onnx(model, crop)
+        except Exception as e:
+            raise BackendError(f"exporting the model to ONNX failed ({type(e).__name__}: {e}); "
+                               f"serve it with --backend torch") from None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        self.crop = crop
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, feats = self.session.run(None, {"images": x.detach().cpu().float().contiguous().numpy()})
+        return torch.from_numpy(logits), torch.from_numpy(feats)
+
+
+def build_backend(model: nn.Module, name: str = "torch", crop: int = 224, device="cpu", fold: bool = True):
+    """The serving backend `name` for `model` (a PMG in eval mode); `crop` is the input side."""
+    if name == "torch":
+        return TorchBackend(model, crop, fold, device)
+    if name == "onnx":
+        if torch.device(device).type != "cpu":
+            raise BackendError("the onnx backend runs on the CPU; use --backend torch with --device cuda")
+        return OnnxBackend(model, crop)
+    raise BackendError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")

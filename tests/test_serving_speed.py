@@ -1,0 +1,179 @@
+"""The speed levers of serving change no result: BatchNorm folding and the ONNX Runtime backend
+give the eager model's logits (models/serving.py), and the pipeline's decode path (in-process
+threads, JPEG DCT scaling for large files) writes the rows the DataLoader + full decode wrote.
+Nothing here is timed: bench/bench_pipeline.py and bench/bench_serving.py measure the speed."""
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.builders import write_bad_files, write_images
+from tests.conftest import TINY_TRAIN, run_cli
+
+
+@pytest.fixture(scope="module")
+def uni(tiny_data, tmp_path_factory) -> Path:
+    """A uni checkpoint trained by train.py for one epoch on the tiny embedded dataset."""
+    out = tmp_path_factory.mktemp("serving_speed")
+    run_cli("train.py", "--data", tiny_data, "--paradigm", "uni", "--epochs", "1", "--output-dir", out, *TINY_TRAIN)
+    return out / "uni" / "exp1" / "best.pt"
+
+
+def random_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters, so that a wrong fold shows."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    return model.eval()
+
+
+def batchnorms_called(model, x) -> list[str]:
+    names = {m: n for n, m in model.named_modules()}
+    called = []
+    hooks = [m.register_forward_hook(lambda m, a, o: called.append(names[m])) for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    with torch.inference_mode():
+        model(x, features=True)
+    for h in hooks:
+        h.remove()
+    return called
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_batchnorm_folding_keeps_the_logits_and_features(backbone):
+    from models import build_model
+    from models.paradigms import Head, Paradigm
+    from models.serving import TorchBackend, fold_batchnorm
+    names = ("a", "b", "c", "d")
+    paradigm = Paradigm("uni", None, names, (Head("classes", "softmax", names),), "max_logit")
+    torch.manual_seed(0)
+    model = random_bn(build_model(backbone, paradigm, "none", 32, 64, 32))
+    x = torch.randn(5, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    folded = fold_batchnorm(model, x[:2])
+    assert batchnorms_called(model, x) and not batchnorms_called(folded, x)  # every BN on the path folded
+    with torch.inference_mode():
+        (z0, f0), (z1, f1) = model(x, features=True), folded(x, features=True)
+    assert torch.allclose(z0, z1, atol=1e-4, rtol=1e-4) and torch.allclose(f0, f1, atol=1e-4, rtol=1e-4)
+    z2, f2 = TorchBackend(model, 48)(x)  # the serving interface: (logits, features)
+    assert torch.allclose(z0, z2, atol=1e-4, rtol=1e-4) and torch.allclose(f0, f2, atol=1e-4, rtol=1e-4)
+    # The original is left as it was (the fold works on a copy).
+    assert batchnorms_called(model, x)
+
+
+def tiny_images(tiny_data: Path) -> list[Path]:
+    return sorted(tiny_data.rglob("*.jpg"))[:24]
+
+
+def test_onnx_backend_round_trips_a_checkpoint(uni, tiny_data):
+    from models import checkpoint as checkpoints
+    from models.serving import build_backend, onnx_available
+    reason = onnx_available()
+    if reason:
+        pytest.skip(f"ONNX backend not installed here: {reason}")
+    from pipeline.batch import decode_items
+    from pipeline.sources import SourceImage
+    ck = checkpoints.load(uni)
+    items = [SourceImage(str(p), str(p), None) for p in tiny_images(tiny_data)]
+    x, good, errors = decode_items(items, ck.transform())
+    assert not errors and len(good) == len(items)
+    backend = build_backend(ck.model, "onnx", crop=ck.crop)
+    with torch.inference_mode():
+        z0, f0 = ck.model(x, features=True)
+    for batch in (x, x[:1]):  # the batch axis is dynamic
+        z1, f1 = backend(batch)
+        assert (z1 - z0[:len(batch)]).abs().max() <= 1e-3 and (f1 - f0[:len(batch)]).abs().max() <= 1e-3
+    labels0, _ = ck.paradigm.top_labels(z0, 2)
+    labels1, _ = ck.paradigm.top_labels(backend(x)[0], 2)
+    assert labels0 == labels1
+
+
+@contextlib.contextmanager
+def as_before():
+    """The decode path before issue 11: every JPEG decoded at its stored size."""
+    import data.loading
+    saved = data.loading.decode_size
+    data.loading.decode_size = lambda transform: None
+    try:
+        yield
+    finally:
+        data.loading.decode_size = saved
+
+
+def rows_by_id(rows: list[dict]) -> dict[str, dict]:
+    """Rows without their write time; Pillow names the file descriptor it read in some decode errors
+    (`<_io.BufferedReader name=11>`), which depends on the process, not on the file."""
+    fd = re.compile(r"name=\d+>")
+    return {r["image_id"]: {k: fd.sub("name=FD>", v) if k == "error" and v else v for k, v in r.items()
+                            if k != "processed_at"} for r in rows}
+
+
+def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path):
+    from pipeline.batch import decode_items, infer, run_batch
+    from pipeline.model import Predictor
+    from pipeline.sources import list_source
+    src = tmp_path / "src"
+    write_images(src / "good", 13, size=40)
+    kinds = write_bad_files(src / "bad")
+    pred = Predictor.load(uni)
+    pred.resolve_threshold(0.0)
+    items = list_source(src)
+    assert len(items) == 13 + len(kinds)
+    with as_before():
+        before: list[dict] = []
+        run_batch(pred, None, items, 8, 2, False, on_rows=before.extend)  # the old default: 2 processes
+    configs = [dict(workers=None), dict(workers=0, threads=1), dict(workers=0, threads=2), dict(workers=1)]
+    for how in configs:
+        now: list[dict] = []
+        run_batch(pred, None, items, 8, how["workers"], False, on_rows=now.extend, threads=how.get("threads"))
+        assert rows_by_id(now) == rows_by_id(before), how
+    statuses = {Path(r["source"]).name: r["status"] for r in before}
+    assert {n: ("good" if statuses[n] != "error" else "error") for n in kinds} == kinds
+    # The queue consumer's path (decode_items in-process, serial or in threads) gives them too.
+    for threads in (1, 2):
+        rows = []
+        for i in range(0, len(items), 8):
+            chunk = items[i:i + 8]
+            rows += infer(pred, chunk, *decode_items(chunk, pred.transform(), threads))
+        assert rows_by_id(rows) == rows_by_id(before)
+
+
+def test_dct_scaling_only_for_large_jpegs_and_close_to_the_full_decode(tmp_path):
+    from data.images import load_rgb
+    from data.loading import ImageSet, decode_size, eval_transform, train_transform
+    tf = eval_transform(72, 64)
+    assert decode_size(tf) == (72, 72) and decode_size(train_transform(36, 32)) == (36, 36)
+    rng = np.random.default_rng(0)
+    small = tmp_path / "small.jpg"  # under 4x the target: decoded exactly as without a size
+    Image.fromarray(rng.integers(0, 255, (280, 280, 3), dtype=np.uint8)).save(small, quality=90)
+    assert np.array_equal(np.asarray(load_rgb(small, (72, 72))), np.asarray(load_rgb(small)))
+    # A phone-size photo, smooth like a photograph, stored sideways with an EXIF orientation tag.
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    a = np.stack([(xx / 1600 * 255), (yy / 1200 * 255), ((xx + yy) % 256)], -1).astype(np.uint8)
+    photo = Image.fromarray(a)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees when shown
+    big = tmp_path / "big.jpg"
+    photo.save(big, quality=92, exif=exif)
+    full, drafted = load_rgb(big), load_rgb(big, (72, 72))
+    assert full.size == (1200, 1600) and drafted.size[0] < drafted.size[1]  # shown upright, both
+    assert min(drafted.size) >= 2 * 72 and drafted.size[0] < full.size[0] // 2  # reduced, never below 2x
+    ds = ImageSet([(big, 0)], tf)
+    x_draft = ds[0][0]
+    x_full = tf(full)
+    # Within resampling noise: a few grey levels at most (normalised units: 1/255/0.225 per level).
+    diff = (x_draft - x_full).abs() * 0.225 * 255
+    assert diff.max() <= 8 and diff.mean() <= 1.5
+    png = tmp_path / "big.png"  # not a JPEG: always the full decode
+    photo.save(png)
+    assert load_rgb(png, (72, 72)).size == (1600, 1200)
