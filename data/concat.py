@@ -6,6 +6,9 @@ duplicates found by content hash, train/test leaks). Duplicates with the same la
 (in the evaluation split when they straddle splits, so test sets stay intact and train loses the leak).
 Duplicates with different labels are multi-label candidates: removed from the single-label splits (a
 single-label classifier cannot be right on both) and moved to DIR/multilabel/<a>_and_<b>/.
+
+`python -m data.concat add --dataset DIR --task-data NEW --out OUT` adds one task (one new class) to a
+concatenated dataset with the same report (data/concat_add.py).
 """
 from __future__ import annotations
 
@@ -337,8 +340,10 @@ def place_all(tmp: Path, kept: list[Item], moved: dict, extras: list, hashes: di
 def format_report(r: dict) -> str:
     names = list(r["sources"])
     w, cw = max(8, *(len(n) + 2 for n in names)), max(len(c) for c in r["classes"]) + 2
-    lines = [f"concatenated {', '.join(names)} into {r['out']} ({r['link']}); classes: "
-             f"{', '.join(r['classes'])}; tasks: {r['tasks']}"]
+    a = r.get("added")
+    head = (f"added class {a['class']} and task {a['task']}: {r['tasks'][a['task']]} to {a['dataset']}, into "
+            if a else f"concatenated {', '.join(names)} into ")
+    lines = [f"{head}{r['out']} ({r['link']}); classes: {', '.join(r['classes'])}; tasks: {r['tasks']}"]
     for s in r["splits"]:
         lines.append(f"\n[{s}]".ljust(cw + 1) + "".join(n.rjust(w) for n in names) + "merged".rjust(w))
         for c in r["classes"]:
@@ -358,7 +363,8 @@ def format_report(r: dict) -> str:
         lines.append(f"multi-label set multilabel/{n}: {len(m['images'])} image(s) labelled {' + '.join(m['labels'])}")
     for b in r["skipped_bad"]:
         lines.append(f"skipped bad image: {b}")
-    return "\n".join(lines + [f"report: {r['out']}/concat_report.json"])
+    file = f"add_report_{a['task']}.json" if a else "concat_report.json"
+    return "\n".join(lines + [f"report: {r['out']}/{file}"])
 
 
 def parse_pairs(values: list[str], flag: str, form: str, key_re: re.Pattern | None, value_re: re.Pattern | None):
@@ -374,7 +380,12 @@ def parse_pairs(values: list[str], flag: str, form: str, key_re: re.Pattern | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m data.concat", description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["add"]:  # python -m data.concat add ...: one more task (data/concat_add.py)
+        from data import concat_add
+        return report_or_error(lambda: concat_add.run(argv[1:]))
+    ap = argparse.ArgumentParser(prog="python -m data.concat", description=__doc__.split("\n\n")[0],
+                                 epilog="python -m data.concat add --help: add one task to a concatenated dataset")
     ap.add_argument("--source", action="append", required=True, metavar="NAME=PATH",
                     help="a task dataset (folder with dataset.yaml, or <split>/<class>/ images); repeatable")
     ap.add_argument("--alias", action="append", default=[], metavar="OLD=NEW",
@@ -385,11 +396,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (listed in the report)")
     ap.add_argument("--force", action="store_true", help="replace a non-empty --out")
     args = ap.parse_args(argv)
-    try:
+
+    def run():
         sources = parse_pairs(args.source, "--source", "NAME=PATH", NAME, None)
         aliases = parse_pairs(args.alias, "--alias", "OLD=NEW", None, NAME)
-        report = concat({n: Path(p) for n, p in sources.items()}, args.out, aliases, args.link,
-                        args.skip_bad, args.name, args.force)
+        return concat({n: Path(p) for n, p in sources.items()}, args.out, aliases, args.link,
+                      args.skip_bad, args.name, args.force)
+    return report_or_error(run)
+
+
+def report_or_error(run) -> int:
+    """Print the report of `run()`, or its one-line error (exit 2)."""
+    try:
+        report = run()
     except (ConcatError, SpecError, ImageError, OSError) as e:
         print("error: " + str(e).replace("\n", " "), file=sys.stderr)
         return 2
@@ -398,4 +417,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from data import concat as _module  # one ConcatError class, also for data/concat_add.py
+    sys.exit(_module.main())

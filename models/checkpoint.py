@@ -4,7 +4,8 @@ A checkpoint is one dict (torchvision-references style), written atomically by `
 with `weights_only=True` (no code runs from the file):
   format, model, optimizer, scheduler, scaler, epoch, args (train.py's resolved flags),
   paradigm, task, classes, heads, spec (the dataset spec it was trained on), val, best_val_acc,
-  best_val_loss, selection (the rule that picks best.pt).
+  best_val_loss, selection (the rule that picks best.pt); an extended model (extend.py) also
+  parent (the checkpoint it grew from: path, content hash, classes) and added (what it added and how).
 `training_state` builds it; `load` reads it into a `Checkpoint` (model, paradigm, spec, transform,
 provenance); `restore_training` puts it back into a model/optimizer/scheduler/scaler for --resume.
 """
@@ -24,6 +25,10 @@ from utils import plain, read_torch_file
 FORMAT = 1
 
 
+PROTOCOL = ("method", "budget", "mix", "mix_prob", "mix_alpha", "zero_grad", "jigsaw", "lr", "batch_size",
+            "epochs_run", "budget_batches")  # the training flags a report shows beside a run
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used here; the message names the file and why."""
 
@@ -33,10 +38,13 @@ def heads_of(paradigm: Paradigm) -> list[list]:
 
 
 def training_state(model, paradigm: Paradigm, spec: Spec, args, optimizer, scheduler, scaler, epoch: int,
-                   val: dict, best: dict | None, selection: str) -> dict:
+                   val: dict, best: dict | None, selection: str, parent: dict | None = None,
+                   added: dict | None = None) -> dict:
     """Everything a run needs to be evaluated, served or resumed; `best` = {acc, loss} of the best
-    epoch so far, `selection` the rule that chose it."""
-    return {"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    epoch so far, `selection` the rule that chose it; `parent`/`added`: the provenance of a model
+    that extend.py grew from another checkpoint (plain data; absent for a trained model)."""
+    lineage = {k: plain(v) for k, v in (("parent", parent), ("added", added)) if v is not None}
+    return {**lineage, "format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
             "args": plain(vars(args) if not isinstance(args, dict) else args), "paradigm": paradigm.name,
             "task": paradigm.task, "classes": list(paradigm.classes), "heads": heads_of(paradigm),
@@ -105,7 +113,9 @@ class Checkpoint:
         return {"checkpoint": str(self.path), "run": self.paradigm.run_name, "paradigm": self.paradigm.name,
                 "task": self.paradigm.task, "classes": list(self.paradigm.classes), "epoch": self.epoch, "profile": a.get("profile"),
                 "backbone": a.get("backbone"), "crop": a.get("crop"), "epochs": a.get("epochs"),
-                "seed": a.get("seed"), "trial": a.get("trial"), "data": a.get("data")}
+                "seed": a.get("seed"), "trial": a.get("trial"), "data": a.get("data"),
+                "protocol": {k: a[k] for k in PROTOCOL if k in a},
+                **{k: self.state[k] for k in ("parent", "added") if k in self.state}}
 
 
 def _check_dataset(state: dict, spec: Spec, path: Path) -> None:

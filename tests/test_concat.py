@@ -209,3 +209,104 @@ def test_out_not_empty_needs_force(tmp_path):
     assert r.returncode == 2 and "overlaps source" in r.stderr and (a / "train/dirt/img0.jpg").exists()
     r = run("--source", f"dirt={a}", "--out", out, "--force")
     assert r.returncode == 0 and not (out / "keep.txt").exists() and load_spec(out).tasks
+
+
+# --- python -m data.concat add: one more task --------------------------------------------------
+
+@pytest.fixture
+def merged(two_tasks, tmp_path):
+    """The concatenated dataset of two_tasks (splits train and test; tasks dirt and defect)."""
+    a, b = two_tasks
+    out = tmp_path / "merged"
+    concat({"dirt": a, "defect": b}, out, {"clean": "normal"})
+    return out
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_add_task_merges_one_new_class_with_the_duplicate_report(merged, tmp_path):
+    t = tree(tmp_path / "T", {"train": {"clean": 2, "9_TYRE": 3}, "test": {"clean": 1, "9_TYRE": 2}})
+    shutil.copy(merged / "train/dirt/dirt__img1.jpg", t / "train/9_TYRE/same_as_dirt.jpg")  # cross-labelled
+    shutil.copy(merged / "train/normal/dirt__img1.jpg", t / "test/clean/leaked.jpg")  # agreeing, train/test leak
+    before = files(merged)
+    out = tmp_path / "plus"
+    r = run("add", "--dataset", merged, "--task-data", t, "--alias", "clean=normal", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "added class tyre and task tyre: ['normal', 'tyre']" in r.stdout and "LEAK" in r.stdout
+    assert f"report: {out}/add_report_tyre.json" in r.stdout
+    assert files(merged) == before  # the dataset itself is never changed
+
+    spec, old = load_spec(out), load_spec(merged)
+    assert spec.class_names == old.class_names + ["tyre"]  # appended: old label indices stay
+    assert spec.classes["tyre"] == ("9_TYRE",) and spec.tasks == {**old.tasks, "tyre": ("normal", "tyre")}
+    report = json.loads((out / "add_report_tyre.json").read_text())
+    assert report["added"] == {"class": "tyre", "folder": "9_TYRE", "task": "tyre", "negative": "normal",
+                               "multitask": None, "dataset": str(merged)}
+    [cross] = [d for d in report["duplicates"] if not d["labels_agree"]]
+    [leak] = [d for d in report["duplicates"] if d["leak"]]
+    assert cross["labels"] == ["dirt", "tyre"] and leak["labels_agree"] and "test" in leak["action"]
+    assert spec.multilabel["dirt_and_tyre"].labels == ("dirt", "tyre")
+    after = report["counts_after"]
+    assert after["train"] == {"normal": 8 - 1 + 2, "dirt": 3 - 1, "defect": 4, "tyre": 3}
+    assert after["test"] == {"normal": 4 + 1 + 1, "dirt": 2, "defect": 2, "tyre": 2}
+    assert {s: {c: len(spec.split_samples(s, [c])) for c in spec.classes} for s in ("train", "test")} == after
+    # everything else of the dataset is carried over as it was (its layout, sets and report)
+    assert (out / "concat_report.json").read_bytes() == before["concat_report.json"]
+    assert len(spec.flat_images(spec.multilabel["defect_and_dirt"].path)) == 1
+
+
+def test_hold_out_then_add_gives_the_full_dataset(tmp_path):
+    """`python -m data.generate --hold-out C` + `python -m data.concat add` = the full dataset:
+    the same images (by content) in every split and class, the class last, and a task for it."""
+    from data.generate import generate
+    from data.images import content_hash
+    small = dict(seed=0, size=24, train=3, val=2, test=2, ext=1, ood=1, multilabel=1, workers=1, montage=False)
+    generate(tmp_path / "full", **small)
+    r = subprocess.run([sys.executable, "-m", "data.generate", "--out", tmp_path / "old", "--hold-out", "seat",
+                        *[f"--{k}={v}" for k, v in small.items() if k not in ("workers", "montage")],
+                        "--workers", "1", "--no-montage"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "python -m data.concat add" in r.stdout, r.stderr
+    assert "seat" not in load_spec(tmp_path / "old").classes
+    assert sorted(p.parent.name for p in (tmp_path / "old_seat").glob("*/*/*.jpg")) == ["9_SEAT"] * 7
+    assert run("add", "--dataset", tmp_path / "old", "--task-data", tmp_path / "old_seat",
+               "--out", tmp_path / "plus").returncode == 0
+    full, plus = load_spec(tmp_path / "full"), load_spec(tmp_path / "plus")
+    assert plus.class_names == [c for c in full.class_names if c != "seat"] + ["seat"]
+    assert plus.tasks == {**full.tasks, "seat": ("normal", "seat")} and plus.multitask == full.multitask
+    hashes = lambda spec, s: sorted((c, content_hash(p)) for p, c in spec.split_samples(s))  # noqa: E731
+    assert all(hashes(full, s) == hashes(plus, s) for s in full.splits)
+    r = subprocess.run([sys.executable, "-m", "data.generate", "--out", tmp_path / "x", "--hold-out", "defect"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: --hold-out defect") and "washer_fluid" in r.stderr
+
+
+def add_cases(merged: Path, tmp_path: Path) -> dict[str, tuple[list, str]]:
+    """case -> (CLI args of `add` before --out, text its one-line error must contain)."""
+    ok = tree(tmp_path / "ok", {"train": {"tyre": 2}, "test": {"tyre": 1}})
+    two_new = tree(tmp_path / "two", {"train": {"clean": 2, "tyre": 2}, "test": {"clean": 1, "tyre": 1}})
+    no_test = tree(tmp_path / "notest", {"train": {"tyre": 2}})
+    odd_split = tree(tmp_path / "odd", {"train": {"tyre": 2}, "test": {"tyre": 1}, "holdout": {"tyre": 1}})
+    base = ["--dataset", merged, "--task-data"]
+    return {
+        "exists": (base + [tmp_path / "dirt_again"], "nothing to add"),
+        "two_new": (base + [two_new], "--alias OLD=NEW"),
+        "split_lacks_class": (base + [no_test], "no 'tyre' images in split(s) test"),
+        "unknown_split": (base + [odd_split], "split 'holdout'"),
+        "task_exists": (base + [ok, "--task", "dirt"], "already a task"),
+        "binary_without_multitask": (base + [ok, "--binary"], "no 'multitask:'"),
+        "negative_unknown": (base + [ok, "--negative", "nobody"], "--negative nobody"),
+    }
+
+
+@pytest.mark.parametrize("case", ["exists", "two_new", "split_lacks_class", "unknown_split", "task_exists",
+                                  "binary_without_multitask", "negative_unknown"])
+def test_add_bad_input(merged, tmp_path, case):
+    tree(tmp_path / "dirt_again", {"train": {"dirt": 1}, "test": {"dirt": 1}})
+    args, needle = add_cases(merged, tmp_path)[case]
+    out = tmp_path / "out"
+    r = run("add", *args, "--out", out)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if "add-tmp" in p.name]

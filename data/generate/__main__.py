@@ -3,6 +3,8 @@
 Counts are images per class per split; --ext per class of each external set; --ood per OOD set in each of its
 two splits (ood/ reported, ood_val/ for choosing thresholds);
 --multilabel images in the multi-label set. Refuses a non-empty DIR unless --force.
+--hold-out CLASS writes DIR without that class and --hold-out-dir (default DIR_CLASS) with that
+class alone (<split>/<class folder>/), the layout `python -m data.concat add --task-data` takes.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .build import COUNTS, generate
+from .build import COUNTS, check_hold_out, generate, holdable
 
 
 def main(argv=None) -> int:
@@ -27,24 +29,40 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-montage", action="store_true", help="skip montage.png")
     ap.add_argument("--force", action="store_true", help="replace the generated files in a non-empty --out")
+    ap.add_argument("--hold-out", metavar="CLASS", help=f"leave this class out of --out and write it alone to "
+                                                        f"--hold-out-dir (one of {', '.join(holdable())})")
+    ap.add_argument("--hold-out-dir", help="folder for the held-out class (default: OUT_CLASS)")
     a = ap.parse_args(argv)
     out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        print(f"error: --out {out} is a file, not a folder", file=sys.stderr)
+    try:
+        check_hold_out(a.hold_out)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    if out.is_dir() and any(out.iterdir()) and not a.force:
-        print(f"error: {out} is not empty; pass --force to overwrite it", file=sys.stderr)
-        return 2
+    held = Path(a.hold_out_dir or f"{out}_{a.hold_out}") if a.hold_out else None
+    for d, flag in ((out, "--out"), (held, "--hold-out-dir")):
+        if d is None:
+            continue
+        if d.exists() and not d.is_dir():
+            print(f"error: {flag} {d} is a file, not a folder", file=sys.stderr)
+            return 2
+        if d.is_dir() and any(d.iterdir()) and not a.force:
+            print(f"error: {d} is not empty; pass --force to overwrite it", file=sys.stderr)
+            return 2
     if min(a.train, a.val, a.test, a.ext, a.ood, a.multilabel) < 0 or a.size < 8:
         print("error: counts must be >= 0 and --size >= 8", file=sys.stderr)
         return 2
     c = generate(out, seed=a.seed, size=a.size, train=a.train, val=a.val, test=a.test, ext=a.ext, ood=a.ood,
-                 multilabel=a.multilabel, workers=max(1, a.workers), montage=not a.no_montage, progress=True)
+                 multilabel=a.multilabel, workers=max(1, a.workers), montage=not a.no_montage, progress=True,
+                 hold_out=a.hold_out, hold_out_dir=held)
     n_cls = len(c["splits"]["train"])
     print(f"{out}: {c['total']} images in {c['seconds']:.1f} s "
           f"(train/val/test {a.train}/{a.val}/{a.test} x {n_cls} classes; "
           f"{len(c['external'])} external sets x 2 x {a.ext}; "
           f"ood {len(c['ood'])} x 2 x {a.ood}; multilabel {a.multilabel}; {a.size}px)")
+    if held is not None:
+        print(f"held out: {a.hold_out} ({a.train}/{a.val}/{a.test} train/val/test images) in {held}; add it with "
+              f"'python -m data.concat add --dataset {out} --task-data {held} --out DIR'")
     if not a.no_montage:
         print(f"montage: {out / 'montage.png'}")
     return 0

@@ -48,13 +48,29 @@ MULTILABEL = "defect_and_dirt"  # panels with both marks
 OUTPUTS = ("dataset.yaml", "montage.png", *SPLITS, "ext", *OOD_SPLITS, "multilabel")
 
 
-def dataset_spec() -> dict:
+def holdable() -> list[str]:
+    """Classes that can be held out: those no task, multi-task binary head or negative, external or
+    multi-label set names (the rest of the spec stays valid without them)."""
+    spec = dataset_spec()
+    used = {c for pair in spec["tasks"].values() for c in pair} | {spec["multitask"]["negative"]}
+    used |= set(spec["multitask"]["binary"]) | {c for m in spec["multilabel"].values() for c in m["labels"]}
+    return [c for c in CLASSES if c not in used]
+
+
+def check_hold_out(name: str | None) -> None:
+    if name is not None and name not in holdable():
+        raise ValueError(f"--hold-out {name}: not a class that can be held out (tasks, multi-task heads and "
+                         f"multi-label sets need the others); choose one of {', '.join(holdable())}")
+
+
+def dataset_spec(hold_out: str | None = None) -> dict:
     """The stand-in's dataset.yaml, from the tables above. docs/dataset.example.yaml is this spec
-    with comments (tests/test_generate.py checks that the two agree); data/spec.py parses it."""
+    with comments (tests/test_generate.py checks that the two agree); data/spec.py parses it.
+    `hold_out`: the spec without that class (see `generate`)."""
     return {
         "name": "sofar-embedded",
         "version": 1,
-        "classes": dict(CLASSES),
+        "classes": {c: f for c, f in CLASSES.items() if c != hold_out},
         "splits": {s: s for s in SPLITS},
         "tasks": {t: list(pair) for t, pair in TASKS.items()},
         "multitask": {"negative": "normal", "binary": ["defect", "dirt", "bubble_wash"]},
@@ -102,14 +118,16 @@ def _work(task) -> str:
 
 
 def plan(out: Path, seed: int, size: int, train: int, val: int, test: int, ext: int, ood: int,
-         multilabel: int) -> list[tuple]:
-    """Every file to write: (path, kind, shift, rng seed, size)."""
+         multilabel: int, hold_out: str | None = None, hold_out_dir: Path | None = None) -> list[tuple]:
+    """Every file to write: (path, kind, shift, rng seed, size). The held-out class's split images
+    go to `hold_out_dir` (same seeds, so the same bytes as in a full dataset)."""
     tasks = []
     names = list(CLASSES)
     for set_id, (split, n) in enumerate(zip(SPLITS, (train, val, test))):
         for cid, c in enumerate(names):
+            root = hold_out_dir if c == hold_out else out
             for i in range(n):
-                tasks.append((out / split / CLASSES[c] / f"{split}_{c}_{i:05d}.jpg", c, None, [seed, set_id, cid, i]))
+                tasks.append((root / split / CLASSES[c] / f"{split}_{c}_{i:05d}.jpg", c, None, [seed, set_id, cid, i]))
     for j, (name, task) in enumerate(EXTERNAL.items()):
         for c in TASKS[task]:
             for i in range(ext):
@@ -133,21 +151,28 @@ COUNTS = dict(train=100, val=20, test=40, ext=40, ood=50, multilabel=50)
 def generate(out, seed: int = 0, size: int = 96, train: int = COUNTS["train"], val: int = COUNTS["val"],
              test: int = COUNTS["test"], ext: int = COUNTS["ext"], ood: int = COUNTS["ood"],
              multilabel: int = COUNTS["multilabel"], workers: int = 2, montage: bool = True,
-             progress: bool = False) -> dict:
+             progress: bool = False, hold_out: str | None = None, hold_out_dir=None) -> dict:
     """Write the dataset to `out` and return its counts. Earlier generator outputs in `out` are
-    replaced (only those: other files are left alone); the CLI refuses a non-empty folder."""
+    replaced (only those: other files are left alone); the CLI refuses a non-empty folder.
+
+    `hold_out` (a class of `holdable()`): `out` is the dataset without that class, and
+    `hold_out_dir` (default `<out>_<class>`) holds that class alone as <split>/<class folder>/ —
+    the task-data layout `python -m data.concat add` takes."""
     t0 = time.time()
     out = Path(out)
-    for name in OUTPUTS:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    tasks = plan(out, seed, size, train, val, test, ext, ood, multilabel)
+    check_hold_out(hold_out)
+    hold_out_dir = None if hold_out is None else Path(hold_out_dir or f"{out}_{hold_out}")
+    for root, names in ((out, OUTPUTS), (hold_out_dir, SPLITS)):
+        for name in names if root is not None else ():
+            p = root / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    tasks = plan(out, seed, size, train, val, test, ext, ood, multilabel, hold_out, hold_out_dir)
     for d in sorted({str(Path(t[0]).parent) for t in tasks}):
         Path(d).mkdir(parents=True, exist_ok=True)
-    write_spec(dataset_spec(), out)
+    write_spec(dataset_spec(hold_out), out)
     bar = None
     if progress:
         try:
@@ -172,7 +197,9 @@ def generate(out, seed: int = 0, size: int = 96, train: int = COUNTS["train"], v
         from .montage import build  # imported late so `python -m data.generate.montage` runs cleanly
         build(out, out / "montage.png")
     counts = {
-        "splits": {s: {c: n for c in CLASSES} for s, n in zip(SPLITS, (train, val, test))},
+        "splits": {s: {c: n for c in CLASSES if c != hold_out} for s, n in zip(SPLITS, (train, val, test))},
+        "held_out": None if hold_out is None else {"class": hold_out, "dir": str(hold_out_dir),
+                                                   "splits": {s: n for s, n in zip(SPLITS, (train, val, test))}},
         "external": {name: {c: ext for c in TASKS[task]} for name, task in EXTERNAL.items()},
         "ood": {name: ood for name in OOD},  # in each of OOD_SPLITS
         "multilabel": {MULTILABEL: multilabel},

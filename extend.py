@@ -1,0 +1,75 @@
+"""Add a task to a trained model without retraining from scratch (models/extend.py does the work).
+
+    python -m data.concat add --dataset datasets/sofar --task-data NEW_TASK --out datasets/sofar+new
+    python extend.py --checkpoint artifacts/uni/exp1/best.pt --data datasets/sofar+new
+
+A uni or multi-task checkpoint grows its heads to the new class (old rows kept bit for bit, new
+rows imprinted from the class's mean normalised features), is fine-tuned for a short budget with
+uniform replay of the old classes' training images, and is written as a normal checkpoint
+OUTPUT_DIR/<run>/<trial>/best.pt (recording its parent and what was added) with its OOD
+detectors refitted. A task-centric checkpoint gets the task-centric answer: one more model,
+trained by train.py on the new task. `--replay 0` is the naive baseline (new class only).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from data.spec import SpecError, load_spec
+from models import checkpoint
+from models.backbones import WeightsError
+from models.checkpoint import CheckpointError
+from models.extend import FULL_SHARE, TRAIN, ExtendError, Options, extend
+
+D = Options()
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="the trained model (best.pt of train.py)")
+    p.add_argument("--data", required=True, help="its training dataset plus the new task (python -m data.concat add)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--steps", type=int,
+                      help=f"fine-tune batches (4 optimizer steps each for PMG); 0: imprint only (default: "
+                           f"{FULL_SHARE:g} x the batches of a full retrain with the parent's flags)")
+    size.add_argument("--epochs", type=float, help="instead of --steps: passes over the new class's train images")
+    p.add_argument("--lr", type=float, default=D.lr, help=f"lr of the new layers; backbone lr/10 (default {D.lr})")
+    p.add_argument("--train", choices=TRAIN, default=D.train,
+                   help=f"what the fine-tune updates: the heads, the four classifiers, or all (default {D.train})")
+    p.add_argument("--replay", type=float, default=D.replay,
+                   help=f"share of every batch drawn from the old classes' train images; 0: naive, new class "
+                        f"only (default {D.replay})")
+    p.add_argument("--batch-size", type=int, default=D.batch_size)
+    p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--output-dir", default="artifacts_extended", help="writes OUTPUT_DIR/<run>/<trial>/best.pt")
+    p.add_argument("--trial", help="run name (default: the parent's trial)")
+    p.add_argument("--device", default=D.device)
+    p.add_argument("--workers", type=int, default=D.workers)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-detectors", action="store_true", help="do not refit the OOD detectors")
+    return p
+
+
+def main(argv=None) -> Path:
+    a = get_args_parser().parse_args(argv)
+    spec = load_spec(a.data)
+    state = checkpoint.read(a.checkpoint)
+    run = state["paradigm"] if state["paradigm"] != "task" else ""
+    out_dir = Path(a.output_dir) / run / (a.trial or state["args"].get("trial") or "exp1")
+    opts = Options(steps=None if a.epochs is not None else a.steps, epochs=a.epochs, lr=a.lr, train=a.train,
+                   replay=a.replay, batch_size=a.batch_size, seed=a.seed, workers=a.workers, device=a.device,
+                   progress=not a.no_progress)
+    out = extend(a.checkpoint, spec, out_dir if run else Path(a.output_dir), opts, refit=not a.no_detectors)
+    added = checkpoint.read(out).get("added") or {}
+    print(f"wrote {out}" + (f" (+{', '.join(added['classes'])}: {added.get('batches', 0)} batches, "
+                            f"{added.get('optimizer_steps', 0)} optimizer steps in {added.get('seconds', 0)} s; "
+                            f"val acc {checkpoint.read(out)['val']['val_acc']:.4f})" if added else ""))
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ExtendError, SpecError, CheckpointError, WeightsError) as e:
+        sys.exit(f"error: {e}")

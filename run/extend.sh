@@ -1,0 +1,67 @@
+#!/bin/sh
+# Adding a task without retraining from scratch, measured (extend.py, issue 10): hold one class
+# out of the embedded dataset, train uni on the rest, add the class back to the data
+# (python -m data.concat add), then per trial: extend the model (imprint + replay fine-tune), the
+# imprinted model without fine-tune, the naive extension (--replay 0) and a full retrain on the
+# whole label space; evaluate them all into ROOT/EXTEND.md.
+#   sh run/extend.sh [train.py flags for both trainings, e.g. --epochs 5]
+# Environment (defaults): TRIALS (1; seeds 0..N-1), CLASS (washer_fluid), ROOT (artifacts/extend),
+# PROFILE (quick), TRAIN_IMAGES / VAL_IMAGES / TEST_IMAGES per class and EXT_IMAGES / OOD_IMAGES
+# (100 / 20 / 40 / 40 / 50, the generator's), STEPS, REPLAY, LR, TRAIN (extend.py's defaults when unset).
+# Paths are read from the folder you call it from.
+set -e
+. "$(dirname "$0")/setup.sh"
+trials=${TRIALS:-1}
+cls=${CLASS:-washer_fluid}
+root=$(from_caller "${ROOT:-artifacts/extend}")
+profile=${PROFILE:-quick}
+old=$root/data/old
+new=$root/data/$cls
+full=$root/data/full
+ext_flags="--no-progress${STEPS:+ --steps $STEPS}${REPLAY:+ --replay $REPLAY}${LR:+ --lr $LR}${TRAIN:+ --train $TRAIN}"
+
+start=$(date +%s)
+echo "==== data: $old without $cls, $new with it alone, $full = both (python -m data.concat add)"
+$PY -m data.generate --out "$old" --hold-out "$cls" --hold-out-dir "$new" --force --no-montage \
+    --train "${TRAIN_IMAGES:-100}" --val "${VAL_IMAGES:-20}" --test "${TEST_IMAGES:-40}" \
+    --ext "${EXT_IMAGES:-40}" --ood "${OOD_IMAGES:-50}"
+$PY -m data.concat add --dataset "$old" --task-data "$new" --out "$full" --force --link hardlink
+
+# timed ROW COMMAND...: run it and append "ROW<TAB>seconds" to the trial's times.tsv
+timed() {
+  row=$1; shift
+  t0=$(date +%s)
+  "$@"
+  printf '%s\t%s\n' "$row" "$(($(date +%s) - t0))" >> "$dir/times.tsv"
+}
+
+i=1
+while [ "$i" -le "$trials" ]; do
+  dir=$root/exp$i
+  seed=$((i - 1))
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  parent=$dir/before/uni/exp$i/best.pt
+  echo "==== trial $i/$trials (seed $seed): uni on $old"
+  timed before $PY train.py --data "$old" --paradigm uni --profile "$profile" --seed $seed --trial "exp$i" \
+      --output-dir "$dir/before" --no-progress "$@"
+  echo "==== extend.py: imprint + replay fine-tune"
+  # shellcheck disable=SC2086  # ext_flags: flags and values, split on purpose
+  timed extended $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --output-dir "$dir/extended" $ext_flags
+  echo "==== extend.py --steps 0: imprinted only"
+  timed imprint $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --output-dir "$dir/imprint" \
+      --no-progress --steps 0
+  echo "==== extend.py --replay 0: naive, the new class only"
+  # shellcheck disable=SC2086
+  timed naive $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --output-dir "$dir/naive" $ext_flags \
+      --replay 0
+  echo "==== full retrain on $full"
+  timed full $PY train.py --data "$full" --paradigm uni --profile "$profile" --seed $seed --trial "exp$i" \
+      --output-dir "$dir/full" --no-progress "$@"
+  i=$((i + 1))
+done
+trained=$(date +%s)
+echo "==== python -m evaluation.extension --root $root"
+$PY -m evaluation.extension --root "$root" --old-data "$old" --data "$full"
+end=$(date +%s)
+echo "==== done in $((end - start)) s (data and training $((trained - start)) s, evaluation $((end - trained)) s): $root/EXTEND.md"
