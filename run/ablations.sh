@@ -14,32 +14,21 @@
 # Cost on 2 CPU cores, quick profile, per trial: plain ~2 min, plain_time / zeros / mix ~4-5 min,
 # steps ~4-5 min per task.
 set -e
-. "$(dirname "$0")/setup.sh"
-data=datasets/sofar_embedded
-artifacts=artifacts
-results=results
+. "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
 only=plain,plain_time,zeros,steps,mix_cutmix
 trials=3
 n=$#
-prev=
-while [ "$n" -gt 0 ]; do
+while [ "$n" -gt 0 ]; do  # keep every flag but --out, --only and --trials for training
   a=$1; shift; n=$((n - 1))
   case $a in
-    --out) results=$1; shift; n=$((n - 1)); prev=; continue ;;
-    --out=*) results=${a#*=}; prev=; continue ;;
-    --only) only=$1; shift; n=$((n - 1)); prev=; continue ;;
-    --only=*) only=${a#*=}; prev=; continue ;;
-    --trials) trials=$1; shift; n=$((n - 1)); prev=; continue ;;
-    --trials=*) trials=${a#*=}; prev=; continue ;;
-    --data=*) data=${a#*=} ;;
-    --output-dir=*) artifacts=${a#*=} ;;
+    --out|--only|--trials) v=$1; shift; n=$((n - 1)) ;;
+    --out=*|--only=*|--trials=*) v=${a#*=}; a=${a%%=*} ;;
+    *) set -- "$@" "$a"; continue ;;
   esac
-  case $prev in
-    --data) data=$a ;;
-    --output-dir) artifacts=$a ;;
+  case $a in
+    --only) only=$v ;;
+    --trials) trials=$v ;;
   esac
-  set -- "$@" "$a"
-  prev=$a
 done
 if [ ! -f "$artifacts/uni/exp1/best.pt" ]; then
   echo "error: $artifacts/uni/exp1/best.pt not found; train the main runs first (sh run/reproduce.sh)" >&2

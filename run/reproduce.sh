@@ -10,28 +10,20 @@
 # run (run/train_trials.sh passes unknown ones on to train.py); --device, --workers and
 # --no-progress go to evaluate.py as well.
 set -e
-. "$(dirname "$0")/setup.sh"
-data=datasets/sofar_embedded
-artifacts=artifacts
-results=results
+. "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
 eval_flags=
 variants=yes
 mix_variant="--mix cutmix"  # the other setting than train.py's default (--mix none)
 n=$#
 prev=
-while [ "$n" -gt 0 ]; do
+while [ "$n" -gt 0 ]; do  # keep every flag but --out and --no-variants for training
   a=$1; shift; n=$((n - 1))
   case $a in
-    --out) results=$1; shift; n=$((n - 1)); prev=; continue ;;
-    --out=*) results=${a#*=}; prev=; continue ;;
-    --no-variants) variants=; prev=; continue ;;
+    --out) shift; n=$((n - 1)); prev=; continue ;;
+    --out=*|--no-variants) [ "$a" = --no-variants ] && variants=; prev=; continue ;;
     --no-progress|--device=*|--workers=*) eval_flags="$eval_flags $a" ;;
-    --data=*) data=${a#*=} ;;
-    --output-dir=*) artifacts=${a#*=} ;;
   esac
   case $prev in
-    --data) data=$a ;;
-    --output-dir) artifacts=$a ;;
     --device|--workers) eval_flags="$eval_flags $prev $a" ;;
   esac
   set -- "$@" "$a"

@@ -1,9 +1,14 @@
-# Sourced first by run/reproduce.sh and run/train_trials.sh. Paths the caller gave relative to
-# the folder they stand in (--data, --output-dir, --out; --pretrained and --resume when they name
-# a file there) are made absolute in "$@", then the shell moves to the repository root, sources
-# run/venv.sh (sets PY) and defines dataset_ready.
+# Sourced first by run/reproduce.sh, run/ablations.sh and run/train_trials.sh. Paths the caller
+# gave relative to the folder they stand in (--data, --output-dir, --out; --pretrained and --resume
+# when they name a file there) are made absolute in "$@" and the last --data, --output-dir and
+# --out are kept in $data, $artifacts and $results (defaults: the embedded dataset, artifacts,
+# results); then the shell moves to the repository root, sources run/venv.sh (sets PY) and defines
+# dataset_ready.
 here=$(pwd)
 from_caller() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "${here%/}/$1" ;; esac; }
+data=datasets/sofar_embedded
+artifacts=artifacts
+results=results
 n=$#
 prev=
 while [ "$n" -gt 0 ]; do
@@ -15,6 +20,16 @@ while [ "$n" -gt 0 ]; do
   case $a in
     --data=*|--output-dir=*|--out=*) a=${a%%=*}=$(from_caller "${a#*=}") ;;
     --pretrained=*|--resume=*) if [ -e "${a#*=}" ]; then a=${a%%=*}=$(from_caller "${a#*=}"); fi ;;
+  esac
+  case $prev in
+    --data) data=$a ;;
+    --output-dir) artifacts=$a ;;
+    --out) results=$a ;;
+  esac
+  case $a in
+    --data=*) data=${a#*=} ;;
+    --output-dir=*) artifacts=${a#*=} ;;
+    --out=*) results=${a#*=} ;;
   esac
   set -- "$@" "$a"
   prev=$a

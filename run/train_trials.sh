@@ -6,17 +6,14 @@
 #                          [--data DIR] [train.py flags]
 # Paths are read from the folder you call it from.
 set -e
-. "$(dirname "$0")/setup.sh"
+. "$(dirname "$0")/setup.sh"  # sets data from the flags
 trials=3
-data=datasets/sofar_embedded
 n=$#
-while [ "$n" -gt 0 ]; do
+while [ "$n" -gt 0 ]; do  # keep every flag but --trials for train.py
   a=$1; shift; n=$((n - 1))
   case $a in
     --trials) trials=$1; shift; n=$((n - 1)) ;;
     --trials=*) trials=${a#*=} ;;
-    --data) data=$1; shift; n=$((n - 1)) ;;
-    --data=*) data=${a#*=} ;;
     *) set -- "$@" "$a" ;;
   esac
 done
@@ -24,6 +21,6 @@ dataset_ready "$data"
 i=1
 while [ "$i" -le "$trials" ]; do
   echo "== trial $i/$trials (seed $((i - 1)))"
-  $PY train.py --data "$data" --seed $((i - 1)) --trial "exp$i" "$@"
+  $PY train.py --data "$data" --seed $((i - 1)) --trial "exp$i" "$@"  # "$@" may name --data again: the same
   i=$((i + 1))
 done
