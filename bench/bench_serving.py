@@ -35,7 +35,12 @@ def random_model(spec: str, classes: int = 10):
     paradigm = Paradigm("uni", None, names, (Head("classes", "softmax", names),), "max_logit")
     torch.manual_seed(0)
     model = build_model(backbone, paradigm, "none", int(mid), int(out), 512 if int(out) >= 1024 else 256)
-    g = torch.Generator().manual_seed(1)
+    return random_bn(model, 1), f"PMG-{backbone} {mid}/{out} (random weights)"
+
+
+def random_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters (so that a wrong fold shows), eval mode."""
+    g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             n = m.num_features
@@ -43,7 +48,7 @@ def random_model(spec: str, classes: int = 10):
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model.eval(), f"PMG-{backbone} {mid}/{out} (random weights)"
+    return model.eval()
 
 
 def eager(model):

@@ -13,6 +13,7 @@ concatenated dataset with the same report (data/concat_add.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -232,9 +233,7 @@ def concat(sources: dict[str, Path], out: Path, aliases: dict[str, str], link: s
         spec["allow_outside_root"] = True
     parse_spec(spec, out)  # a spec error must come before anything is written
 
-    tmp = out.parent / f".{out.name}.concat-tmp-{os.getpid()}"
-    try:
-        tmp.mkdir(parents=True)
+    with building(out) as tmp:
         ml_report = place_all(tmp, kept, moved, extras, hashes, link)
         write_spec(spec, tmp)
         count = lambda its: {s: dict(Counter(i.cls for i in its if i.split == s)) for s in splits}  # noqa: E731
@@ -249,13 +248,22 @@ def concat(sources: dict[str, Path], out: Path, aliases: dict[str, str], link: s
             "missing": {s: [c for c in classes if not after[s].get(c)] for s in splits},  # loaders refuse these
         }
         (tmp / "concat_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+@contextlib.contextmanager
+def building(out: Path):
+    """A folder built beside `out` that replaces it only once complete; removed on any error."""
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return report
 
 
 def check_arguments(sources: dict[str, Path], out: Path, link: str, force: bool) -> None:

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
-from data.concat import (LINKS, ConcatError, Item, check_arguments, check_classes, check_images,
+from data.concat import (LINKS, building, ConcatError, Item, check_arguments, check_classes, check_images,
                          parse_pairs, place, read_source, resolve_duplicates)
 from data.spec import NAME, Spec, load_spec, parse_spec, write_spec
 
@@ -110,9 +108,7 @@ def add_task(dataset: Path, task_data: Path, out: Path, aliases: dict[str, str] 
         d["allow_outside_root"] = True
     parse_spec(d, out)  # a spec error must come before anything is written
 
-    tmp = out.parent / f".{out.name}.add-tmp-{os.getpid()}"
-    try:
-        tmp.mkdir(parents=True)
+    with building(out) as tmp:
         used: set[Path] = set()
         for f in sorted(p for p in dataset.rglob("*") if p.is_file() and p not in dropped):
             if f != spec.file:
@@ -141,12 +137,6 @@ def add_task(dataset: Path, task_data: Path, out: Path, aliases: dict[str, str] 
                       "dataset": str(dataset)},
         }
         (tmp / f"add_report_{task}.json").write_text(json.dumps(report, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return report
 
 

@@ -4,7 +4,6 @@ threads, JPEG DCT scaling for large files) writes the rows the DataLoader + full
 Nothing here is timed: bench/bench_pipeline.py and bench/bench_serving.py measure the speed."""
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.bench_pipeline import full_decode
+from bench.bench_serving import random_bn
 from tests.builders import write_bad_files, write_images
 from tests.conftest import TINY_TRAIN, run_cli
 
@@ -23,19 +24,6 @@ def uni(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("serving_speed")
     run_cli("train.py", "--data", tiny_data, "--paradigm", "uni", "--epochs", "1", "--output-dir", out, *TINY_TRAIN)
     return out / "uni" / "exp1" / "best.pt"
-
-
-def random_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters, so that a wrong fold shows."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model.eval()
 
 
 def batchnorms_called(model, x) -> list[str]:
@@ -98,18 +86,6 @@ def test_onnx_backend_round_trips_a_checkpoint(uni, tiny_data):
     assert labels0 == labels1
 
 
-@contextlib.contextmanager
-def as_before():
-    """The decode path before issue 11: every JPEG decoded at its stored size."""
-    import data.loading
-    saved = data.loading.decode_size
-    data.loading.decode_size = lambda transform: None
-    try:
-        yield
-    finally:
-        data.loading.decode_size = saved
-
-
 def rows_by_id(rows: list[dict]) -> dict[str, dict]:
     """Rows without their write time; Pillow names the file descriptor it read in some decode errors
     (`<_io.BufferedReader name=11>`), which depends on the process, not on the file."""
@@ -129,7 +105,7 @@ def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path):
     pred.resolve_threshold(0.0)
     items = list_source(src)
     assert len(items) == 13 + len(kinds)
-    with as_before():
+    with full_decode():
         before: list[dict] = []
         run_batch(pred, None, items, 8, 2, False, on_rows=before.extend)  # the old default: 2 processes
     configs = [dict(workers=None), dict(workers=0, threads=1), dict(workers=0, threads=2), dict(workers=1)]
