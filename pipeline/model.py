@@ -84,7 +84,8 @@ class Predictor:
         from models.serving import build_backend
         dev = torch.device(device)
         ckpt = checkpoints.load(path, device=dev)
-        filt = ood_filter(ckpt, dev, needed=score is not None and score not in SCORERS)
+        # A logit score named by the caller needs no detectors: nothing to load or fit.
+        filt = None if score in SCORERS else ood_filter(ckpt, dev, needed=score is not None)
         score = ood.check_scorer(score or (filt.default if filt else ckpt.paradigm.paper_scorer))
         return cls(ckpt, content_hash(ckpt.path)[:16], score, filt, None, dev,
                    build_backend(ckpt.model, backend, crop=ckpt.crop, device=dev))

@@ -158,13 +158,13 @@ def test_run_one_checkpoint_and_cache(tiny_data, artifacts, tmp_path):
         assert 0 <= sets["test"]["accuracy"] <= 1 and 0 <= sets["test"]["f1_macro"] <= 1
     for o in spec.ood:  # the logit scorers and the feature detectors fitted on the train split
         assert set(m["rejection"][o]) == {"max_logit", "max_softmax", "energy", "kl_uniform", "knn", "mahalanobis",
-                                          "rmds"}
+                                          "rmds", "vim"}
     for name, mset in spec.multilabel.items():
         assert m["multilabel"][name]["n"] > 0 and set(m["multilabel"][name]["topk"]) == set(mset.labels)
     assert 0 <= m["calibration"]["ece"] <= 1
     n_sets = 1 + sum(len(s) for s in spec.external.values()) + len(spec.ood) + len(spec.multilabel)
-    # the train split too when the checkpoint's detector file had not been written yet
-    assert len([s for s in m["inferred_sets"] if s != "train"]) == n_sets
+    # train, val and ood_val too when the checkpoint's detector file had not been written yet
+    assert len([s for s in m["inferred_sets"] if s not in ("train", "val") and not s.startswith("ood_val/")]) == n_sets
     again = json.loads(evaluate.main(argv).read_text())
     assert again["inferred_sets"] == []  # every set came from the cache
     assert again["tasks"] == m["tasks"]

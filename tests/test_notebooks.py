@@ -88,7 +88,7 @@ def test_notebook_runs(name, tiny_data, artifacts, cache, tmp_path):
 
 SPEC = SimpleNamespace(class_names=["normal", "defect", "dirt"], tasks={"defect": ("normal", "defect")},
                        external={"defect": {"ext_snow": "ext/snow", "ext_rain": "ext/rain"}},
-                       ood={"receipts": "ood/receipts"}, multilabel={})
+                       ood={"receipts": "ood/receipts"}, ood_kind={"receipts": "far"}, multilabel={})
 
 
 @pytest.fixture
@@ -157,6 +157,7 @@ def test_plot_score_histograms(drawn, tmp_path):
     assert path.name == "score_histograms.png" and written(path)
     assert len(drawn[0].axes) == 2  # one run per row, one OOD set per column
     assert [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()] == ["test split (50)", "receipts (20)"]
+    assert drawn[0].axes[0].get_title().endswith("test v receipts (far)")
 
 
 def test_plot_multilabel_examples(drawn, tiny_data, tmp_path):

@@ -19,9 +19,11 @@ from tests.test_pipeline_support import rows_of, wait_rows
 
 
 def predict(ckpt, source, db, *extra) -> subprocess.Popen:
-    """`python -m pipeline predict` in the background (one torch thread, decoding in-process)."""
+    """`python -m pipeline predict` in the background (one torch thread, decoding in-process, scored
+    by max logit so that no process spends its time fitting the OOD detectors)."""
     cmd = [sys.executable, "-m", "pipeline", "predict", "--checkpoint", str(ckpt), "--threshold", "0", "--source",
-           str(source), "--table", str(db), "--workers", "0", "--threads", "1", "--no-progress", *map(str, extra)]
+           str(source), "--table", str(db), "--workers", "0", "--threads", "1", "--no-progress",
+           "--score", "max_logit", *map(str, extra)]  # a logit score: no detectors fitted by 3 processes at once
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
