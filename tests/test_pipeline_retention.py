@@ -59,6 +59,7 @@ def test_trimming_never_removes_a_pending_entry(models, server, tmp_path):
     assert out["trimmed"] > 0 and out["length"] == 600 - out["trimmed"]
     assert all(exists(r, m) for m in held + taken[90:]), "a pending entry was trimmed"
     assert out["kept_from"] == min(held[0], taken[90], key=lambda m: tuple(map(int, m.split("-"))))
+    # (c0 may have been stopped before or after entry 90, so which of the two held the trim back varies)
     for group in (GROUP, "audit"):  # what KEDA reads stays right after the trim
         info = next(g for g in r.xinfo_groups(STREAM) if g["name"] == group)
         assert info["lag"] == true_lag(r, group)
@@ -67,7 +68,10 @@ def test_trimming_never_removes_a_pending_entry(models, server, tmp_path):
                     for i in (1, 2)])
     ids = [row["image_id"] for row in rows_of(db)]
     assert len(ids) == len(set(ids)) == 600
-    assert sum(s["reclaimed"] for s in stats) >= len(held) and sum(s["trimmed"] for s in stats) > 0
+    assert sum(s["reclaimed"] for s in stats) >= len(held)
+    order = lambda m: tuple(map(int, m.split("-")))  # noqa: E731
+    if order(held[0]) < order(taken[90]):  # the dead consumer's batch held back the first trim: they trim after it
+        assert sum(s["trimmed"] for s in stats) > 0
     # The audit group still needs its 10 pending entries and all it has not read: they stay.
     assert r.xlen(STREAM) == 600 - 90 and all(exists(r, m) for m in taken[90:])
     r.xgroup_destroy(STREAM, "audit")
