@@ -15,7 +15,6 @@ Writes ROOT/EXTEND.md and ROOT/extend.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -29,6 +28,7 @@ from evaluation.checkpoint import evaluate_checkpoint
 from evaluation.tables import ReportTable, mean_std
 from models import checkpoint as checkpoints
 from models.checkpoint import CheckpointError
+from utils import read_summary
 
 ROWS = {  # folder -> label in the table
     "before": "before extension (old classes only)",
@@ -48,8 +48,7 @@ def compute(ckpt_path: Path) -> tuple[int, float]:
         return int(a.get("optimizer_steps") or 0), float(a.get("seconds") or 0) + float(a.get("imprint_seconds") or 0)
     args = state["args"]
     per_batch = len(training_steps(args.get("method", "pmg"), tuple(args.get("granularities", (8, 4, 2)))))
-    with open(ckpt_path.parent / "summary.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_summary(ckpt_path.parent)
     return (sum(int(r["train_batches"]) for r in rows) * per_batch, sum(float(r["train_seconds"]) for r in rows))
 
 
