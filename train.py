@@ -37,7 +37,7 @@ PROFILES = {
     # CPU-sized: a pretrained small backbone, 64 px and half-width PMG branches (the 3x3 conv to
     # 1024 channels costs more than the backbone at this size).
     "quick": dict(backbone="efficientnet_lite0", pretrained="imagenet", resize=72, crop=64, epochs=5,
-                  branch_mid=256, branch_out=512, amp=False, channels_last=False, zero_grad="none"),
+                  branch_mid=256, branch_out=512, amp=False, channels_last=True, zero_grad="none"),
 }
 DEFAULTS = dict(batch_size=16, lr=2e-3, momentum=0.9, weight_decay=5e-4, workers=2, seed=0, trial="exp1",
                 output_dir="artifacts", device="auto", branch_mid=512, branch_out=1024, hidden=512,
