@@ -68,7 +68,7 @@ def binary_metrics(paradigm, logits, labels, task) -> dict:
             out[key] = m
         else:
             out.update(m)
-            out["correct"] = pred == y  # per image, for paired bootstrap intervals (moved to raw)
+            out["outcome"] = np.c_[y, pred]  # per image (label, prediction), for paired bootstrap intervals (moved to raw)
     return out
 
 
@@ -132,7 +132,7 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
 
 def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, raw: dict) -> dict:
     """RQ1 on the test split and the task's external sets, RQ2 one-class recognition; `raw[set]`
-    gets the per-image correctness of the task's rule."""
+    gets the per-image (label, prediction) of the task's rule."""
     pair = spec.tasks[task]
     entry = {"classes": list(pair), "sets": {}}
     try:
@@ -141,7 +141,7 @@ def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, r
             logits, labels = run(f"ext/{task}/{name}")
             entry["sets"][name] = binary_metrics(paradigm, logits, labels, pair)
         for name, m in entry["sets"].items():
-            raw[name] = m.pop("correct")
+            raw[name] = m.pop("outcome")
         prob, logit = paradigm.class_score(test_logits, pair[1])
         y = np.array([c == pair[1] for c in test_labels], dtype=int)
         entry["one_class"] = {"auroc": metrics.auroc(y, prob.numpy()), "auroc_logit": metrics.auroc(y, logit.numpy()),

@@ -54,11 +54,17 @@ def verdict(all_good: bool, any_bad: bool) -> str:
     return FAILS if any_bad else HOLDS if all_good else UNSURE
 
 
+def _correct(outcome) -> np.ndarray:
+    """Per image (label, prediction) -> 1.0 where they agree."""
+    o = np.asarray(outcome)
+    return (o[:, 0] == o[:, 1]).astype(float)
+
+
 def c1_accuracy(results, spec, task_run) -> dict:
     diffs = {}
     for t in spec.tasks:
-        a = [[np.asarray(raw["tasks"][t]["test"], float)] for _, raw in _trials(results, "uni")]
-        b = [[np.asarray(raw["tasks"][t]["test"], float)] for _, raw in _trials(results, task_run(spec, t))]
+        a = [[_correct(raw["tasks"][t]["test"])] for _, raw in _trials(results, "uni")]
+        b = [[_correct(raw["tasks"][t]["test"])] for _, raw in _trials(results, task_run(spec, t))]
         if a and b:
             diffs[t] = paired_difference(mean_of_first, a, b)
     return {"id": "C1", "claim": "the efficiency-centric model matches task-centric accuracy (test split)",

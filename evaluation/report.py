@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from data.spec import Spec
-from evaluation import claims, efficiency
+from evaluation import claims, efficiency, significance
 from evaluation.checkpoint import evaluate_checkpoint, to_json
 from models import checkpoint as checkpoints
 from models.checkpoint import CheckpointError
@@ -25,6 +25,8 @@ from evaluation.tables import ReportTable
 
 UNI, MULTI, TASK = TITLES["uni"], TITLES["multi"], TITLES["task"]
 display = run_label
+BOLD_RULE = ("Bold: the best mean, only where its 95 % paired bootstrap interval against the best row of every "
+             "other paradigm excludes 0 (evaluation/significance.py); no bold: no paradigm is better beyond chance.")
 
 
 def run_names(spec: Spec) -> list[str]:
@@ -104,7 +106,9 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
              "Each verdict comes from this run's numbers by the rule in its row: 95 % paired bootstrap intervals "
              "over the test images (trials paired, replicates pooled). Also in `claims.csv`.", "",
              claims.markdown(claim_rows), "",
-             "Every number below is mean ± std (population std) over the trials; best per column in bold. "
+             "Every number below is mean ± std (population std) over the trials. Bold in Tables 1, 2 and 4: the "
+             "best paradigm where its paired interval against each other paradigm excludes 0; elsewhere the best "
+             "mean. "
              "Per-trial metrics: `runs/<run>/<trial>.json`.", ""]
     with open(out / "claims.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(claim_rows[0]))
@@ -200,6 +204,12 @@ def table_task_accuracy(results, spec: Spec, metric: str = "accuracy", sets: str
         table.add(MULTI, cells(lambda t: "multi"))
     if task_runs(results, spec):
         table.add(TASK, cells(lambda t: task_run(spec, t)))
+    stat = significance.TASK_STATS[metric]
+    for t, s in set_cols:
+        rows = {name: (run, significance.task_groups(results, run, t, s))
+                for name, run in ((UNI, "uni"), (MULTI, "multi"), (TASK, task_run(spec, t)))}
+        table.bold[col[(t, s)]] = significance.best_if_significant(stat, rows)[0]
+    table.note += " " + BOLD_RULE
     missing = sorted({f"{display(run)}, task {t}: {e['missing']}" for run, trials in results.items()
                       for m, _ in trials.values() for t, e in m["tasks"].items() if "missing" in e})
     if missing:
@@ -242,6 +252,7 @@ def table_rejection(results, spec: Spec) -> ReportTable:
                              + (f"Near-OOD sets: {', '.join(kinds.get('near', []))}; far-OOD: "
                                 f"{', '.join(kinds.get('far', []))}. " if kinds else "")
                              + "AUROC of every scorer: table4_rejection_scorers.csv; AUPR too: runs/<run>/<trial>.json.")
+    contenders = {}
     for run in results:
         chosen = [m["rejection"].get("default") for m, _ in results[run].values()]
         named = ", ".join(f"{c}{f' x{chosen.count(c)}' if chosen.count(c) > 1 else ''}"
@@ -254,6 +265,13 @@ def table_rejection(results, spec: Spec) -> ReportTable:
             table.add(f"{display(run)} [{label}]",
                       {f"{g} {k}": rejection_values(results, run, sets, scorer, metric)
                        for g, sets in groups.items() for k, metric in (("AUROC", "auroc"), ("FPR@95", "fpr95"))})
+            contenders[f"{display(run)} [{label}]"] = (run, scorer)
+    for g, sets in groups.items():
+        rows = {name: (run, significance.rejection_groups(results, run, sets, scorer, DEFAULT))
+                for name, (run, scorer) in contenders.items()}
+        table.bold[f"{g} AUROC"] = significance.best_if_significant(significance.mean_auroc_stat, rows)[0]
+        table.bold[f"{g} FPR@95"] = None
+    table.note += " " + BOLD_RULE + " FPR@95 is not bolded (no interval is computed for it)."
     return table
 
 

@@ -1,4 +1,5 @@
-"""Tables of mean ± std over trials: Markdown (best per column in bold) and CSV.
+"""Tables of mean ± std over trials: Markdown (best per column in bold, or the row a significance
+rule picks) and CSV.
 
 A notebook shows a ReportTable by displaying it (`_repr_markdown_`: title, table, note)."""
 from __future__ import annotations
@@ -35,6 +36,9 @@ class ReportTable:
     digits: int = 3
     note: str = ""
     column_digits: dict[str, int] = field(default_factory=dict)  # overrides `digits` per column
+    # column -> the one row to bold (None: no row), decided by a significance rule
+    # (evaluation.significance); columns not in it bold their best mean
+    bold: dict[str, str | None] = field(default_factory=dict)
 
     def add(self, name: str, cells: dict[str, list[float]]) -> None:
         self.rows.append((name, cells))
@@ -57,7 +61,10 @@ class ReportTable:
                 d = self.column_digits.get(c, self.digits)
                 text = fmt(cells.get(c, []), d)
                 m = mean_std(cells.get(c, []))[0]
-                if c in best and not math.isnan(m) and round(m, d) == round(best[c], d):
+                if c in self.bold:
+                    if self.bold[c] == name:
+                        text = f"**{text}**"
+                elif c in best and not math.isnan(m) and round(m, d) == round(best[c], d):
                     text = f"**{text}**"
                 parts.append(text)
             lines.append(f"| {name} | {' | '.join(parts)} |")
