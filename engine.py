@@ -61,16 +61,17 @@ class Divergence(RuntimeError):
 
 def pmg_step(model, paradigm, images, targets, optimizer, generator, granularities=(8, 4, 2),
              scaler=None, amp=False, naive=False, zero_grad="none", permutation="cycle",
-             method="pmg", mix: Mixer = NO_MIX) -> list[float]:
+             method="pmg", mix: Mixer = NO_MIX, bn_stats="step") -> list[float]:
     """The optimizer steps of one batch (four for PMG, one for plain); returns their losses.
-    `mix` mixes the batch once, before the jigsaw, for all its steps (models/mixing.py)."""
+    `mix` mixes the batch once, before the jigsaw, for all its steps (models/mixing.py);
+    `bn_stats` "all": every BN layer updates its running statistics in every step (models/pmg.py)."""
     losses = []
     mixed = mix(images, targets, generator)
     for k, n, weight in training_steps(method, granularities):
         optimizer.zero_grad(set_to_none=zero_grad == "none")
         x = jigsaw(mixed.images, n, generator, permutation) if k != CONCAT else mixed.images
         with autocast(images.device, amp):
-            logits = model.forward_all(x)[k] if naive else model(x, step=k)
+            logits = model.forward_all(x)[k] if naive else model(x, step=k, bn_stats=bn_stats)
         loss = mixed.loss(paradigm, logits, targets) * weight
         if not torch.isfinite(loss):
             raise Divergence(f"granularity step {k} (jigsaw n={n}) gave loss {loss.item()}")
@@ -88,7 +89,7 @@ def pmg_step(model, paradigm, images, targets, optimizer, generator, granulariti
 def train_one_epoch(model, paradigm, loader, optimizer, device, generator, epoch, *, granularities=(8, 4, 2),
                     scaler=None, amp=False, channels_last=False, naive=False, progress=True, zero_grad="none",
                     permutation="cycle", method="pmg", mix: Mixer = NO_MIX, max_batches=None,
-                    on_batch=None) -> dict:
+                    on_batch=None, bn_stats="step") -> dict:
     """One pass over the loader (or its first `max_batches` batches: the step budget's last epoch);
     `on_batch()` runs after every batch (a per-batch schedule)."""
     model.train()
@@ -108,7 +109,7 @@ def train_one_epoch(model, paradigm, loader, optimizer, device, generator, epoch
         targets = targets.to(device, non_blocking=True)
         try:
             losses = pmg_step(model, paradigm, images, targets, optimizer, generator, granularities,
-                              scaler, amp, naive, zero_grad, permutation, method, mix)
+                              scaler, amp, naive, zero_grad, permutation, method, mix, bn_stats)
         except Divergence as e:
             raise Divergence(f"training diverged in epoch {epoch}, batch {batch}: {e}; nothing of this epoch was "
                              f"saved (try a lower --lr, or --no-amp)") from None

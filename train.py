@@ -25,6 +25,7 @@ from models import BACKBONES, PARADIGMS, build_model, build_paradigm
 from models import checkpoint
 from models.backbones import WeightsError
 from models.jigsaw import PERMUTATIONS
+from models.pmg import BN_STATS
 from models.mixing import MIXES, Mixer
 from models.checkpoint import CheckpointError
 from utils import append_summary, init_distributed, plain, resolve_device, seed_everything, truncate_summary
@@ -33,16 +34,16 @@ from utils import append_summary, init_distributed, plain, resolve_device, seed_
 # (a GPU configuration: ~9 h per epoch of 5,000 images on 2 CPU cores); `quick` is sized for a CPU.
 PROFILES = {
     "paper": dict(backbone="resnet50", pretrained="imagenet", resize=550, crop=448, epochs=20, amp=True,
-                  channels_last=False, zero_grad="zeros"),
+                  channels_last=False, zero_grad="zeros", bn_stats="all"),
     # CPU-sized: a pretrained small backbone, 64 px and half-width PMG branches (the 3x3 conv to
     # 1024 channels costs more than the backbone at this size).
     "quick": dict(backbone="efficientnet_lite0", pretrained="imagenet", resize=72, crop=64, epochs=5,
-                  branch_mid=256, branch_out=512, amp=False, channels_last=True, zero_grad="none"),
+                  branch_mid=256, branch_out=512, amp=False, channels_last=True, zero_grad="none", bn_stats="step"),
 }
 DEFAULTS = dict(batch_size=16, lr=2e-3, momentum=0.9, weight_decay=5e-4, workers=2, seed=0, trial="exp1",
                 output_dir="artifacts", device="auto", branch_mid=512, branch_out=1024, hidden=512,
-                granularities=[8, 4, 2], jigsaw="cycle", method="pmg", budget="epochs", mix="none", mix_prob=0.5,
-                mix_alpha=1.0)
+                granularities=[8, 4, 2], jigsaw="cycle", method="pmg", budget="epochs", bn_stats="step", mix="none",
+                mix_prob=0.5, mix_alpha=1.0)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -74,6 +75,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-grad", choices=ZERO_GRAD,
                    help="zeros: PyTorch 1.x zero_grad (the paper's code: every parameter gets weight decay and "
                         "momentum in each of the 4 steps); none: PyTorch 2's set_to_none")
+    p.add_argument("--bn-stats", choices=BN_STATS,
+                   help="step: a step-skipping PMG step updates the BatchNorm statistics of the layers its output "
+                        "uses; all: the rest of the network also runs forward (no_grad) for its statistics, as "
+                        "the reference's full forward does")
     p.add_argument("--mix", choices=MIXES,
                    help="cutmix | mixup: mix each batch with a partner of another class, soft targets by area "
                         "(or blend weight), before the jigsaw (models/mixing.py); none: single-label images")
@@ -272,6 +277,7 @@ def main(args: argparse.Namespace) -> Path:
                                 granularities=tuple(args.granularities), scaler=scaler, amp=args.amp,
                                 channels_last=args.channels_last, progress=main_proc and not args.no_progress,
                                 zero_grad=args.zero_grad, permutation=args.jigsaw, method=args.method, mix=mixer,
+                                bn_stats=args.bn_stats,
                                 max_batches=None if total_batches is None else
                                 total_batches - (epoch - 1) * len(train_loader),
                                 on_batch=None if total_batches is None else scheduler.step)

@@ -15,7 +15,7 @@ from evaluation.report import DEFAULT, display, ood_kinds, rejection_values, val
 from evaluation.tables import ReportTable
 from utils import read_summary
 
-FLAGS = ("method", "budget", "mix", "mix_prob", "zero_grad", "jigsaw", "epochs_run", "budget_batches")
+FLAGS = ("method", "budget", "mix", "mix_prob", "zero_grad", "bn_stats", "jigsaw", "epochs_run", "budget_batches")
 
 
 def flags_of(trials: dict) -> str:

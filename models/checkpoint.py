@@ -25,7 +25,7 @@ from utils import plain, read_torch_file
 FORMAT = 1
 
 
-PROTOCOL = ("method", "budget", "mix", "mix_prob", "mix_alpha", "zero_grad", "jigsaw", "lr", "batch_size",
+PROTOCOL = ("method", "budget", "mix", "mix_prob", "mix_alpha", "zero_grad", "bn_stats", "jigsaw", "lr", "batch_size",
             "epochs_run", "budget_batches")  # the training flags a report shows beside a run
 
 

@@ -22,6 +22,10 @@ from torch import nn
 from models.backbones import Backbone
 
 CONCAT = 3  # the step index of the concatenated-granularity output
+# BatchNorm running statistics in a step-skipping training step: "step" updates only the layers the
+# step's output uses; "all" also runs the rest forward (no_grad) for its statistics, as the
+# reference's full forward does
+BN_STATS = ("step", "all")
 
 
 def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -59,15 +63,40 @@ class PMG(nn.Module):
         self.classifiers = nn.ModuleList(Classifier(branch_out, hidden, head_sizes) for _ in range(3))
         self.classifiers.append(Classifier(3 * branch_out, hidden, head_sizes))
 
-    def forward(self, x: torch.Tensor, step: int = CONCAT, features: bool = False):
+    def forward(self, x: torch.Tensor, step: int = CONCAT, features: bool = False, bn_stats: str = "step"):
+        """bn_stats "all" (training only): after the step's own output, run the rest of the network
+        under no_grad for the BatchNorm running statistics alone, so that every BN layer sees this
+        step's images as in the reference's full forward; the output and gradients are unchanged."""
+        if bn_stats not in BN_STATS:
+            raise ValueError(f"unknown bn_stats '{bn_stats}'; choose one of {', '.join(BN_STATS)}")
+        rest = bn_stats == "all" and self.training
         if step == CONCAT:
             feats = self.backbone(x, upto=2)
-            pooled = torch.cat([b(f) for b, f in zip(self.branches, feats)], dim=1)
-            return self.classifiers[CONCAT](pooled, features)
+            pooled = [b(f) for b, f in zip(self.branches, feats)]
+            out = self.classifiers[CONCAT](torch.cat(pooled, dim=1), features)
+            if rest:
+                with torch.no_grad():
+                    for c, p in zip(self.classifiers[:CONCAT], pooled):
+                        c(p.detach())
+            return out
         if features:
             raise ValueError(f"features=True is defined for the concat output (step {CONCAT}), not step {step}")
         feats = self.backbone(x, upto=step)
-        return self.classifiers[step](self.branches[step](feats[step]))
+        own = self.branches[step](feats[step])
+        out = self.classifiers[step](own)
+        if rest:
+            with torch.no_grad():
+                f = feats[step].detach()
+                feats = [g.detach() for g in feats]
+                for stage in self.backbone.stages[step + 1:]:
+                    f = stage(f)
+                    feats.append(f)
+                pooled = [own.detach() if j == step else b(g) for j, (b, g) in enumerate(zip(self.branches, feats))]
+                for j, (c, p) in enumerate(zip(self.classifiers[:CONCAT], pooled)):
+                    if j != step:
+                        c(p)
+                self.classifiers[CONCAT](torch.cat(pooled, dim=1))
+        return out
 
     def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         """All four outputs from one backbone pass (the naive step runs this for every granularity;

@@ -6,16 +6,20 @@
 #   plain_time   plain fine-tuning for as long as PMG trained (epochs scaled by the seconds per
 #                epoch in the two runs' summary.csv: equal wall-clock)
 #   zeros        PyTorch 1.x zero_grad semantics (--zero-grad zeros, the paper's code)
+#   bn_all       every BatchNorm layer updates its running statistics in every PMG step, as the
+#                reference's full forward does (--bn-stats all)
 #   steps        every task-centric model under the equal-compute budget (--budget steps: as many
 #                optimizer steps as the efficiency-centric model)
 #   mix_cutmix   the efficiency-centric model with CutMix (trained by reproduce.sh too; kept if there)
-#   sh run/ablations.sh [--trials 3] [--only plain,plain_time,zeros,steps,mix_cutmix] [--data DIR]
+#   mix_mixup    the efficiency-centric model with mixup
+#   sh run/ablations.sh [--trials 3] [--only plain,plain_time,zeros,bn_all,steps,mix_cutmix,mix_mixup]
+#                       [--data DIR]
 #                       [--output-dir artifacts] [--out results] [train.py flags]
-# Cost on 2 CPU cores, quick profile, per trial: plain ~2 min, plain_time / zeros / mix ~4-5 min,
-# steps ~4-5 min per task.
+# Cost on 2 CPU cores, quick profile, per trial: plain ~1 min, plain_time / zeros / bn_all / mix
+# ~3 min, steps ~3 min per task.
 set -e
 . "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
-only=plain,plain_time,zeros,steps,mix_cutmix
+only=plain,plain_time,zeros,bn_all,steps,mix_cutmix,mix_mixup
 trials=3
 n=$#
 while [ "$n" -gt 0 ]; do  # keep every flag but --out, --only and --trials for training
@@ -63,6 +67,10 @@ if wanted zeros; then
   train zeros --paradigm uni --data "$data" "$@" --zero-grad zeros
   add zeros
 fi
+if wanted bn_all; then
+  train bn_all --paradigm uni --data "$data" "$@" --bn-stats all
+  add bn_all
+fi
 if wanted steps; then
   for task in $($PY -m data.spec "$data" --tasks); do
     train steps --paradigm task --task "$task" --data "$data" "$@" --budget steps
@@ -73,6 +81,10 @@ if wanted mix_cutmix; then
   [ -f "${artifacts}_variants/mix_cutmix/uni/exp$trials/best.pt" ] || \
     train mix_cutmix --paradigm uni --data "$data" "$@" --mix cutmix
   add mix_cutmix
+fi
+if wanted mix_mixup; then
+  train mix_mixup --paradigm uni --data "$data" "$@" --mix mixup
+  add mix_mixup
 fi
 echo "==== evaluate.py report --artifacts $artifacts --data $data --out $results$variant_flags"
 # shellcheck disable=SC2086  # variant_flags: flags and plain values, split on purpose

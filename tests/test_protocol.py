@@ -42,20 +42,22 @@ def test_jigsaw_cycle_leaves_no_block_in_place_and_is_seeded(n):
 
 def test_zero_grad_zeros_equals_the_full_network_step_over_batches():
     """PyTorch-1 semantics: the step-skipping step equals the reference's full-network step in
-    losses, parameters and momentum over several batches; with set_to_none the two differ."""
+    losses, parameters and momentum over several batches; with set_to_none the two differ. With
+    bn_stats="all" the BatchNorm running statistics are the full step's too; with "step" they are not."""
     p = build_paradigm("uni", SPEC)
     torch.manual_seed(0)
     model = build_model("resnet18", p, **SMALL)
     batches = [(torch.randn(4, 3, 48, 48), torch.tensor([[0], [1], [2], [3]])) for _ in range(3)]
     runs = {}
-    for key, (naive, zg) in {"skip_zeros": (False, "zeros"), "full_zeros": (True, "zeros"),
-                             "skip_none": (False, "none")}.items():
+    for key, (naive, zg, bn) in {"skip_zeros": (False, "zeros", "step"), "full_zeros": (True, "zeros", "step"),
+                                 "skip_none": (False, "none", "step"), "skip_all": (False, "zeros", "all")}.items():
         m = copy.deepcopy(model)
         opt = torch.optim.SGD(m.param_groups(0.01), lr=0.01, momentum=0.9, weight_decay=5e-4)
         g = torch.Generator().manual_seed(3)
-        losses = [pmg_step(m, p, x, y, opt, g, naive=naive, zero_grad=zg) for x, y in batches]
+        losses = [pmg_step(m, p, x, y, opt, g, naive=naive, zero_grad=zg, bn_stats=bn) for x, y in batches]
         momentum = [opt.state[q].get("momentum_buffer") for q in m.parameters()]
-        runs[key] = (losses, [q.detach().clone() for q in m.parameters()], momentum)
+        runs[key] = (losses, [q.detach().clone() for q in m.parameters()], momentum,
+                     [b.detach().clone() for b in m.buffers()])
     a, b = runs["skip_zeros"], runs["full_zeros"]
     for la, lb in zip(a[0], b[0]):
         assert la == pytest.approx(lb, rel=1e-4)
@@ -67,6 +69,14 @@ def test_zero_grad_zeros_equals_the_full_network_step_over_batches():
             torch.testing.assert_close(ma, mb, rtol=1e-4, atol=1e-6)
     # set_to_none skips parameters the step's loss does not reach: the runs part ways
     assert any(not torch.allclose(qa, qc) for qa, qc in zip(a[1], runs["skip_none"][1]))
+    # BN statistics: "step" leaves the deeper layers' without the jigsaw batches; "all" matches the full step
+    c = runs["skip_all"]
+    assert c[0] == a[0] and all(torch.equal(qa, qc) for qa, qc in zip(a[1], c[1]))  # training itself unchanged
+    assert any(not torch.allclose(ba.float(), bb.float()) for ba, bb in zip(a[3], b[3]))
+    for bc, bb in zip(c[3], b[3]):
+        torch.testing.assert_close(bc.float(), bb.float(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown bn_stats 'some'"):
+        model(batches[0][0], step=0, bn_stats="some")
 
 
 def test_eval_transform_is_resize_then_centre_crop():

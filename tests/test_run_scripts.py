@@ -51,17 +51,22 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
     assert args["mix"] == "cutmix"
     assert "## Ablation, efficiency-centric: OOD rejection (default scorer), calibration, top-2" in report
     assert "| mix_cutmix |" in report
-    # run/ablations.sh beside those runs: plain fine-tuning at equal epochs and at equal wall-clock
+    # run/ablations.sh beside those runs: plain fine-tuning at equal epochs and at equal wall-clock,
+    # and the reference's BatchNorm statistics
     proc = subprocess.run(["sh", str(ROOT / "run" / "ablations.sh"), "--data", "mine", "--output-dir", "art",
-                           "--out", "res", "--trials", "1", "--only", "plain,plain_time", "--epochs", "1", *TINY_TRAIN],
+                           "--out", "res", "--trials", "1", "--only", "plain,plain_time,bn_all", "--epochs", "1",
+                           *TINY_TRAIN],
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "plain fine-tuning for the wall-clock of PMG:" in proc.stdout
     for name in ("plain", "plain_time"):
         args = yaml.safe_load((tmp_path / "art_variants" / name / "uni" / "exp1" / "args.yaml").read_text())
         assert args["method"] == "plain"
+    args = yaml.safe_load((tmp_path / "art_variants" / "bn_all" / "uni" / "exp1" / "args.yaml").read_text())
+    assert args["bn_stats"] == "all" and args["method"] == "pmg"
     report = (tmp_path / "res" / "REPORT.md").read_text()
     assert "| plain |" in report and "| plain_time |" in report and "method=plain" in report
+    assert "| bn_all |" in report and "bn_stats=all" in report
 
 
 def test_reproduce_checks_the_dataset_before_training(own_data, tmp_path):
