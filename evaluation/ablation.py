@@ -5,13 +5,16 @@ main artifacts and, for every run found in both, adds two tables: each task's te
 macro F1, then OOD rejection by the default scorer (mean over near- and far-OOD sets), ECE and the
 top-2 of each multi-label set — mean ± std over trials, the main runs first. The flags that tell the
 variants apart (read from their checkpoints) are listed in the note, so a table never hides what
-changed.
+changed. A variant that holds every task-centric model and no efficiency-centric one (e.g. the
+equal-compute `--budget steps` runs of run/ablations.sh) also gets Tables 1-2 again, with its
+task-centric models in place of the main ones: the comparison under that protocol.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.report import DEFAULT, display, ood_kinds, rejection_values, values
+from evaluation.report import (DEFAULT, TASK_METRICS, display, ood_kinds, rejection_values, table_task_accuracy,
+                               task_run, values)
 from evaluation.tables import ReportTable
 from utils import read_summary
 
@@ -25,8 +28,9 @@ def flags_of(trials: dict) -> str:
 
 
 def ablation_tables(main: dict, variants: dict[str, dict], spec, main_name: str = "main") -> list[tuple[str, ReportTable]]:
-    """[(CSV name, table)] for every run trained both in `main` and in at least one variant."""
-    out = []
+    """[(CSV name, table)] for every run trained both in `main` and in at least one variant, then
+    Tables 1-2 under each task-centric-only variant's protocol (protocol_tables)."""
+    out = protocol_tables(main, variants, spec)
     for run in main:
         arms = {main_name: main, **{name: res for name, res in variants.items() if run in res}}
         if len(arms) < 2:
@@ -35,6 +39,24 @@ def ablation_tables(main: dict, variants: dict[str, dict], spec, main_name: str 
                                     for name, res in arms.items()) + "."
         out.append((f"ablation_{run}_tasks", tasks_table(run, arms, spec, note)))
         out.append((f"ablation_{run}_ood_top2", ood_top2_table(run, arms, spec, note)))
+    return out
+
+
+def protocol_tables(main: dict, variants: dict[str, dict], spec) -> list[tuple[str, ReportTable]]:
+    """Tables 1-2 with the task-centric models of each variant that trained all of them (and no
+    efficiency-centric model), the other paradigms from `main`; the title names the protocols."""
+    runs = [task_run(spec, t) for t in spec.tasks]
+    out = []
+    for name, res in variants.items():
+        if not runs or "uni" in res or not all(r in res for r in runs):
+            continue
+        merged = {**main, **{r: res[r] for r in runs}}
+        for metric, (key, _) in TASK_METRICS.items():
+            table = table_task_accuracy(merged, spec, metric)
+            table.title += f" — task-centric models of variant '{name}'"
+            table.note = (f"Task-centric rows: variant '{name}' ({flags_of(res[runs[0]])}); other rows: the main runs "
+                          f"({flags_of(main['uni']) if 'uni' in main else 'none'}). " + table.note)
+            out.append((f"{key}_{name}", table))
     return out
 
 
