@@ -200,3 +200,24 @@ def test_extended_checkpoint_round_trips_and_is_served_as_a_new_version(parent, 
     new_labels = {r["top1_label"] for r in rows if r["model_version"] != v_parent} | \
         {r["top2_label"] for r in rows if r["model_version"] != v_parent}
     assert new_labels <= set(ck.paradigm.labels) and all(r["top1_label"] != NEW for r in before)
+
+
+def test_a_task_centric_checkpoint_is_extended_by_one_more_task_model(data, tmp_path):
+    """The task-centric way adds a model for the new task, trained with the parent's own flags;
+    the parent is left as it was."""
+    run_cli("train.py", "--data", data / "old", "--paradigm", "task", "--task", "defect", "--epochs", "1",
+            "--output-dir", tmp_path / "runs", *TINY_TRAIN)
+    parent_path = tmp_path / "runs" / "task_defect" / "exp1" / "best.pt"
+    before = parent_path.read_bytes()
+    proc = run_cli("extend.py", "--checkpoint", parent_path, "--data", data / "full", "--no-progress",
+                   "--output-dir", tmp_path / "ext")
+    child = tmp_path / "ext" / f"task_{NEW}" / "exp1" / "best.pt"
+    assert str(child) in proc.stdout and child.is_file()
+    ck, parent = checkpoints.load(child), checkpoints.load(parent_path)
+    assert ck.paradigm.name == "task" and ck.paradigm.task == NEW and list(ck.paradigm.classes) == ["normal", NEW]
+    for k in ("backbone", "crop", "epochs", "lr", "branch_mid"):
+        assert ck.args[k] == parent.args[k]
+    assert parent_path.read_bytes() == before
+    # it has the model's own task already: nothing to add
+    one_error_line(run_cli("extend.py", "--checkpoint", parent_path, "--data", data / "old", check=False),
+                   "nothing to add")
