@@ -1,26 +1,27 @@
 #!/bin/sh
 # The main job: create .venv, generate the embedded dataset if absent, check the dataset, train
 # every paradigm (--trials N, default 3): uni, multi (when the spec has a 'multitask:' section)
-# and one task-centric model per task of the spec, plus the uni model once more with the other
-# --mix setting (the RQ3 ablation: top-2 with and without mixing; --no-variants skips it);
-# evaluate every trial and write OUT/REPORT.md.
+# and one task-centric model per task of the spec; evaluate every trial and write OUT/REPORT.md.
+# --variants also trains the uni model once more with the other --mix setting (the RQ3 ablation:
+# top-2 with and without mixing, ~10 min more for 3 trials on 2 cores; run/ablations.sh trains it
+# too). Measured on 2 CPU cores, quick profile, 3 trials: ~25 min without --variants, ~36 with.
 #   sh run/reproduce.sh [--trials 3] [--profile auto|quick|paper] [--data DIR] [--output-dir DIR]
-#                       [--out results] [--no-variants] [train.py flags]
+#                       [--out results] [--variants] [train.py flags]
 # Paths are read from the folder you call it from. Flags other than --out go to every training
 # run (run/train_trials.sh passes unknown ones on to train.py); --device, --workers and
 # --no-progress go to evaluate.py as well.
 set -e
 . "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
 eval_flags=
-variants=yes
+variants=
 mix_variant="--mix cutmix"  # the other setting than train.py's default (--mix none)
 n=$#
 prev=
-while [ "$n" -gt 0 ]; do  # keep every flag but --out and --no-variants for training
+while [ "$n" -gt 0 ]; do  # keep every flag but --out and --[no-]variants for training
   a=$1; shift; n=$((n - 1))
   case $a in
     --out) shift; n=$((n - 1)); prev=; continue ;;
-    --out=*|--no-variants) [ "$a" = --no-variants ] && variants=; prev=; continue ;;
+    --out=*|--variants|--no-variants) [ "$a" = --variants ] && variants=yes; prev=; continue ;;
     --no-progress|--device=*|--workers=*) eval_flags="$eval_flags $a" ;;
   esac
   case $prev in
