@@ -54,6 +54,7 @@ class ReportTable:
 
     def markdown(self) -> str:
         best = self.best()
+        chosen = {c: mean_std(dict(self.rows)[r].get(c, []))[0] for c, r in self.bold.items() if r is not None}
         lines = [f"| method | {' | '.join(self.columns)} |", "|---" * (len(self.columns) + 1) + "|"]
         for name, cells in self.rows:
             parts = []
@@ -61,8 +62,8 @@ class ReportTable:
                 d = self.column_digits.get(c, self.digits)
                 text = fmt(cells.get(c, []), d)
                 m = mean_std(cells.get(c, []))[0]
-                if c in self.bold:
-                    if self.bold[c] == name:
+                if c in self.bold:  # the chosen row, and rows equal to it as shown (its own paradigm's)
+                    if c in chosen and not math.isnan(m) and round(m, d) == round(chosen[c], d):
                         text = f"**{text}**"
                 elif c in best and not math.isnan(m) and round(m, d) == round(best[c], d):
                     text = f"**{text}**"

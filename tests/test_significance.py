@@ -74,3 +74,5 @@ def test_table_bolds_the_chosen_row_only():
     assert "**0.900**" in md.splitlines()[2].split("|")[3]  # y: no rule, best mean
     t.bold["x"] = "b"
     assert "**0.500**" in t.markdown().splitlines()[3]
+    t.add("c", {"x": [0.5004], "y": [0.1]})  # equal to the chosen row as shown: bold too
+    assert "**0.500**" in t.markdown().splitlines()[4]
