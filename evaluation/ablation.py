@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.report import (DEFAULT, TASK_METRICS, display, ood_kinds, rejection_values, table_task_accuracy,
-                               task_run, values)
+import numpy as np
+
+from evaluation.report import (DEFAULT, TASK_METRICS, display, ood_kinds, rejection_values, run_paper_scorer,
+                               table_task_accuracy, task_run, values)
 from evaluation.tables import ReportTable
 from utils import read_summary
 
@@ -71,36 +73,50 @@ def training(res: dict, run: str) -> dict[str, list[float]]:
     return {"train images/s": speed, "train s": seconds}
 
 
+def external_accuracy(res: dict, run: str, task: str, sets: list[str]) -> list[float]:
+    """Per trial: the task's accuracy averaged over its external-validation sets."""
+    per_set = [values(res, run, "tasks", task, "sets", s, "accuracy") for s in sets]
+    return [float(np.mean(v)) for v in zip(*per_set)] if per_set else []
+
+
 def tasks_table(run: str, arms: dict, spec, note: str) -> ReportTable:
     answered = {t for res in arms.values() for m, _ in res[run].values() for t in m["tasks"]}
     tasks = [t for t in spec.tasks if t in answered]
-    table = ReportTable(f"Ablation, {display(run)}: test accuracy and macro F1 per task, training cost",
-                        [f"{t} {k}" for t in tasks for k in ("acc", "F1")] + ["train images/s", "train s"],
+    ext = {t: list(spec.external.get(t, {})) for t in tasks}
+    table = ReportTable(f"Ablation, {display(run)}: accuracy and macro F1 per task, training cost",
+                        [f"{t} {k}" for t in tasks for k in ("acc", "F1", *(["ext acc"] if ext[t] else []))]
+                        + ["train images/s", "train s"],
                         no_bold={"train images/s", "train s"}, column_digits={"train images/s": 1, "train s": 0},
-                        note=note + " Training cost from each run's summary.csv on the machine that trained it.")
+                        note=note + " acc, F1: the test split; ext acc: the mean accuracy over the task's "
+                                    "external-validation sets. Training cost from each run's summary.csv on the "
+                                    "machine that trained it.")
     for name, res in arms.items():
-        table.add(name, {**{f"{t} {k}": values(res, run, "tasks", t, "sets", "test", metric)
-                            for t in tasks for k, metric in (("acc", "accuracy"), ("F1", "f1_macro"))},
-                         **training(res, run)})
+        cells = {f"{t} {k}": values(res, run, "tasks", t, "sets", "test", metric)
+                 for t in tasks for k, metric in (("acc", "accuracy"), ("F1", "f1_macro"))}
+        cells |= {f"{t} ext acc": external_accuracy(res, run, t, ext[t]) for t in tasks if ext[t]}
+        table.add(name, {**cells, **training(res, run)})
     return table
 
 
 def ood_top2_table(run: str, arms: dict, spec, note: str) -> ReportTable:
     kinds = ood_kinds(spec) or ({"all": list(spec.ood)} if spec.ood else {})
     ml = {name: list(m.labels) for name, m in spec.multilabel.items()}
-    columns = [f"{k}-OOD AUROC" for k in kinds] + [f"{k}-OOD FPR@95" for k in kinds] + ["ECE"]
+    columns = ([f"{k}-OOD AUROC" for k in kinds] + [f"{k}-OOD FPR@95" for k in kinds]
+               + [f"{k}-OOD AUROC (paper score)" for k in kinds] + ["ECE"])
     for name, labels in ml.items():
         columns += [f"{name}: all in top-2", *[f"{name}: {l} top-1" for l in labels],
                     *[f"{name}: {l} in top-2" for l in labels]]
     table = ReportTable(f"Ablation, {display(run)}: OOD rejection (default scorer), calibration, top-2", columns,
                         lower_is_better={"ECE", *[f"{k}-OOD FPR@95" for k in kinds]},
                         note=note + " OOD: each trial's default scorer (chosen on val + ood_val), averaged over "
-                                    "the sets of each kind.")
+                                    "the sets of each kind; '(paper score)': the paradigm's own score (max logit "
+                                    "for the efficiency-centric model).")
     for name, res in arms.items():
         cells = {}
         for k, sets in kinds.items():
             cells[f"{k}-OOD AUROC"] = rejection_values(res, run, sets, DEFAULT, "auroc")
             cells[f"{k}-OOD FPR@95"] = rejection_values(res, run, sets, DEFAULT, "fpr95")
+            cells[f"{k}-OOD AUROC (paper score)"] = rejection_values(res, run, sets, run_paper_scorer(res, run), "auroc")
         cells["ECE"] = values(res, run, "calibration", "ece")
         for set_name, labels in ml.items():
             cells[f"{set_name}: all in top-2"] = values(res, run, "multilabel", set_name, "all_in_topk")

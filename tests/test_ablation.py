@@ -24,7 +24,9 @@ def trial(correct_share: float, budget: str, n: int = 200):
     pred[: int(round(n * (1 - correct_share)))] ^= 1
     acc = float(np.mean(pred == y))
     m = {"backbone": "b", "crop": 32, "protocol": {"budget": budget}, "checkpoint": "/nonexistent/exp/best.pt",
-         "tasks": {"defect": {"sets": {"test": {"accuracy": acc, "f1_macro": acc, "n": n}}}}}
+         "tasks": {"defect": {"sets": {"test": {"accuracy": acc, "f1_macro": acc, "n": n},
+                                      "ext_a": {"accuracy": acc / 2, "f1_macro": acc / 2, "n": n},
+                                      "ext_b": {"accuracy": acc / 4, "f1_macro": acc / 4, "n": n}}}}}
     return m, {"tasks": {"defect": {"test": np.c_[y, pred]}}}
 
 
@@ -45,5 +47,8 @@ def test_equal_compute_variant_gets_tables_1_2_with_its_task_models(monkeypatch)
     from evaluation.report import table_task_accuracy
     assert table_task_accuracy(main, SPEC).bold["defect: test"] is not None
     # a variant with an efficiency-centric model is an ordinary ablation, not a protocol table
-    names = [k for k, _ in ablation_tables(main, {"zeros": {"uni": main["uni"]}}, SPEC)]
-    assert names and not any(k.startswith("table1") for k in names)
+    spec = SimpleNamespace(**{**vars(SPEC), "external": {"defect": {"ext_a": "x", "ext_b": "y"}}})
+    tables = dict(ablation_tables(main, {"zeros": {"uni": main["uni"]}}, spec))
+    assert tables and not any(k.startswith("table1") for k in tables)
+    rows = dict(tables["ablation_uni_tasks"].rows)  # external sets: their mean accuracy per trial
+    assert rows["zeros"]["defect ext acc"] == pytest.approx([0.95 * 3 / 8] * 2)
