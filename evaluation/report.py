@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from data.spec import Spec
-from evaluation import claims, efficiency, significance
+from evaluation import claims, efficiency, significance, stats
 from evaluation.checkpoint import evaluate_checkpoint, to_json
 from models import checkpoint as checkpoints
 from models.checkpoint import CheckpointError
@@ -269,7 +269,7 @@ def table_rejection(results, spec: Spec) -> ReportTable:
     for g, sets in groups.items():
         rows = {name: (run, significance.rejection_groups(results, run, sets, scorer, DEFAULT))
                 for name, (run, scorer) in contenders.items()}
-        table.bold[f"{g} AUROC"] = significance.best_if_significant(significance.mean_auroc_stat, rows)[0]
+        table.bold[f"{g} AUROC"] = significance.best_if_significant(stats.mean_auroc_stat, rows)[0]
         table.bold[f"{g} FPR@95"] = None
     table.note += " " + BOLD_RULE + " FPR@95 is not bolded (no interval is computed for it)."
     return table

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from evaluation import claims
+from evaluation import claims, stats
 from evaluation.stats import interval, mean_of_first, paired_difference
 
 SPEC = SimpleNamespace(tasks={"defect": ("normal", "defect"), "dirt": ("normal", "dirt")}, ood={"receipts": "ood/receipts"},
@@ -82,7 +82,7 @@ def test_auroc_statistic_equals_the_metric():
     rng = np.random.default_rng(0)
     id_s = rng.normal(1, 1, 50)
     ood_s = np.r_[rng.normal(0, 1, 40), id_s[:5]]  # ties included
-    assert claims.auroc_stat([id_s, ood_s]) == pytest.approx(
+    assert stats.auroc_stat([id_s, ood_s]) == pytest.approx(
         metrics.auroc(np.r_[np.ones(50), np.zeros(45)], np.r_[id_s, ood_s]))
 
 

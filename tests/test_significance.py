@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation import metrics, significance
+from evaluation import metrics, significance, stats
 from evaluation.tables import ReportTable
 
 
 @pytest.fixture(autouse=True)
 def fewer_replicates(monkeypatch):
-    from evaluation import stats
     monkeypatch.setattr(stats, "N_BOOT", 200)
 
 
@@ -26,8 +25,8 @@ def test_f1_stat_equals_the_metric():
             y, p = rng.integers(0, 2, n), rng.integers(0, 2, n)
             if rng.random() < 0.3:
                 p[:] = y[0]  # one predicted class only: a class with no positive prediction
-            assert significance.f1_stat(outcome(y, p)) == pytest.approx(metrics.macro_f1(y, p), abs=1e-12)
-            assert significance.accuracy_stat(outcome(y, p)) == pytest.approx(metrics.accuracy(y, p))
+            assert stats.f1_stat(outcome(y, p)) == pytest.approx(metrics.macro_f1(y, p), abs=1e-12)
+            assert stats.accuracy_stat(outcome(y, p)) == pytest.approx(metrics.accuracy(y, p))
 
 
 def test_clear_winner_is_bold_and_a_tie_is_not():
@@ -36,10 +35,10 @@ def test_clear_winner_is_bold_and_a_tie_is_not():
     half[::2] = 1 - half[::2]  # half of the images wrong
     rows = {"uni": ("uni", [outcome(y, right)] * 2), "multi": ("multi", [outcome(y, half)] * 2),
             "task": ("task", [outcome(y, half)] * 2)}
-    best, diffs = significance.best_if_significant(significance.accuracy_stat, rows)
+    best, diffs = significance.best_if_significant(stats.accuracy_stat, rows)
     assert best == "uni" and set(diffs) == {"multi", "task"} and all(d["lo"] > 0.4 for d in diffs.values())
     rows["task"] = ("task", [outcome(y, right)] * 2)  # task-centric as good: no paradigm wins
-    assert significance.best_if_significant(significance.accuracy_stat, rows)[0] is None
+    assert significance.best_if_significant(stats.accuracy_stat, rows)[0] is None
 
 
 def test_rows_of_one_paradigm_are_not_rivals():
@@ -47,10 +46,10 @@ def test_rows_of_one_paradigm_are_not_rivals():
     wrong = 1 - y
     rows = {"uni": ("uni", [outcome(y, y)]), "uni restricted": ("uni", [outcome(y, y)]),
             "multi": ("multi", [outcome(y, wrong)])}
-    best, diffs = significance.best_if_significant(significance.accuracy_stat, rows)
+    best, diffs = significance.best_if_significant(stats.accuracy_stat, rows)
     assert best in {"uni", "uni restricted"} and set(diffs) == {"multi"}
     only_uni = {k: v for k, v in rows.items() if v[0] == "uni"}
-    assert significance.best_if_significant(significance.accuracy_stat, only_uni) == (None, {})
+    assert significance.best_if_significant(stats.accuracy_stat, only_uni) == (None, {})
 
 
 def test_lower_is_better_and_the_mean_auroc_statistic():
@@ -58,11 +57,11 @@ def test_lower_is_better_and_the_mean_auroc_statistic():
     ind = rng.normal(2, 1, 300)
     good = [ind, rng.normal(-2, 1, 200), rng.normal(-3, 1, 100)]
     poor = [ind, rng.normal(2, 1, 200), rng.normal(2, 1, 100)]
-    assert significance.mean_auroc_stat(good) == pytest.approx(
+    assert stats.mean_auroc_stat(good) == pytest.approx(
         np.mean([metrics.auroc(np.r_[np.ones(300), np.zeros(len(g))], np.r_[ind, g]) for g in good[1:]]))
     rows = {"a": ("uni", [good]), "b": ("multi", [poor])}
-    assert significance.best_if_significant(significance.mean_auroc_stat, rows)[0] == "a"
-    assert significance.best_if_significant(significance.mean_auroc_stat, rows, higher_is_better=False)[0] == "b"
+    assert significance.best_if_significant(stats.mean_auroc_stat, rows)[0] == "a"
+    assert significance.best_if_significant(stats.mean_auroc_stat, rows, higher_is_better=False)[0] == "b"
 
 
 def test_table_bolds_the_chosen_row_only():
