@@ -27,8 +27,9 @@ from typing import NamedTuple
 
 from tqdm import tqdm
 
+from data.folders import SPEC_FILE, SpecError, list_images
 from data.images import ImageError, content_hash, load_rgb
-from data.spec import NAME, SPEC_FILE, SpecError, list_images, load_spec, parse_spec, write_spec
+from data.spec import NAME, load_spec, parse_spec, write_spec
 
 LINKS = ("copy", "hardlink", "symlink")
 

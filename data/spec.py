@@ -21,10 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from data.images import file_kind
+from data.folders import SPEC_FILE, SpecError, follow, list_images
 
-SPEC_FILE = "dataset.yaml"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 KEYS = ("name", "version", "classes", "splits", "tasks", "multitask", "external", "ood", "multilabel")  # top level
 # accepted too, but no part of the generated example (the embedded dataset never needs it): the README says when
 OPT_IN_KEYS = ("allow_outside_root",)
@@ -32,10 +30,6 @@ OOD_KEYS = ("path", "val", "kind")  # the long form of an OOD set; the short for
 OOD_KINDS = ("near", "far")  # near: the domain's own scenes outside the classes; far: another domain
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few kB; a bigger file is the wrong file, and is not read
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # usable as a folder name and a shell word
-
-
-class SpecError(ValueError):
-    """A dataset or its spec is wrong; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -162,58 +156,6 @@ class Spec:
 
     def check_class(self, name: str, where: str) -> None:
         _Checks(self.file, self.classes).known(name, where)
-
-
-def follow(path: Path, bound: Path) -> Path | None:
-    """`path` with its symbolic links resolved, None for a broken link. A link loop, or a link that
-    leads out of `bound`, is a SpecError naming the link and where it leads."""
-    try:
-        real = path.resolve(strict=True)
-    except FileNotFoundError:
-        return None
-    except (RuntimeError, OSError):  # a loop: RuntimeError up to Python 3.12, OSError (ELOOP) after
-        raise SpecError(f"{path}: symbolic link loop; remove the link or point it at a file") from None
-    if not real.is_relative_to(bound.resolve()):
-        # name the outermost link below `bound`: the one to remove or to point elsewhere
-        links = [a for a in (path, *path.parents) if a != bound and a.is_relative_to(bound) and a.is_symlink()]
-        link = links[-1] if links else path
-        raise SpecError(f"{link}: symbolic link to {link.resolve()}, outside the dataset root {bound}; copy the "
-                        f"data into the dataset, or add 'allow_outside_root: true' to its {SPEC_FILE}")
-    return real
-
-
-def scan_images(folder: Path, bound: Path | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """(image files, skipped entries with what they are) directly in `folder`; nothing is opened.
-
-    Only names with an image extension count. One that is no regular file (a FIFO, a socket, a
-    folder, a broken link) is skipped: opening a FIFO would block. Links are followed only within
-    `bound` (default: `folder` itself) and never in a loop; see `follow`.
-    """
-    folder = Path(folder)
-    images, skipped = [], []
-    for p in sorted(folder.iterdir()):
-        if p.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        real = follow(p, bound or folder) if p.is_symlink() else p
-        kind = "a broken symbolic link" if real is None else file_kind(real.stat().st_mode)
-        if kind:
-            skipped.append((p, kind))
-        else:
-            images.append(p)
-    return images, skipped
-
-
-_reported: set[Path] = set()  # skipped entries already named on stderr (a folder is listed many times)
-
-
-def list_images(folder: Path, bound: Path | None = None) -> list[Path]:
-    """The image files of `scan_images`; each skipped entry is named once on stderr."""
-    images, skipped = scan_images(folder, bound)
-    for p, kind in skipped:
-        if p not in _reported:
-            _reported.add(p)
-            print(f"warning: {p}: skipped, {kind} (only regular files are read as images)", file=sys.stderr)
-    return images
 
 
 def load_spec(root: str | Path) -> Spec:

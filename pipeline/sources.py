@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from data.folders import IMAGE_EXTENSIONS
 from data.images import ImageError, content_hash, file_kind
-from data.spec import IMAGE_EXTENSIONS
 
 HASH_CHARS = 16  # 64 bits of SHA-256: the id also carries the path, so collisions need both
 

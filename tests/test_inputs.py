@@ -228,7 +228,7 @@ def finishes(fn, fifo: Path, seconds: float = 10.0):
 
 
 def test_fifos_and_sockets_are_skipped_and_listed_never_opened(data, monkeypatch, capsys):
-    from data.spec import scan_images
+    from data.folders import scan_images
     folder = data / "train" / "2_DIRT"
     fifo = folder / "pipe.jpg"
     os.mkfifo(fifo)
