@@ -18,6 +18,7 @@ non-finite gradients, not losses, and do not trip it.)
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import torch
@@ -55,6 +56,11 @@ def training_steps(method: str, granularities=(8, 4, 2)) -> list[tuple[int, int,
     return [(k, n, 1.0) for k, n in enumerate(granularities)] + [(CONCAT, 1, 2.0)]
 
 
+def cosine(total: int):
+    """lr factor after t steps of `total`: 1 at the start, 0 after the last step."""
+    return lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
+
+
 class Divergence(RuntimeError):
     """A non-finite training loss; the message names where and what to try."""
 
@@ -89,10 +95,13 @@ def pmg_step(model, paradigm, images, targets, optimizer, generator, granulariti
 def train_one_epoch(model, paradigm, loader, optimizer, device, generator, epoch, *, granularities=(8, 4, 2),
                     scaler=None, amp=False, channels_last=False, naive=False, progress=True, zero_grad="none",
                     permutation="cycle", method="pmg", mix: Mixer = NO_MIX, max_batches=None,
-                    on_batch=None, bn_stats="step") -> dict:
+                    on_batch=None, bn_stats="step", frozen=()) -> dict:
     """One pass over the loader (or its first `max_batches` batches: the step budget's last epoch);
-    `on_batch()` runs after every batch (a per-batch schedule)."""
+    `on_batch()` runs after every batch (a per-batch schedule); the modules in `frozen` stay in eval
+    mode (their BatchNorm statistics do not move)."""
     model.train()
+    for m in frozen:
+        m.eval()
     total, seen, batches, skipped, start = 0.0, 0, 0, [], time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress,
                total=min(len(loader), max_batches) if max_batches is not None else None)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from data.loading import ImageSet, collate_skip_bad, eval_transform, train_transform
 from data.spec import SpecError, load_spec
-from engine import METHODS, ZERO_GRAD, Divergence, evaluate, train_one_epoch
+from engine import METHODS, ZERO_GRAD, Divergence, cosine, evaluate, train_one_epoch
 from models import BACKBONES, PARADIGMS, build_model, build_paradigm
 from models import checkpoint
 from models.backbones import WeightsError
@@ -157,11 +157,6 @@ def plan_budget(args, spec, train_loader, world: int) -> tuple[int, int | None]:
     reference = per_rank // args.batch_size if per_rank > args.batch_size else 1  # drop_last as load_data
     total = args.epochs * reference
     return math.ceil(total / len(train_loader)), total
-
-
-def cosine(total: int):
-    """lr factor after t steps of `total`: 1 at the start, 0 after the last step."""
-    return lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
 
 
 def build_training(args, paradigm, device, epochs: int, total_batches: int | None):

@@ -34,10 +34,11 @@ from torch.utils.data import DataLoader, Sampler
 from data.images import content_hash
 from data.loading import ImageSet, collate_skip_bad, eval_transform, train_transform
 from data.spec import Spec
-from engine import evaluate, pmg_step, training_steps
+from engine import cosine, evaluate, train_one_epoch, training_steps
 from models import build_model, build_paradigm
 from models import checkpoint as checkpoints
 from models.detectors import l2_normalise
+from models.mixing import Mixer
 from models.paradigms import Head, Paradigm
 from models.pmg import CONCAT
 
@@ -208,22 +209,20 @@ def budget(opts: Options, n_new: int, k_new: int, full_batches: int) -> int:
     return opts.steps
 
 
-def trainable(model, which: str) -> list[dict]:
-    """Optimizer groups for `which` (TRAIN); frozen parameters get no gradient, and every module
-    whose parameters are all frozen is put in eval mode (its BatchNorm statistics stay)."""
+def trainable(model, which: str) -> tuple[list[dict], list]:
+    """(optimizer groups for `which` (TRAIN), the modules to keep in eval mode): frozen parameters get
+    no gradient, and a module whose parameters are all frozen keeps its BatchNorm statistics."""
     if which not in TRAIN:
         raise ExtendError(f"--train {which}: choose one of {', '.join(TRAIN)}")
     keep = {"heads": lambda n: ".heads." in n, "classifier": lambda n: n.startswith("classifiers."),
             "all": lambda n: True}[which]
     for n, p in model.named_parameters():
         p.requires_grad_(keep(n))
-    model.train()
-    for m in model.modules():
-        params = list(m.parameters(recurse=True))
-        if params and not any(p.requires_grad for p in params):
-            m.eval()
-    return [g | {"params": [p for p in g["params"] if p.requires_grad]} for g in model.param_groups(1.0)
-            if any(p.requires_grad for p in g["params"])]
+    frozen = [m for m in model.modules()
+              if (params := list(m.parameters())) and not any(p.requires_grad for p in params)]
+    groups = [g | {"params": [p for p in g["params"] if p.requires_grad]} for g in model.param_groups(1.0)
+              if any(p.requires_grad for p in g["params"])]
+    return groups, frozen
 
 
 def fine_tune(model, paradigm: Paradigm, spec: Spec, old: list[str], added: list[str], args: dict,
@@ -237,31 +236,31 @@ def fine_tune(model, paradigm: Paradigm, spec: Spec, old: list[str], added: list
                             budget(opts, len(fresh), k_new, full), opts.seed)
     loader = DataLoader(ImageSet(items + fresh, train_transform(args["resize"], args["crop"])), batch_sampler=sampler,
                         num_workers=opts.workers, collate_fn=collate_skip_bad)
-    groups = trainable(model, opts.train)
+    groups, frozen = trainable(model, opts.train)
     for g in groups:  # param_groups(1.0) gives the relative lr: 1 for new layers, 1/10 for the backbone
         g["lr"] = g["initial_lr"] = g["lr"] * opts.lr
     optimizer = torch.optim.SGD(groups, lr=opts.lr, momentum=args["momentum"], weight_decay=args["weight_decay"])
-    total = sampler.batches
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine(sampler.batches))
     jigsaw_gen = torch.Generator().manual_seed(opts.seed + 7)
     torch.manual_seed(opts.seed)
-    losses, start = [], time.perf_counter()
-    for images, targets, _ in loader:
-        if images is None:
-            continue
-        step = pmg_step(model, paradigm, images.to(device), targets.to(device), optimizer, jigsaw_gen,
-                        tuple(args["granularities"]), None, False, zero_grad=args.get("zero_grad", "none"),
-                        permutation=args.get("jigsaw", "cycle"), method=args.get("method", "pmg"))
-        losses.append(sum(step))
-        scheduler.step()
-    seconds = time.perf_counter() - start
+    # the parent's own training step (engine.train_one_epoch): its jigsaw, method, zero_grad, BN
+    # statistics, mixing, memory format and (on CUDA) AMP
+    amp = bool(args.get("amp")) and device.type == "cuda"
+    stats = train_one_epoch(model, paradigm, loader, optimizer, device, jigsaw_gen, 1,
+                            granularities=tuple(args["granularities"]), amp=amp,
+                            scaler=torch.amp.GradScaler("cuda", enabled=amp),
+                            channels_last=args.get("channels_last", False),
+                            progress=opts.progress, zero_grad=args.get("zero_grad", "none"),
+                            permutation=args.get("jigsaw", "cycle"), method=args.get("method", "pmg"),
+                            mix=Mixer(args.get("mix", "none"), args.get("mix_prob", 0.5), args.get("mix_alpha", 1.0)),
+                            on_batch=scheduler.step, bn_stats=args.get("bn_stats", "step"), frozen=frozen)
     steps_per_batch = len(training_steps(args.get("method", "pmg"), tuple(args["granularities"])))
     for p in model.parameters():
         p.requires_grad_(True)
-    return {"batches": len(losses), "optimizer_steps": len(losses) * steps_per_batch, "seconds": round(seconds, 2),
-            "images": len(losses) * opts.batch_size, "old_per_batch": sampler.k_old, "new_per_batch": sampler.k_new,
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "optimizer": optimizer, "scheduler": scheduler}
+    return {"batches": stats["train_batches"], "optimizer_steps": stats["train_batches"] * steps_per_batch,
+            "seconds": round(stats["train_seconds"], 2), "images": stats["train_images"],
+            "old_per_batch": sampler.k_old, "new_per_batch": sampler.k_new, "train_loss": stats["train_loss"],
+            "skipped": stats["skipped"], "optimizer": optimizer, "scheduler": scheduler}
 
 
 def train_task_model(parent, spec: Spec, out_dir: Path) -> Path:
@@ -304,6 +303,8 @@ def extend(ckpt_path: str | Path, spec: Spec, out_dir: str | Path, opts: Options
     means = class_means(parent.model, spec.split_samples("train", needed), eval_transform(args["resize"], args["crop"]),
                         opts.batch_size, device)
     model = grow(parent.model, parent.paradigm, paradigm, args, means).to(device)
+    if args.get("channels_last"):  # as train.py trains and evaluates it
+        model = model.to(memory_format=torch.channels_last)
     imprint_seconds = time.perf_counter() - start
     log = fine_tune(model, paradigm, spec, old, added, args, opts, device) if opts.steps != 0 else {}
     optimizer, scheduler = log.pop("optimizer", None), log.pop("scheduler", None)
@@ -313,7 +314,8 @@ def extend(ckpt_path: str | Path, spec: Spec, out_dir: str | Path, opts: Options
     val_loader = DataLoader(ImageSet([(p, paradigm.targets(c)) for p, c in spec.split_samples("val", list(paradigm.classes))],
                                      eval_transform(args["resize"], args["crop"])),
                             batch_size=opts.batch_size, num_workers=opts.workers, collate_fn=collate_skip_bad)
-    val = evaluate(model, paradigm, val_loader, device, progress=opts.progress)
+    val = evaluate(model, paradigm, val_loader, device, channels_last=args.get("channels_last", False),
+                   progress=opts.progress)
     val.pop("val_skipped")
     out = Path(out_dir) / "best.pt"
     out.parent.mkdir(parents=True, exist_ok=True)

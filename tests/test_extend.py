@@ -221,3 +221,18 @@ def test_a_task_centric_checkpoint_is_extended_by_one_more_task_model(data, tmp_
     # it has the model's own task already: nothing to add
     one_error_line(run_cli("extend.py", "--checkpoint", parent_path, "--data", data / "old", check=False),
                    "nothing to add")
+
+
+def test_train_heads_moves_the_heads_only(parent, data, tmp_path):
+    """--train heads: every weight and BatchNorm statistic outside the heads is the parent's, the
+    heads' old rows moved; the fine-tune is the parent's own training step (engine.train_one_epoch)."""
+    from models.extend import extend
+    child = extend(parent, load_spec(data / "full"), tmp_path / "uni" / "exp1",
+                   Options(steps=3, train="heads", batch_size=8, workers=0, progress=False), refit=False)
+    old, new = checkpoints.load(parent).model.state_dict(), checkpoints.load(child).model.state_dict()
+    body = [k for k in old if ".heads." not in k]
+    assert body and all(torch.equal(old[k], new[k]) for k in body)  # weights and running statistics
+    heads = [k for k in old if ".heads." in k and k.endswith("weight")]
+    assert any(not torch.equal(old[k], new[k][:len(old[k])]) for k in heads)  # old rows fine-tuned
+    added = checkpoints.read(child)["added"]
+    assert added["batches"] == 3 and added["train"] == "heads" and added["skipped"] == []
