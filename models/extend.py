@@ -10,11 +10,12 @@ The dataset is the model's training data plus the new task (`python -m data.conc
    biases. A new binary (sigmoid) head gets w = r (u_pos - u_neg) / |u_pos - u_neg| (u: normalised
    class means, r: the mean norm of the old binary heads' rows) and the bias that puts the
    decision boundary half-way between the two classes' mean features.
-2. Fine-tune: a short budget of PMG batches (engine.pmg_step, the parent's jigsaw, method and
-   zero_grad) under one cosine schedule, by default FULL_SHARE (a fifth) of the batches a full
-   retrain with the parent's flags would run on the new dataset; every batch holds round(replay x batch) old-class training
-   images drawn uniformly from all of them (without replacement until all were drawn) and the
-   rest from the new class (`ReplayBatches`); replay 0 is the naive baseline (new class only).
+2. Fine-tune: a short budget of batches of the parent's own training step (engine.train_one_epoch
+   with its method, jigsaw, zero_grad, BN statistics, mixing and memory format) under one cosine
+   schedule, by default FULL_SHARE (a fifth) of the batches a full retrain with the parent's flags
+   would run on the new dataset; every batch holds round(replay x batch) old-class training images
+   drawn uniformly from all of them (without replacement until all were drawn) and the rest from
+   the new class (`ReplayBatches`); replay 0 is the naive baseline (new class only).
    `train`: heads (the heads' Linear layers; every BatchNorm stays frozen), classifier (the four
    classifiers: trunk and heads) or all (backbone at lr/10, as train.py).
 3. Write a normal checkpoint (models.checkpoint) with `parent` and `added`, validated on the val
