@@ -16,7 +16,9 @@ sets (the task's two classes), each OOD set and each multi-label set of the spec
   and ood_val features go through the same cache); `paper_scorer` names the paper's score,
   `detectors` the detectors, `default` the scorer chosen on val + ood_val (never on these sets)
   and `selection` the ood_val figures it was chosen by.
-- RQ3 `multilabel.<set>`: top-2 analysis of `Paradigm.rank_labels`; a task-centric model answers
+- RQ3 `multilabel.<set>`: top-2 analysis of `Paradigm.rank_labels` (the plain rule; `by_rule` has
+  every rule of models.paradigms.RANKINGS), and `test_top2`: per rule the share of test images whose
+  label is in the top-2 (what a rule costs on single-label images); a task-centric model answers
   only its own task: share of images it calls positive (the report takes the union over them).
 - `calibration`: ECE (15 bins) of the model's own decisions on the test split (`Paradigm.decisions`).
 """
@@ -34,7 +36,7 @@ from evaluation.inference import CachedPredictor
 from models import checkpoint as checkpoints
 from models import ood
 from models.inference import valid_rows
-from models.paradigms import NoAnswer
+from models.paradigms import RANKINGS, NoAnswer
 from utils import plain
 
 
@@ -117,6 +119,9 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
                                       "n_id": len(test_logits), "n_ood": len(logits)} for s in id_scores}
         raw["rejection"][name] = {s: (id_scores[s].numpy(), ood_scores[s].numpy()) for s in id_scores}
 
+    if not paradigm.task:  # the cost of a ranking rule on single-label images: is the label in the top-2?
+        out["test_top2"] = {r: float(np.mean([y in top for y, top in zip(test_labels, paradigm.top_labels(
+            test_logits, 2, r)[0])])) if test_labels else float("nan") for r in RANKINGS}
     for name, mset in spec.multilabel.items():
         logits, _ = run(f"multilabel/{name}")
         out["multilabel"][name], raw["multilabel"][name] = multilabel_entry(paradigm, spec, logits, list(mset.labels))
@@ -158,6 +163,7 @@ def multilabel_entry(paradigm, spec: Spec, logits, labels: list[str]) -> tuple[d
         flags = paradigm.task_positive(logits, spec.tasks[paradigm.task]).tolist()
         return ({"n": len(flags), "labels": labels, "rule": "task model says positive",
                  "found": {pos: sum(flags) / max(len(flags), 1)}}, {pos: flags})
-    ranked = paradigm.rank_labels(logits)
-    return ({"labels": labels, "rule": "top-2 of rank_labels", **metrics.topk_analysis(ranked, labels, k=2)},
-            {"ranked": ranked})
+    ranked = {rule: paradigm.rank_labels(logits, rule) for rule in RANKINGS}
+    return ({"labels": labels, "rule": "top-2 of rank_labels", **metrics.topk_analysis(ranked["plain"], labels, k=2),
+             "by_rule": {r: metrics.topk_analysis(ranked[r], labels, k=2) for r in RANKINGS}},
+            {"ranked": ranked["plain"], "by_rule": ranked})

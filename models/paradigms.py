@@ -20,6 +20,11 @@ Every rule dispatches on the kind of head, never on the paradigm's name:
   sigmoid for its positive class, and for the binary heads' shared negative class the probability
   that none of them fires (heads taken as independent);
 - calibration takes one decision per labelled (image, head) pair (binary: max(p, 1-p)).
+
+A ranking's rule (RANKINGS): `plain` sorts the labels by score; `coherent` is the same order, except
+that a label the labels above it exclude moves to the end: each task's negative and positive class
+exclude each other (a panel is not Normal and Dirty), so the second label is one that can be true
+beside the first. Top-1 is the same under both rules.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 from data.spec import Spec, SpecError
 
 IGNORE = -1
+RANKINGS = ("plain", "coherent")
 TITLES = {"uni": "efficiency-centric", "task": "task-centric", "multi": "multi-task"}
 
 
@@ -85,6 +91,7 @@ class Paradigm:
     classes: tuple[str, ...]  # the dataset classes this model trains and validates on
     heads: tuple[Head, ...]
     paper_scorer: str  # the paper's OOD score for this design (a key of models.scores.SCORERS)
+    exclusive: frozenset = frozenset()  # unordered label pairs that cannot both be true (each task's two classes)
 
     @property
     def run_name(self) -> str:
@@ -185,16 +192,30 @@ class Paradigm:
             cols.append(none_fires)
         return names, torch.cat(cols, 1)
 
-    def rank_labels(self, logits: torch.Tensor) -> list[list[str]]:
-        names, scores = self.label_scores(logits)
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        return [[names[j] for j in row] for row in order.tolist()]
+    def _order(self, names: list[str], row: list[int], rule: str) -> list[int]:
+        """Column indices `row` (best first) under `rule` (module doc)."""
+        if rule == "plain" or not self.exclusive:
+            return row
+        kept, moved = [], []
+        for j in row:
+            clash = any(frozenset((names[j], names[i])) in self.exclusive for i in kept)
+            (moved if clash else kept).append(j)
+        return kept + moved
 
-    def top_labels(self, logits: torch.Tensor, k: int = 2) -> tuple[list[list[str]], torch.Tensor]:
-        """The k best labels per image and their scores (the prediction table's top-2)."""
+    def rank_labels(self, logits: torch.Tensor, rule: str = "plain") -> list[list[str]]:
+        """Every label per image, best first, under `rule` (RANKINGS)."""
+        return self.top_labels(logits, len(self.labels), rule)[0]
+
+    def top_labels(self, logits: torch.Tensor, k: int = 2,
+                   rule: str = "plain") -> tuple[list[list[str]], torch.Tensor]:
+        """The k best labels per image under `rule` (RANKINGS) and their scores (the prediction table's top-2)."""
+        if rule not in RANKINGS:
+            raise ValueError(f"unknown ranking rule '{rule}'; choose one of {', '.join(RANKINGS)}")
         names, scores = self.label_scores(logits)
-        top = scores.topk(min(k, scores.shape[1]), dim=1)
-        return [[names[j] for j in row] for row in top.indices.tolist()], top.values
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices.tolist()
+        idx = torch.tensor([self._order(names, row, rule)[:k] for row in order],
+                           dtype=torch.long).reshape(len(order), min(k, len(names)))
+        return [[names[j] for j in row] for row in idx.tolist()], scores.gather(1, idx)
 
     def decisions(self, logits: torch.Tensor, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(confidence, correct) of every prediction on images with these class labels (module doc)."""
@@ -224,9 +245,14 @@ def run_label(run: str) -> str:
     return f"{TITLES[name]} ({task})" if task else TITLES[name]
 
 
+def exclusive_pairs(spec: Spec) -> frozenset:
+    """Each task's (negative, positive) as an unordered pair: labels that cannot both be true."""
+    return frozenset(frozenset(pair) for pair in spec.tasks.values())
+
+
 def uni(spec: Spec, task: str | None) -> Paradigm:
     classes = tuple(spec.class_names)
-    return Paradigm("uni", None, classes, (Head("classes", "softmax", classes),), "max_logit")
+    return Paradigm("uni", None, classes, (Head("classes", "softmax", classes),), "max_logit", exclusive_pairs(spec))
 
 
 def task_centric(spec: Spec, task: str | None) -> Paradigm:
@@ -234,7 +260,7 @@ def task_centric(spec: Spec, task: str | None) -> Paradigm:
         raise SpecError(f"{spec.file}: paradigm 'task' needs --task, one of "
                         f"{', '.join(spec.tasks) or '(none: add tasks: to the spec)'}; got '{task}'")
     pair = tuple(spec.tasks[task])
-    return Paradigm("task", task, pair, (Head(task, "softmax", pair),), "max_logit")
+    return Paradigm("task", task, pair, (Head(task, "softmax", pair),), "max_logit", frozenset({frozenset(pair)}))
 
 
 def multi(spec: Spec, task: str | None) -> Paradigm:
@@ -246,7 +272,7 @@ def multi(spec: Spec, task: str | None) -> Paradigm:
     if mt["softmax"]:
         heads.append(Head("others", "softmax", tuple(mt["softmax"])))
     # The paper scores the multi-task model by KL divergence of its heads from uniform.
-    return Paradigm("multi", None, tuple(spec.class_names), tuple(heads), "kl_uniform")
+    return Paradigm("multi", None, tuple(spec.class_names), tuple(heads), "kl_uniform", exclusive_pairs(spec))
 
 
 PARADIGMS = {"uni": uni, "task": task_centric, "multi": multi}

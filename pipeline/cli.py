@@ -63,7 +63,8 @@ def days(args) -> list[str] | None:
 
 def model_flags(p):
     from models.ood import SCORER_NAMES
-    from pipeline.model import DEFAULT_TPR
+    from models.paradigms import RANKINGS
+    from pipeline.model import DEFAULT_TOP2, DEFAULT_TPR
     env_arg(p, "--checkpoint", help="a train.py checkpoint (best.pt)")
     p.add_argument("--score", choices=list(SCORER_NAMES),
                    help="OOD score, higher = in-distribution (default: the checkpoint's default scorer, chosen "
@@ -74,6 +75,10 @@ def model_flags(p):
     p.add_argument("--tpr", type=float, default=DEFAULT_TPR, help="fraction of in-distribution val images accepted")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores the decode threads leave)")
+    p.add_argument("--top2", choices=list(RANKINGS), default=os.environ.get("PIPELINE_TOP2", DEFAULT_TOP2),
+                   help="top-2 rule: coherent (default; a label the top-1 excludes, a task's other class, is "
+                        "skipped, so the second label can be true beside the first) or plain (by score, the "
+                        "paper's); written into each row's top2_rule (env PIPELINE_TOP2)")
     p.add_argument("--backend", choices=["torch", "onnx"], default=os.environ.get("PIPELINE_BACKEND", "torch"),
                    help="torch: BatchNorm folded, inference_mode; onnx: ONNX Runtime on the exported graph (CPU; "
                         "1.5-3.9x faster for the quick profile's model, pipeline/README.md) (env PIPELINE_BACKEND)")
@@ -161,7 +166,7 @@ def load_predictor(args):
     from pipeline.batch import default_torch_threads
     from pipeline.model import Predictor
     torch.set_num_threads(args.threads or default_torch_threads(getattr(args, "workers", None)))
-    pred = Predictor.load(args.checkpoint, args.score, args.device, backend=args.backend)
+    pred = Predictor.load(args.checkpoint, args.score, args.device, backend=args.backend, top2=args.top2)
     pred.resolve_threshold(args.threshold, args.data, args.tpr)
     return pred
 

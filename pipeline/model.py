@@ -7,8 +7,10 @@ the checkpoint's default scorer (models/ood.py: chosen on val + ood_val among th
 and the feature detectors, kept in `<ckpt>.detectors.pt`; fitted at first use when that file is
 missing and the training data is here; the paradigm's paper score when neither is) unless
 `--score` names another, and the top-2 comes from the paradigm's label ranking (softmax
-probabilities; for the multi-task model each head's own probability). Each row records the
-scorer and threshold that produced it.
+probabilities; for the multi-task model each head's own probability) under the `--top2` rule:
+coherent by default (a label that the top-1 excludes, its task's other class, is skipped, so the
+second label can be true beside the first; REPORT.md Table 5 measures both rules), or plain. Each
+row records the scorer, threshold and top-2 rule that produced it.
 The OOD threshold is stored beside the checkpoint in `<ckpt>.threshold.json` (keyed by that hash):
 chosen on the validation split so that a stated fraction (TPR, default 0.95) of in-distribution
 val images score at or above it. It is computed by `python -m pipeline threshold`, or at first use
@@ -29,9 +31,11 @@ from data.images import content_hash
 from models import checkpoint as checkpoints
 from models import ood
 from models.checkpoint import Checkpoint
+from models.paradigms import RANKINGS
 from models.scores import SCORERS
 
 DEFAULT_TPR = 0.95
+DEFAULT_TOP2 = "coherent"  # measured against plain in REPORT.md Table 5 (README: the top-2 rule)
 
 
 class ThresholdError(ValueError):
@@ -75,20 +79,24 @@ class Predictor:
     threshold: float | None = None
     device: torch.device = torch.device("cpu")
     backend: object = None  # models.serving: x -> (logits, features)
+    top2: str = DEFAULT_TOP2  # the ranking rule of the top-2 (models.paradigms.RANKINGS)
 
     @classmethod
     def load(cls, path: str | Path, score: str | None = None, device: str = "cpu",
-             backend: str = "torch") -> "Predictor":
+             backend: str = "torch", top2: str = DEFAULT_TOP2) -> "Predictor":
         """`score` None: the checkpoint's default scorer (module doc). `backend`: torch (BatchNorm
-        folded, inference_mode) or onnx (ONNX Runtime on the exported graph), models/serving.py."""
+        folded, inference_mode) or onnx (ONNX Runtime on the exported graph), models/serving.py.
+        `top2`: plain (by score) or coherent (the second label can be true beside the first)."""
         from models.serving import build_backend
+        if top2 not in RANKINGS:
+            raise ValueError(f"unknown top-2 rule '{top2}'; choose one of {', '.join(RANKINGS)}")
         dev = torch.device(device)
         ckpt = checkpoints.load(path, device=dev)
         # A logit score named by the caller needs no detectors: nothing to load or fit.
         filt = None if score in SCORERS else ood_filter(ckpt, dev, needed=score is not None)
         score = ood.check_scorer(score or (filt.default if filt else ckpt.paradigm.paper_scorer))
         return cls(ckpt, content_hash(ckpt.path)[:16], score, filt, None, dev,
-                   build_backend(ckpt.model, backend, crop=ckpt.crop, device=dev))
+                   build_backend(ckpt.model, backend, crop=ckpt.crop, device=dev), top2)
 
     @property
     def name(self) -> str:
@@ -119,7 +127,7 @@ class Predictor:
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[list[str]], torch.Tensor]:
         """(OOD scores, top-2 labels, their scores) for a batch of images."""
         z, f = self.forward(x)
-        labels, top = self.ckpt.paradigm.top_labels(z, 2)
+        labels, top = self.ckpt.paradigm.top_labels(z, 2, self.top2)
         return self.ood_scores(z, f), labels, top
 
     # --- threshold -------------------------------------------------------------------------
@@ -187,11 +195,11 @@ class Predictor:
                         "ood_scorer": self.score, "ood_threshold": self.threshold, "is_ood": ood,
                         "top1_label": names[0], "top1_prob": p[0],
                         "top2_label": names[1] if len(names) > 1 else None,
-                        "top2_prob": p[1] if len(p) > 1 else None,
+                        "top2_prob": p[1] if len(p) > 1 else None, "top2_rule": self.top2,
                         "status": "ood" if ood else "ok", "error": None})
         return out
 
     def error_row(self, message: str) -> dict:
         return {"model_name": self.name, "model_version": self.version, "ood_score": None,
                 "ood_scorer": self.score, "ood_threshold": self.threshold, "is_ood": None, "top1_label": None, "top1_prob": None,
-                "top2_label": None, "top2_prob": None, "status": "error", "error": message}
+                "top2_label": None, "top2_prob": None, "top2_rule": self.top2, "status": "error", "error": message}

@@ -124,6 +124,35 @@ def test_multi_label_ranking(toy):
     assert uni.rank_labels(torch.tensor([[0.0, 2.0, 1.0, 3.0, 0, 0]]))[0][:3] == ["bubble_wash", "defect", "dirt"]
 
 
+def test_coherent_ranking_moves_the_labels_the_top_one_excludes(toy):
+    """A task's negative and positive class exclude each other: below a positive top-1 the negative
+    class moves to the end (and v.v.); top-1, the other labels' order and every score stay."""
+    uni = build_paradigm("uni", toy)  # normal, defect, dirt, bubble_wash, seat, dashboard
+    z = torch.tensor([[2.0, 1.0, 3.0, 0.5, 0.0, -1.0],   # dirt, normal, defect, ...
+                      [3.0, 2.0, 1.0, 0.0, 0.5, -1.0],   # normal top-1: defect, dirt and seat excluded
+                      [0.0, 1.0, 0.0, 3.0, 0.0, -1.0]])  # bubble_wash (no task) excludes nothing, defect does
+    assert uni.rank_labels(z)[0][:3] == ["dirt", "normal", "defect"]
+    coherent = uni.rank_labels(z, "coherent")
+    assert coherent[0] == ["dirt", "defect", "bubble_wash", "seat", "dashboard", "normal"]
+    assert coherent[1] == ["normal", "bubble_wash", "dashboard", "defect", "dirt", "seat"]
+    assert uni.rank_labels(z)[2] == ["bubble_wash", "defect", "normal", "dirt", "seat", "dashboard"]
+    assert coherent[2] == ["bubble_wash", "defect", "dirt", "seat", "dashboard", "normal"]  # same top-2
+    labels, scores = uni.top_labels(z, 2, "coherent")
+    names, all_scores = uni.label_scores(z)
+    assert labels == [r[:2] for r in coherent]
+    assert scores.tolist() == [[all_scores[i, names.index(l)].item() for l in row] for i, row in enumerate(labels)]
+    assert uni.top_labels(z[:0], 2, "coherent")[1].shape == (0, 2)
+    multi = build_paradigm("multi", toy)  # normal is the binary heads' shared negative: scored prod(1 - p)
+    zm = torch.tensor([[math.log(1.5), -math.log(9), -math.log(9), 0.0, 0.0]])  # defect 0.6, dirt 0.1, normal 0.324
+    plain, coherent = multi.rank_labels(zm)[0], multi.rank_labels(zm, "coherent")[0]
+    assert plain == ["defect", "seat", "dashboard", "normal", "dirt", "bubble_wash"]
+    assert coherent == ["defect", "seat", "dashboard", "dirt", "bubble_wash", "normal"]
+    task = build_paradigm("task", toy, "defect")  # two labels: the ranking keeps both
+    assert task.rank_labels(torch.tensor([[0.0, 1.0]]), "coherent") == [["defect", "normal"]]
+    with pytest.raises(ValueError, match="unknown ranking rule 'best'"):
+        uni.top_labels(z, 2, "best")
+
+
 def test_calibration_decisions_multi(toy):
     multi = build_paradigm("multi", toy)
     zm = torch.tensor([[2.0, 0, 0, 0, 0], [0, 0, 0, 1.0, 0.0]])

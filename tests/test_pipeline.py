@@ -78,6 +78,28 @@ def test_rerun_is_an_idempotent_upsert(uni, tmp_path):
     assert {k: drop(v) for k, v in rows1.items()} == {k: drop(v) for k, v in rows2.items()}
 
 
+def test_top2_rule_is_applied_and_recorded(uni, tmp_path):
+    """--top2 coherent (the default) never writes a second label that the first excludes (a task's
+    other class); plain is the score order; top-1 is the same, and each row names its rule."""
+    from pipeline.table import PredictionTable
+    write_images(tmp_path / "src", 12)
+    rows = {}
+    for rule in ("plain", "coherent"):
+        db = tmp_path / f"{rule}.db"
+        pipeline_cli("predict", "--checkpoint", uni, "--source", tmp_path / "src", "--table", db, "--top2", rule)
+        rows[rule] = {r["image_id"]: r for r in PredictionTable(str(db)).query()}
+    from models import checkpoint as checkpoints
+    ck = checkpoints.load(uni)
+    assert len(rows["plain"]) == 12 and rows["plain"].keys() == rows["coherent"].keys()
+    for i, p in rows["plain"].items():
+        c = rows["coherent"][i]
+        assert (p["top2_rule"], c["top2_rule"]) == ("plain", "coherent") and p["top1_label"] == c["top1_label"]
+        assert frozenset((c["top1_label"], c["top2_label"])) not in ck.paradigm.exclusive
+    proc = pipeline_cli("predict", "--checkpoint", uni, "--source", tmp_path / "src", "--table", tmp_path / "x.db",
+                        "--top2", "best", check=False)
+    assert proc.returncode == 2 and "--top2: invalid choice: 'best'" in proc.stderr
+
+
 def test_threshold_command_and_override(uni, tmp_path, tiny_data):
     from data.spec import load_spec
     proc = pipeline_cli("threshold", "--checkpoint", uni, "--data", tiny_data, "--tpr", "0.5")
