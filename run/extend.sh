@@ -35,6 +35,13 @@ timed() {
   printf '%s\t%s\n' "$row" "$(($(date +%s) - t0))" >> "$dir/times.tsv"
 }
 
+# retrain [train.py flags]: the full retrain of trial $i, then its detector file (python -m models.ood fit)
+retrain() {
+  $PY train.py --data "$full" --paradigm uni --profile "$profile" --seed $seed --trial "exp$i" \
+      --output-dir "$dir/full" --no-progress "$@"
+  $PY -m models.ood fit --checkpoint "$dir/full/uni/exp$i/best.pt" --no-progress
+}
+
 i=1
 while [ "$i" -le "$trials" ]; do
   dir=$root/exp$i
@@ -55,9 +62,8 @@ while [ "$i" -le "$trials" ]; do
   # shellcheck disable=SC2086
   timed naive $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --output-dir "$dir/naive" $ext_flags \
       --replay 0
-  echo "==== full retrain on $full"
-  timed full $PY train.py --data "$full" --paradigm uni --profile "$profile" --seed $seed --trial "exp$i" \
-      --output-dir "$dir/full" --no-progress "$@"
+  echo "==== full retrain on $full, and its OOD detectors (extend.py refits them too: both rows end servable)"
+  timed full retrain "$@"
   i=$((i + 1))
 done
 trained=$(date +%s)

@@ -77,3 +77,23 @@ def test_reproduce_checks_the_dataset_before_training(own_data, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "class 'dirt' has no images" in proc.stderr
     assert not (tmp_path / "art").exists() and "trial" not in proc.stdout
+
+
+def test_extend_script_runs_the_hold_out_experiment_end_to_end(tmp_path):
+    """run/extend.sh at its smallest: data with one class held out, the parent, the extension, the
+    imprint-only and naive rows, a full retrain with its detector file, and EXTEND.md over them."""
+    import os
+    env = {**os.environ, "ROOT": "ext", "TRAIN_IMAGES": "2", "VAL_IMAGES": "1", "TEST_IMAGES": "2",
+           "EXT_IMAGES": "1", "OOD_IMAGES": "2"}
+    proc = subprocess.run(["sh", str(ROOT / "run" / "extend.sh"), "--epochs", "1", *TINY_TRAIN], cwd=tmp_path,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trial = tmp_path / "ext" / "exp1"
+    times = dict(line.split("\t") for line in (trial / "times.tsv").read_text().splitlines())
+    assert list(times) == ["before", "extended", "imprint", "naive", "full"]
+    fitted = f"wrote {trial / 'full' / 'uni' / 'exp1' / 'best.pt.detectors.pt'}"
+    assert proc.stdout.index(fitted) < proc.stdout.index("==== python -m evaluation.extension")  # timed with it
+    report = (tmp_path / "ext" / "EXTEND.md").read_text()
+    for row in ("before extension", "imprinted, no fine-tune", "extended: imprint + replay", "naive:", "full retrain"):
+        assert sum(line.startswith(f"| {row}") for line in report.splitlines()) == 1, (row, report)
+    assert "overall accuracy within 1 point of the full retrain" in report
