@@ -42,7 +42,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     rep.add_argument("--variant", action="append", metavar="NAME=DIR",
                      help="also evaluate DIR/<run>/<trial>/best.pt (the same runs trained with other flags) and "
                           "add ablation tables against the main runs; repeatable")
+    rep.add_argument("--extension", metavar="DIR",
+                     help="a run/extend.sh folder: its EXTEND.md becomes a section (default: ARTIFACTS/extend "
+                          "when it holds one)")
     return p
+
+
+def extension_folder(args) -> Path | None:
+    """--extension, else ARTIFACTS/extend when run/extend.sh wrote its EXTEND.md there (its default)."""
+    if args.extension:
+        from evaluation.extension import report_section
+        report_section(Path(args.extension))  # a missing EXTEND.md: the one-line error before any work
+        return Path(args.extension)
+    default = Path(args.artifacts) / "extend"
+    return default if (default / "EXTEND.md").is_file() else None
 
 
 def main(argv=None) -> Path:
@@ -54,6 +67,7 @@ def main(argv=None) -> Path:
             variants = parse_variants(args.variant)
         except ValueError as e:
             raise CheckpointError(str(e)) from None
+        extension = extension_folder(args)
     device = resolve_device(args.device)
     spec = load_spec(args.data)
     out = Path(args.out)
@@ -69,7 +83,7 @@ def main(argv=None) -> Path:
         from evaluation.report import build_report
         path = build_report(args.artifacts, spec, out, device=device, batch_size=args.batch_size, cache_dir=cache,
                             progress=not args.no_progress, efficiency_images=args.efficiency_images,
-                            workers=args.workers, variants=variants)
+                            workers=args.workers, variants=variants, extension=extension)
     print(f"wrote {path}")
     return path
 

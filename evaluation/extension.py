@@ -10,7 +10,8 @@ model's label ranking (`Paradigm.rank_labels`) on the test split: on the old cla
 the new class's, and on all; each task's accuracy and the OOD AUROC (mean over the spec's OOD sets)
 come from evaluation.checkpoint. Compute: optimizer steps and training seconds (train.py: summed
 over summary.csv; extend.py: the fine-tune and imprinting, from the checkpoint's `added`).
-Writes ROOT/EXTEND.md and ROOT/extend.csv.
+Writes ROOT/EXTEND.md and ROOT/extend.csv; `evaluate.py report --extension ROOT` copies EXTEND.md
+into REPORT.md (`report_section`).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import argparse
 import json
 import math
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +162,17 @@ def write(root: Path, old_spec, spec, progress: bool = False) -> Path:
     t.write_csv(root / "extend.csv")
     (root / "extend.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     return root / "EXTEND.md"
+
+
+def report_section(root: Path) -> list[str]:
+    """ROOT/EXTEND.md (run/extend.sh's) as lines of a REPORT.md section: its headings one level down,
+    and where and when it was written (it is not recomputed)."""
+    f = Path(root) / "EXTEND.md"
+    if not f.is_file():
+        raise CheckpointError(f"{f}: not found; run 'ROOT={root} sh run/extend.sh' first, or leave out --extension")
+    lines = [f"#{ln}" if ln.startswith("#") else ln for ln in f.read_text().splitlines()]
+    when = datetime.fromtimestamp(f.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    return [*lines[:1], "", f"*From `{f}`, written by `run/extend.sh` on {when}.*", *lines[1:], ""]
 
 
 def main(argv=None) -> int:

@@ -40,6 +40,8 @@ def find_checkpoints(artifacts: Path, spec: Spec) -> dict[str, dict[str, Path]]:
     known = run_names(spec)
     found: dict[str, dict[str, Path]] = {}
     for run_dir in sorted(p for p in artifacts.iterdir() if p.is_dir()):
+        if (run_dir / "EXTEND.md").is_file():  # run/extend.sh's experiment: a section, not a run
+            continue
         if run_dir.name not in known:
             print(f"warning: {run_dir}: not a run of {spec.file} ({', '.join(known)}); ignored", file=sys.stderr)
             continue
@@ -79,8 +81,10 @@ def evaluate_all(artifacts, spec: Spec, cache_dir, *, device="cpu", batch_size=3
 
 
 def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cache_dir=None, progress=True,
-                 efficiency_images: int = 64, workers: int = 0, variants: dict[str, str] | None = None) -> Path:
-    """`variants`: {name: artifacts folder} of the same runs trained with other flags (ablation tables)."""
+                 efficiency_images: int = 64, workers: int = 0, variants: dict[str, str] | None = None,
+                 extension: str | Path | None = None) -> Path:
+    """`variants`: {name: artifacts folder} of the same runs trained with other flags (ablation tables);
+    `extension`: a run/extend.sh folder whose EXTEND.md becomes a section."""
     from evaluation.ablation import ablation_tables
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,6 +123,9 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
         if table.note:
             lines += [table.note, ""]
         table.write_csv(out / f"{key}.csv")
+    if extension is not None:
+        from evaluation.extension import report_section
+        lines += report_section(Path(extension))
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     report = out / "REPORT.md"
     report.write_text("\n".join(lines))

@@ -219,11 +219,16 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
     from data.spec import load_spec
     spec = load_spec(tiny_data)
     out = tmp_path / "results"
+    ext = tmp_path / "ext"  # what run/extend.sh writes (tests/test_run_scripts.py runs it)
+    ext.mkdir()
+    (ext / "EXTEND.md").write_text("# Adding glovebox to a trained model\n\n| method | overall acc |\n|---|---|\n"
+                                   "| extended | 0.907 |\n")
     proc = run_cli("evaluate.py", "report", "--artifacts", artifacts, "--data", tiny_data, "--out", out,
                    "--device", "cpu", "--no-progress", "--efficiency-images", "8", "--workers", "0",
-                   "--variant", f"again={artifacts}")
+                   "--variant", f"again={artifacts}", "--extension", ext)
     assert "REPORT.md" in proc.stdout
     report = (out / "REPORT.md").read_text()
+    assert "\n## Adding glovebox to a trained model\n" in report and "| extended | 0.907 |" in report
     for title in ("Table 1: accuracy", "Table 2: macro F1", "Table 3: one-class recognition AUROC",
                   "Table 4: irrelevant-sample rejection", "Table 6: calibration", "Table 7: efficiency"):
         assert f"## {title}" in report
@@ -261,7 +266,11 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
     assert {f"{o} {k} mean" for o in spec.ood for k in ("AUROC", "FPR@95")} <= set(t4[0])
     for name in spec.multilabel:
         t5 = rows(f"table5_top2_{name}.csv")
-        assert [r["method"] for r in t5] == ["efficiency-centric", "multi-task", "task-centric (union of task tables)"]
+        assert [r["method"] for r in t5] == ["efficiency-centric", "efficiency-centric, coherent top-2", "multi-task",
+                                             "multi-task, coherent top-2", "task-centric (union of task tables)"]
+        for plain, coherent in (t5[0], t5[1]), (t5[2], t5[3]):  # the rule never changes top-1
+            assert [plain[k] for k in plain if "top-1" in k] == [coherent[k] for k in coherent if "top-1" in k]
+            assert all(0 <= float(r["test split: label in top-2 mean"]) <= 1 for r in (plain, coherent))
     eff = rows("table7_efficiency.csv")
     assert [r["models mean"] for r in eff] == ["1", "1", str(len(spec.tasks))]
     assert "**" in report  # best per column in bold
@@ -302,3 +311,6 @@ def test_report_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
     proc = run_cli("evaluate.py", "report", "--artifacts", tmp_path, "--variant", "nodir", check=False)
     assert proc.returncode == 2 and "write NAME=DIR" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("evaluate.py", "report", "--artifacts", tmp_path, "--extension", tmp_path / "nothing", check=False)
+    assert proc.returncode == 2 and f"{tmp_path / 'nothing' / 'EXTEND.md'}: not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
