@@ -33,6 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     size.add_argument("--steps", type=int,
                       help=f"fine-tune batches (4 optimizer steps each for PMG); 0: imprint only (default: "
                            f"{FULL_SHARE:g} x the batches of a full retrain with the parent's flags)")
+    size.add_argument("--share", type=float, default=D.share,
+                      help=f"instead of --steps: this share of a full retrain's batches (default {D.share:g})")
     size.add_argument("--epochs", type=float, help="instead of --steps: passes over the new class's train images")
     p.add_argument("--lr", type=float, default=D.lr, help=f"lr of the new layers; backbone lr/10 (default {D.lr})")
     p.add_argument("--train", choices=TRAIN, default=D.train,
@@ -57,7 +59,8 @@ def main(argv=None) -> Path:
     state = checkpoint.read(a.checkpoint)
     run = state["paradigm"] if state["paradigm"] != "task" else ""
     out_dir = Path(a.output_dir) / run / (a.trial or state["args"].get("trial") or "exp1")
-    opts = Options(steps=None if a.epochs is not None else a.steps, epochs=a.epochs, lr=a.lr, train=a.train,
+    opts = Options(steps=None if a.epochs is not None else a.steps, epochs=a.epochs, share=a.share, lr=a.lr,
+                   train=a.train,
                    replay=a.replay, batch_size=a.batch_size, seed=a.seed, workers=a.workers, device=a.device,
                    progress=not a.no_progress)
     out = extend(a.checkpoint, spec, out_dir if run else Path(a.output_dir), opts, refit=not a.no_detectors)

@@ -69,7 +69,7 @@ def measure(ckpt_path: Path, spec, old_classes: list[str], cache_dir: Path | Non
     steps, seconds = compute(ckpt_path)
     out = {"old_acc": acc(lambda y: y in old_classes), "new_acc": acc(lambda y: y not in old_classes),
            "overall_acc": acc(lambda y: True), "optimizer_steps": steps, "train_seconds": seconds,
-           "default_scorer": default, "classes": m["classes"]}
+           "default_scorer": default, "classes": m["classes"], "added": m.get("added")}
     out |= {f"task_{t}": e["sets"]["test"]["accuracy"] for t, e in m["tasks"].items() if "test" in e.get("sets", {})}
     for s in (*SCORERS, *([default] if default else [])):
         out[f"auroc_{s}"] = float(np.mean([rej[n][s]["auroc"] for n in sets])) if sets else float("nan")
@@ -85,6 +85,21 @@ def read_times(trial: Path) -> dict[str, float]:
     return {k: float(v) for k, v in (line.split("\t") for line in f.read_text().splitlines() if "\t" in line)}
 
 
+def row_names(trial: Path) -> list[str]:
+    """ROWS, then every other folder of the trial (a VARIANTS row of run/extend.sh), sorted."""
+    extra = sorted(p.name for p in trial.iterdir() if p.is_dir() and p.name not in ROWS)
+    return [*ROWS, *extra]
+
+
+def row_label(row: str, results: dict[str, list[dict]]) -> str:
+    """ROWS' label, or a variant's name with the flags its checkpoint records."""
+    if row in ROWS:
+        return ROWS[row]
+    a = results[row][0].get("added") or {}
+    size = f"share {a['share']:g}" if a.get("share") else f"{a.get('batches', '?')} batches"
+    return f"variant {row}: --train {a.get('train')}, --replay {a.get('replay')}, --lr {a.get('lr')}, {size}"
+
+
 def collect(root: Path, old_spec, spec, progress: bool = False) -> dict[str, list[dict]]:
     """row -> one dict per trial."""
     trials = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("exp"))
@@ -94,7 +109,7 @@ def collect(root: Path, old_spec, spec, progress: bool = False) -> dict[str, lis
     results: dict[str, list[dict]] = {}
     for trial in trials:
         times = read_times(trial)
-        for row in ROWS:
+        for row in row_names(trial):
             found = sorted((trial / row).glob("**/best.pt"))
             if not found:
                 continue
@@ -139,9 +154,9 @@ def table(results: dict[str, list[dict]], tasks: list[str]) -> ReportTable:
             "optimizer steps": "optimizer_steps", "train s": "train_seconds", "wall s": "wall_seconds"}
     t = ReportTable("Adding a class: extension v full retrain", list(cols), no_bold=set(cols),
                     column_digits={"optimizer steps": 0, "train s": 0, "wall s": 0})
-    for row, label in ROWS.items():
+    for row in [*ROWS, *(r for r in results if r not in ROWS)]:
         if row in results:
-            t.add(label, {c: [r.get(k, float("nan")) for r in results[row]] for c, k in cols.items()})
+            t.add(row_label(row, results), {c: [r.get(k, float("nan")) for r in results[row]] for c, k in cols.items()})
     return t
 
 

@@ -12,7 +12,7 @@ The dataset is the model's training data plus the new task (`python -m data.conc
    decision boundary half-way between the two classes' mean features.
 2. Fine-tune: a short budget of batches of the parent's own training step (engine.train_one_epoch
    with its method, jigsaw, zero_grad, BN statistics, mixing and memory format) under one cosine
-   schedule, by default FULL_SHARE (a fifth) of the batches a full retrain with the parent's flags
+   schedule, by default `share` = FULL_SHARE (a fifth) of the batches a full retrain with the parent's flags
    would run on the new dataset; every batch holds round(replay x batch) old-class training images
    drawn uniformly from all of them (without replacement until all were drawn) and the rest from
    the new class (`ReplayBatches`); replay 0 is the naive baseline (new class only).
@@ -54,7 +54,8 @@ class ExtendError(ValueError):
 
 @dataclass
 class Options:
-    steps: int | None = None  # batches (each = 4 optimizer steps for PMG); None: `epochs`, else FULL_SHARE
+    steps: int | None = None  # batches (each = 4 optimizer steps for PMG); None: `epochs`, else `share`
+    share: float = FULL_SHARE  # of the batches a full retrain with the parent's flags would run
     epochs: float | None = None  # passes over the new class's train images at its share of a batch
     lr: float = 2e-3  # the parent's new-layer lr; the backbone gets lr/10
     train: str = "all"
@@ -200,11 +201,13 @@ def batch_split(batch_size: int, replay: float, n_old: int) -> tuple[int, int]:
 
 def budget(opts: Options, n_new: int, k_new: int, full_batches: int) -> int:
     """Batches to run: --steps, --epochs passes over the new class's images at k_new per batch, or
-    FULL_SHARE of `full_batches` (what a full retrain would run)."""
+    `share` of `full_batches` (what a full retrain would run)."""
     if opts.epochs is not None:
         return max(1, math.ceil(opts.epochs * n_new / k_new))
     if opts.steps is None:
-        return max(1, round(FULL_SHARE * full_batches))
+        if not 0 < opts.share <= 1:
+            raise ExtendError(f"--share {opts.share}: must be in (0, 1] (a share of a full retrain's batches)")
+        return max(1, round(opts.share * full_batches))
     if opts.steps < 1:
         raise ExtendError("--steps must be >= 1 (or give --epochs)")
     return opts.steps
@@ -323,6 +326,7 @@ def extend(ckpt_path: str | Path, spec: Spec, out_dir: str | Path, opts: Options
     record = {"classes": added, "tasks": {t: list(p) for t, p in spec.tasks.items() if t not in parent.spec.tasks},
               "heads": checkpoints.heads_of(paradigm), "method": "imprint + replay fine-tune",
               "train": opts.train, "replay": opts.replay, "lr": opts.lr, "batch_size": opts.batch_size,
+              "share": opts.share if opts.steps is None and opts.epochs is None else None,
               "seed": opts.seed, "imprint_seconds": round(imprint_seconds, 2), **log}
     lineage = {"checkpoint": str(ckpt_path), "sha256": content_hash(ckpt_path), "paradigm": parent.paradigm.name,
                "classes": list(parent.paradigm.classes), "spec_name": parent.spec.name}

@@ -7,7 +7,10 @@
 #   sh run/extend.sh [train.py flags for both trainings, e.g. --epochs 5]
 # Environment (defaults): TRIALS (1; seeds 0..N-1), CLASS (washer_fluid), ROOT (artifacts/extend),
 # PROFILE (quick), TRAIN_IMAGES / VAL_IMAGES / TEST_IMAGES per class and EXT_IMAGES / OOD_IMAGES
-# (100 / 20 / 40 / 40 / 50, the generator's), STEPS, REPLAY, LR, TRAIN (extend.py's defaults when unset).
+# (100 / 20 / 40 / 40 / 50, the generator's), STEPS, REPLAY, LR, TRAIN (extend.py's defaults when unset);
+# VARIANTS: more extension rows from the same parent, names of `variant_flags` below (e.g. "heads
+# replay50"); REUSE=1: keep a trial's rows that are there (best.pt and time) and run only the missing
+# ones (the data is kept too), e.g. to add VARIANTS to a finished experiment.
 # Paths are read from the folder you call it from.
 set -e
 . "$(dirname "$0")/setup.sh"
@@ -20,16 +23,43 @@ new=$root/data/$cls
 full=$root/data/full
 ext_flags="--no-progress${STEPS:+ --steps $STEPS}${REPLAY:+ --replay $REPLAY}${LR:+ --lr $LR}${TRAIN:+ --train $TRAIN}"
 
-start=$(date +%s)
-echo "==== data: $old without $cls, $new with it alone, $full = both (python -m data.concat add)"
-$PY -m data.generate --out "$old" --hold-out "$cls" --hold-out-dir "$new" --force --no-montage \
-    --train "${TRAIN_IMAGES:-100}" --val "${VAL_IMAGES:-20}" --test "${TEST_IMAGES:-40}" \
-    --ext "${EXT_IMAGES:-40}" --ood "${OOD_IMAGES:-50}"
-$PY -m data.concat add --dataset "$old" --task-data "$new" --out "$full" --force --link hardlink
+reuse=${REUSE:-0}
 
-# timed ROW COMMAND...: run it and append "ROW<TAB>seconds" to the trial's times.tsv
+# variant_flags NAME: the extend.py flags of a VARIANTS row (each changes one default)
+variant_flags() {
+  case $1 in
+    heads) echo "--train heads" ;;
+    classifier) echo "--train classifier" ;;
+    replay50) echo "--replay 0.5" ;;
+    replay90) echo "--replay 0.9" ;;
+    share10) echo "--share 0.1" ;;
+    lr5e-4) echo "--lr 5e-4" ;;
+    *) echo "error: VARIANTS: unknown variant '$1' (heads, classifier, replay50, replay90, share10, lr5e-4)" >&2
+       return 1 ;;
+  esac
+}
+for v in ${VARIANTS:-}; do variant_flags "$v" >/dev/null || exit 2; done
+
+start=$(date +%s)
+if [ "$reuse" = 1 ] && [ -f "$full/dataset.yaml" ]; then
+  echo "==== data: reusing $old and $full (REUSE=1)"
+else
+  echo "==== data: $old without $cls, $new with it alone, $full = both (python -m data.concat add)"
+  $PY -m data.generate --out "$old" --hold-out "$cls" --hold-out-dir "$new" --force --no-montage \
+      --train "${TRAIN_IMAGES:-100}" --val "${VAL_IMAGES:-20}" --test "${TEST_IMAGES:-40}" \
+      --ext "${EXT_IMAGES:-40}" --ood "${OOD_IMAGES:-50}"
+  $PY -m data.concat add --dataset "$old" --task-data "$new" --out "$full" --force --link hardlink
+fi
+
+# timed ROW COMMAND...: run it and append "ROW<TAB>seconds" to the trial's times.tsv; with REUSE=1
+# a row whose best.pt is there already is kept as it is
 timed() {
   row=$1; shift
+  if [ "$reuse" = 1 ] && [ -n "$(find "$dir/$row" -name best.pt 2>/dev/null | head -n 1)" ]; then
+    echo "==== $row: reusing $dir/$row"
+    return 0
+  fi
+  rm -rf "${dir:?}/$row"
   t0=$(date +%s)
   "$@"
   printf '%s\t%s\n' "$row" "$(($(date +%s) - t0))" >> "$dir/times.tsv"
@@ -46,7 +76,7 @@ i=1
 while [ "$i" -le "$trials" ]; do
   dir=$root/exp$i
   seed=$((i - 1))
-  rm -rf "$dir"
+  [ "$reuse" = 1 ] || rm -rf "$dir"
   mkdir -p "$dir"
   parent=$dir/before/uni/exp$i/best.pt
   echo "==== trial $i/$trials (seed $seed): uni on $old"
@@ -64,6 +94,12 @@ while [ "$i" -le "$trials" ]; do
       --replay 0
   echo "==== full retrain on $full, and its OOD detectors (extend.py refits them too: both rows end servable)"
   timed full retrain "$@"
+  for v in ${VARIANTS:-}; do
+    echo "==== extend.py, variant $v: $(variant_flags "$v")"
+    # shellcheck disable=SC2046,SC2086  # flags and values, split on purpose
+    timed "$v" $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --output-dir "$dir/$v" $ext_flags \
+        $(variant_flags "$v")
+  done
   i=$((i + 1))
 done
 trained=$(date +%s)

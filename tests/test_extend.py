@@ -141,6 +141,9 @@ def test_replay_draws_old_images_at_the_stated_ratio_and_uniformly():
     # the budget: --steps, --epochs over the new class at its share of a batch, else a fifth of a full retrain
     assert budget(Options(steps=7), 100, 4, 310) == 7 and budget(Options(epochs=1), 100, 4, 310) == 25
     assert budget(Options(), 100, 4, 310) == round(FULL_SHARE * 310) == 62
+    assert budget(Options(share=0.1), 100, 4, 310) == 31
+    with pytest.raises(ExtendError, match="--share 0: must be in"):
+        budget(Options(share=0), 100, 4, 310)
     naive = list(ReplayBatches(n_old, n_new, batch, 0.0, 5))
     assert all(i >= n_old for b in naive for i in b)
     with pytest.raises(ExtendError, match="--replay 1.0"):

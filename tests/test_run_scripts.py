@@ -97,3 +97,16 @@ def test_extend_script_runs_the_hold_out_experiment_end_to_end(tmp_path):
     for row in ("before extension", "imprinted, no fine-tune", "extended: imprint + replay", "naive:", "full retrain"):
         assert sum(line.startswith(f"| {row}") for line in report.splitlines()) == 1, (row, report)
     assert "overall accuracy within 1 point of the full retrain" in report
+    # REUSE=1 VARIANTS=...: the finished rows stay (same checkpoints, same times), the variant is added
+    kept = {p: p.read_bytes() for p in trial.glob("*/**/best.pt")}
+    proc = subprocess.run(["sh", str(ROOT / "run" / "extend.sh"), "--epochs", "1", *TINY_TRAIN], cwd=tmp_path,
+                          env={**env, "REUSE": "1", "VARIANTS": "heads"}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    again = dict(line.split("\t") for line in (trial / "times.tsv").read_text().splitlines())
+    assert list(again) == [*times, "heads"] and {k: again[k] for k in times} == times
+    report = (tmp_path / "ext" / "EXTEND.md").read_text()
+    assert "| variant heads: --train heads, --replay 0.75, --lr 0.002, share 0.2 |" in report
+    proc = subprocess.run(["sh", str(ROOT / "run" / "extend.sh")], cwd=tmp_path,
+                          env={**env, "VARIANTS": "wider"}, capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown variant 'wider'" in proc.stderr
