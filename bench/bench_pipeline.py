@@ -170,7 +170,7 @@ def speed(work: Path, ckpt: Path, args) -> None:
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")
     now = default_torch_threads()
     modes = {f"bare forward ({base} torch threads)": dict(forward=True),
-             "batch pipeline (now: decode thread + DCT scaling)": dict(torch_threads=now),
+             "batch pipeline (now: decode threads + DCT scaling)": dict(torch_threads=now),
              f"batch pipeline (before: 2 worker processes, full decode, {base} torch threads)":
                  dict(workers=2, full=True),
              "queue consumer decode path (now)": dict(consumer=True, torch_threads=now)}

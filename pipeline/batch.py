@@ -7,19 +7,21 @@ single file contains stops the run.
 
 How decoding shares the machine with the model (measured by bench/bench_pipeline.py, see
 pipeline/README.md "Performance"): by default (`workers=None`) images are decoded in-process by
-background threads, `decode_threads()` of them, while the model runs on the batch before: the
-decoder (libjpeg, Pillow's resize) and the forward both release the GIL, so they overlap without
+background threads, `decode_threads()` of them (one per core), while the model runs on the batch
+before: the decoder (libjpeg, Pillow's resize) and the forward both release the GIL, so they overlap without
 the start-up, pickling and memory of worker processes, which on a few cores only compete with the
 model's own threads. With many cores (more than 8), DataLoader worker processes are used instead
 (`default_workers()`), where the decode work outgrows what threads sharing one interpreter give.
-The model gets the cores the decoders leave (`default_torch_threads()`; the CLI's --threads).
+The model gets every core (`default_torch_threads()`; the CLI's --threads).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from torch.utils.data import DataLoader
 
@@ -29,12 +31,23 @@ from pipeline.sources import SourceImage
 from pipeline.table import PredictionTable
 
 
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
 def cores() -> int:
-    """CPU cores this process may run on (the container's CPU set, not the host's count)."""
+    """CPU cores this process may use: its CPU set, and no more than a container's CPU quota (a pod
+    limited to 2 CPUs on a 64-core node sees 64 in its CPU set; 64 threads there would thrash)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    try:
+        quota, period = CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            n = min(n, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 file, or one this does not understand: the CPU set
+        pass
+    return max(1, n)
 
 
 def default_workers() -> int:
@@ -45,16 +58,19 @@ def default_workers() -> int:
 
 
 def decode_threads() -> int:
-    """In-process decode threads: one per two cores, at least one (the model keeps the rest)."""
-    return max(1, cores() // 2)
+    """In-process decode threads: one per core. Decoding the next batch and the forward on this
+    one take turns on every core: on an idle 2-core machine 2 decode threads beside a 2-thread
+    forward gave 0.87x the bare forward, 1 decode thread 0.79x (pipeline/README.md)."""
+    return cores()
 
 
 def default_torch_threads(workers: int | None = None) -> int:
-    """Torch intra-op threads beside the decoders: the cores they leave (at least one). More
-    threads than cores make OpenMP's barriers wait on descheduled threads: on the shared 2-core
-    machine, 2 torch threads beside a busy decoder ran the forward several times slower than 1."""
+    """Torch intra-op threads: every core with in-process decoding (the decoders take turns with
+    the forward); beside DataLoader worker processes, the cores they leave. On a machine that
+    other busy processes share, fewer threads win (OpenMP's barriers wait on descheduled
+    threads): pass --threads 1 there (pipeline/README.md)."""
     workers = default_workers() if workers is None else workers
-    return max(1, cores() - (workers if workers > 0 else decode_threads()))
+    return max(1, cores() - workers) if workers > 0 else cores()
 
 
 def decode_items(items: list[SourceImage], transform, threads: int | None = None):

@@ -153,3 +153,31 @@ def test_dct_scaling_only_for_large_jpegs_and_close_to_the_full_decode(tmp_path)
     png = tmp_path / "big.png"  # not a JPEG: always the full decode
     photo.save(png)
     assert load_rgb(png, (72, 72)).size == (1600, 1200)
+
+
+@pytest.mark.parametrize("cpu_max,affinity,expected", [
+    ("max 100000\n", 8, 8),          # no quota: the CPU set
+    ("max 100000\n", 16, 16),        # many cores: DataLoader worker processes
+    ("200000 100000\n", 64, 2),      # a 2-CPU pod on a 64-core node
+    ("150000 100000\n", 64, 2),      # 1.5 CPUs: rounded up
+    ("400000 100000\n", 2, 2),       # a quota above the CPU set
+    ("garbage\n", 4, 4),             # a file this does not understand: the CPU set
+    (None, 4, 4),                    # no cgroup v2 file
+])
+def test_cores_and_the_thread_rules_follow_the_cpu_quota(monkeypatch, tmp_path, cpu_max, affinity, expected):
+    """cores() is the CPU set capped by a container's cgroup v2 CPU quota; with in-process decoding
+    (up to 8 cores) the model and the decoders each get every core, above that the DataLoader
+    worker processes take a quarter and the model the rest."""
+    from pipeline import batch
+    f = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        f.write_text(cpu_max)
+    monkeypatch.setattr(batch, "CPU_MAX", f)
+    monkeypatch.setattr(batch.os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    assert batch.cores() == expected
+    if expected <= 8:
+        assert batch.default_workers() == 0 and batch.decode_threads() == batch.default_torch_threads() == expected
+    else:
+        assert batch.default_workers() == expected // 4
+        assert batch.default_torch_threads() == expected - expected // 4
+    assert batch.default_torch_threads(workers=1) == max(1, expected - 1)
