@@ -119,12 +119,12 @@ def ood_top2_table(run: str, arms: dict, spec, note: str) -> ReportTable:
             cells[f"{k}-OOD AUROC (paper score)"] = rejection_values(res, run, sets, run_paper_scorer(res, run), "auroc")
         cells["ECE"] = values(res, run, "calibration", "ece")
         for set_name, labels in ml.items():
-            cells[f"{set_name}: all in top-2"] = values(res, run, "multilabel", set_name, "all_in_topk")
-            cells[f"{set_name}: all in coherent top-2"] = values(res, run, "multilabel", set_name, "by_rule",
-                                                                 "coherent", "all_in_topk")
+            plain, coherent = (("multilabel", set_name, "by_rule", rule) for rule in ("plain", "coherent"))
+            cells[f"{set_name}: all in top-2"] = values(res, run, *plain, "all_in_topk")
+            cells[f"{set_name}: all in coherent top-2"] = values(res, run, *coherent, "all_in_topk")
             for l in labels:
-                cells[f"{set_name}: {l} top-1"] = values(res, run, "multilabel", set_name, "top1", l)
-                cells[f"{set_name}: {l} in top-2"] = values(res, run, "multilabel", set_name, "topk", l)
+                cells[f"{set_name}: {l} top-1"] = values(res, run, *plain, "top1", l)
+                cells[f"{set_name}: {l} in top-2"] = values(res, run, *plain, "topk", l)
         table.add(name, cells)
     return table
 

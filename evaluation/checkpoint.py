@@ -16,8 +16,8 @@ sets (the task's two classes), each OOD set and each multi-label set of the spec
   and ood_val features go through the same cache); `paper_scorer` names the paper's score,
   `detectors` the detectors, `default` the scorer chosen on val + ood_val (never on these sets)
   and `selection` the ood_val figures it was chosen by.
-- RQ3 `multilabel.<set>`: top-2 analysis of `Paradigm.rank_labels` (the plain rule; `by_rule` has
-  every rule of models.paradigms.RANKINGS), and `test_top2`: per rule the share of test images whose
+- RQ3 `multilabel.<set>.by_rule.<rule>`: top-2 analysis of `Paradigm.rank_labels` under each rule
+  of models.paradigms.RANKINGS, and `test_top2`: per rule the share of test images whose
   label is in the top-2 (what a rule costs on single-label images); a task-centric model answers
   only its own task: share of images it calls positive (the report takes the union over them).
 - `calibration`: ECE (15 bins) of the model's own decisions on the test split (`Paradigm.decisions`).
@@ -164,6 +164,5 @@ def multilabel_entry(paradigm, spec: Spec, logits, labels: list[str]) -> tuple[d
         return ({"n": len(flags), "labels": labels, "rule": "task model says positive",
                  "found": {pos: sum(flags) / max(len(flags), 1)}}, {pos: flags})
     ranked = {rule: paradigm.rank_labels(logits, rule) for rule in RANKINGS}
-    return ({"labels": labels, "rule": "top-2 of rank_labels", **metrics.topk_analysis(ranked["plain"], labels, k=2),
-             "by_rule": {r: metrics.topk_analysis(ranked[r], labels, k=2) for r in RANKINGS}},
-            {"ranked": ranked["plain"], "by_rule": ranked})
+    return ({"labels": labels, "rule": "top-2 of rank_labels, per ranking rule",
+             "by_rule": {r: metrics.topk_analysis(ranked[r], labels, k=2) for r in RANKINGS}}, {"by_rule": ranked})

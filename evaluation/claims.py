@@ -84,8 +84,8 @@ def c3_top2(results, spec) -> dict:
     rows = {}
     for name, mset in spec.multilabel.items():
         def both(run):
-            return [[np.array([all(l in r[:2] for l in mset.labels) for r in raw["multilabel"][name]["ranked"]], float)]
-                    for _, raw in _trials(results, run)]
+            ranked = (raw["multilabel"][name]["by_rule"]["plain"] for _, raw in _trials(results, run))
+            return [[np.array([all(l in r[:2] for l in mset.labels) for r in rows], float)] for rows in ranked]
         if "uni" in results:
             rows[name] = (interval(mean_of_first, both("uni")),
                           paired_difference(mean_of_first, both("uni"), both("multi")) if "multi" in results else None)

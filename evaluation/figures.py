@@ -197,8 +197,7 @@ def plot_multilabel_examples(results, spec, out: Path, n: int = 8) -> list[Path]
     raw = first_trial(results, "uni")[1]
     paths = []
     for name, mset in spec.multilabel.items():
-        ranked = raw["multilabel"][name]["ranked"]
-        coherent = raw["multilabel"][name].get("by_rule", {}).get("coherent", ranked)
+        ranked, coherent = (raw["multilabel"][name]["by_rule"][r] for r in ("plain", "coherent"))
         # The unreadable images have no row in `ranked` (evaluation drops them), so skip them here too.
         images = [im for im in map(_readable, spec.flat_images(mset.path)) if im is not None]
         shown = list(zip(images, ranked, coherent))[:n]

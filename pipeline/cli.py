@@ -74,7 +74,9 @@ def model_flags(p):
                                   "(default: the checkpoint's training data)")
     p.add_argument("--tpr", type=float, default=DEFAULT_TPR, help="fraction of in-distribution val images accepted")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores the decode threads leave)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: every core, pipeline.batch.default_torch_threads; pass 1 on "
+                        "a machine other busy processes share)")
     p.add_argument("--top2", choices=list(RANKINGS), default=os.environ.get("PIPELINE_TOP2", DEFAULT_TOP2),
                    help="top-2 rule: coherent (default; a label the top-1 excludes, a task's other class, is "
                         "skipped, so the second label can be true beside the first) or plain (by score, the "

@@ -46,7 +46,7 @@ def trial(correct, id_s, ood_s, ranked, conf_correct):
     outcome = np.c_[np.ones(len(correct), int), np.asarray(correct, int)]  # (label, prediction): right where 1
     raw = {"tasks": {t: {"test": outcome} for t in SPEC.tasks},
            "rejection": {"receipts": {"max_logit": (np.asarray(id_s, float), np.asarray(ood_s, float))}},
-           "multilabel": {"both": {"ranked": ranked}}, "calibration": conf_correct}
+           "multilabel": {"both": {"by_rule": {"plain": ranked}}}, "calibration": conf_correct}
     return {"rejection": {"paper_scorer": "max_logit"}}, raw
 
 

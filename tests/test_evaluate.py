@@ -189,7 +189,8 @@ def test_run_one_checkpoint_and_cache(tiny_data, artifacts, tmp_path):
         assert set(m["rejection"][o]) == {"max_logit", "max_softmax", "energy", "kl_uniform", "knn", "mahalanobis",
                                           "rmds", "vim"}
     for name, mset in spec.multilabel.items():
-        assert m["multilabel"][name]["n"] > 0 and set(m["multilabel"][name]["topk"]) == set(mset.labels)
+        plain = m["multilabel"][name]["by_rule"]["plain"]
+        assert plain["n"] > 0 and set(plain["topk"]) == set(mset.labels)
     assert 0 <= m["calibration"]["ece"] <= 1
     n_sets = 1 + sum(len(s) for s in spec.external.values()) + len(spec.ood) + len(spec.multilabel)
     # train, val and ood_val too when the checkpoint's detector file had not been written yet

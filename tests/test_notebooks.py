@@ -166,7 +166,8 @@ def test_plot_multilabel_examples(drawn, tiny_data, tmp_path):
     spec = load_spec(tiny_data)
     name, mset = next(iter(spec.multilabel.items()))
     n = len(spec.flat_images(mset.path))
-    results = {"uni": {"exp1": trial("uni", multilabel={name: {"ranked": [["defect", "dirt", "normal"]] * n}})}}
+    ranked = {r: [["defect", "dirt", "normal"]] * n for r in ("plain", "coherent")}
+    results = {"uni": {"exp1": trial("uni", multilabel={name: {"by_rule": ranked}})}}
     [path] = plot_multilabel_examples(results, spec, tmp_path, n=8)
     assert path.name == f"multilabel_{name}.png" and written(path)
     assert [ax.get_xlabel() for ax in drawn[0].axes] == ["1. defect\n2. dirt"] * min(n, 8)
