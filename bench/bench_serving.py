@@ -1,9 +1,10 @@
 """Benchmark of the serving backends on one model (not a test: it prints what it measured).
 
 Eager PyTorch as the pipeline served it (`model(x, features=True)` under inference_mode) vs the
-same model with BatchNorm folded (models/serving.TorchBackend) vs the exported graph on ONNX
-Runtime (models/serving.OnnxBackend): ms per image at batch 1 and 16, at 64 and 224 px input,
-the speed-up over eager and the largest absolute logit (and feature) difference from eager, fp32.
+same model with BatchNorm folded in the NCHW layout vs the `torch` backend (models/serving.
+TorchBackend: BN folded, channels_last) vs the exported graph on ONNX Runtime (models/serving.
+OnnxBackend): ms per image at batch 1 and 16, at 64 and 224 px input, the speed-up over eager and
+the largest absolute logit (and feature) difference from eager, fp32.
 Modes are interleaved, median of --repeats. Adopt a backend only at >= 1.3x with diff <= 1e-3.
 
     python bench/bench_serving.py                                   # the quick and paper profiles' models
@@ -95,13 +96,18 @@ def main() -> None:
     print(f"CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start"
           + (f"; onnx: {missing}" if missing else ""))
-    print("\n| model | input | batch | eager ms/img | BN-folded ms/img | onnxruntime ms/img | folded vs eager "
-          "| onnx vs eager | max abs logit diff folded / onnx | max abs feature diff folded / onnx |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    names = {"eager": "eager", "folded": "BN-folded NCHW", "torch": "torch backend (folded, channels_last)",
+             "onnx": "onnxruntime"}
+    shown = [m for m in names if m != "onnx" or not missing]
+    print("\n| model | input | batch | " + " | ".join(f"{names[m]} ms/img" for m in shown) + " | " +
+          " | ".join(f"{names[m]} vs eager" for m in shown[1:]) + " | max abs logit diff " +
+          " / ".join(shown[1:]) + " | max abs feature diff |")
+    print("|---|---|---|" + "---|" * (2 * len(shown) + 1))
     for model, label in models:
         for size in a.sizes:
             t0 = time.perf_counter()
-            modes = {"eager": eager(model), "folded": TorchBackend(model, size)}
+            modes = {"eager": eager(model), "folded": TorchBackend(model, size, channels_last=False),
+                     "torch": TorchBackend(model, size)}
             built = time.perf_counter() - t0
             if not missing:
                 t0 = time.perf_counter()
@@ -117,12 +123,11 @@ def main() -> None:
                     for m, fn in modes.items():
                         times[m].append(ms_per_image(fn, x, a.min_s))
                 med = {m: statistics.median(v) for m, v in times.items()}
-                onnx = f"{med['onnx']:.2f}" if "onnx" in med else "n/a"
-                ratio = f"{med['eager'] / med['onnx']:.2f}x" if "onnx" in med else "n/a"
-                d = lambda k: " / ".join(f"{diffs[m][k]:.1e}" for m in ("folded", "onnx") if m in diffs)  # noqa: E731
-                print(f"| {label} | {size} px | {batch} | {med['eager']:.2f} | {med['folded']:.2f} | {onnx} | "
-                      f"{med['eager'] / med['folded']:.2f}x | {ratio} | {d(0)} | {d(1)} |", flush=True)
-            print(f"<!-- {label} at {size} px: fold {built:.1f} s" +
+                d = lambda k: " / ".join(f"{diffs[m][k]:.1e}" for m in shown[1:])  # noqa: E731
+                print(f"| {label} | {size} px | {batch} | " + " | ".join(f"{med[m]:.2f}" for m in shown) + " | " +
+                      " | ".join(f"{med['eager'] / med[m]:.2f}x" for m in shown[1:]) + f" | {d(0)} | {d(1)} |",
+                      flush=True)
+            print(f"<!-- {label} at {size} px: fold twice {built:.1f} s" +
                   (f", ONNX export + session {export_s:.1f} s" if not missing else "") + " -->")
     load = os.getloadavg()
     print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at end (median of {a.repeats} interleaved runs)")

@@ -53,8 +53,12 @@ def test_batchnorm_folding_keeps_the_logits_and_features(backbone):
     with torch.inference_mode():
         (z0, f0), (z1, f1) = model(x, features=True), folded(x, features=True)
     assert torch.allclose(z0, z1, atol=1e-4, rtol=1e-4) and torch.allclose(f0, f1, atol=1e-4, rtol=1e-4)
-    z2, f2 = TorchBackend(model, 48)(x)  # the serving interface: (logits, features)
-    assert torch.allclose(z0, z2, atol=1e-4, rtol=1e-4) and torch.allclose(f0, f2, atol=1e-4, rtol=1e-4)
+    backend = TorchBackend(model, 48)  # the serving interface: (logits, features), channels_last
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in backend.model.modules() if isinstance(m, torch.nn.Conv2d))
+    for b in (backend, TorchBackend(model, 48, channels_last=False)):
+        z2, f2 = b(x)
+        assert torch.allclose(z0, z2, atol=1e-4, rtol=1e-4) and torch.allclose(f0, f2, atol=1e-4, rtol=1e-4)
     # The original is left as it was (the fold works on a copy).
     assert batchnorms_called(model, x)
 
@@ -69,12 +73,12 @@ def test_onnx_backend_round_trips_a_checkpoint(uni, tiny_data):
     reason = onnx_available()
     if reason:
         pytest.skip(f"ONNX backend not installed here: {reason}")
-    from pipeline.batch import decode_items
-    from pipeline.sources import SourceImage
+    from data.loading import ImageSet, collate_skip_bad
     ck = checkpoints.load(uni)
-    items = [SourceImage(str(p), str(p), None) for p in tiny_images(tiny_data)]
-    x, good, errors = decode_items(items, ck.transform())
-    assert not errors and len(good) == len(items)
+    paths = tiny_images(tiny_data)
+    ds = ImageSet([(p, i) for i, p in enumerate(paths)], ck.transform())
+    x, good, errors = collate_skip_bad([ds[i] for i in range(len(ds))])
+    assert not errors and len(good) == len(paths)
     backend = build_backend(ck.model, "onnx", crop=ck.crop)
     with torch.inference_mode():
         z0, f0 = ck.model(x, features=True)
@@ -95,7 +99,7 @@ def rows_by_id(rows: list[dict]) -> dict[str, dict]:
 
 
 def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path):
-    from pipeline.batch import decode_items, infer, run_batch
+    from pipeline.batch import predicted, run_batch
     from pipeline.model import Predictor
     from pipeline.sources import list_source
     src = tmp_path / "src"
@@ -115,13 +119,20 @@ def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path):
         assert rows_by_id(now) == rows_by_id(before), how
     statuses = {Path(r["source"]).name: r["status"] for r in before}
     assert {n: ("good" if statuses[n] != "error" else "error") for n in kinds} == kinds
-    # The queue consumer's path (decode_items in-process, serial or in threads) gives them too.
-    for threads in (1, 2):
+    # The queue consumer's path (each message batch of 8 through `predicted` as one batch, as
+    # Consumer.process; also in parts of 1 and 3) gives them too: the same rows, the scores equal
+    # up to float rounding (a forward on 1 or 3 images adds in another order than on 8).
+    for part in (1, 3, 8):
         rows = []
         for i in range(0, len(items), 8):
-            chunk = items[i:i + 8]
-            rows += infer(pred, chunk, *decode_items(chunk, pred.transform(), threads))
-        assert rows_by_id(rows) == rows_by_id(before)
+            rows += [r for _, part_rows in predicted(pred, items[i:i + 8], part, workers=0) for r in part_rows]
+        now, then = rows_by_id(rows), rows_by_id(before)
+        assert now.keys() == then.keys(), part
+        for key, row in now.items():
+            assert row.keys() == then[key].keys(), (part, key)
+            for k, v in row.items():
+                assert v == (pytest.approx(then[key][k], rel=1e-5) if isinstance(v, float) else then[key][k]), \
+                    (part, key, k)
 
 
 def test_dct_scaling_only_for_large_jpegs_and_close_to_the_full_decode(tmp_path):
