@@ -1,12 +1,16 @@
 """Benchmark of the deployed pipeline, one run, same images (not a test: it prints what it measured).
 
 1. speed (issue 11 §2): the batch pipeline (`run_batch`: decode + transform + model + OOD score +
-   top-2 + SQLite upsert) and the queue consumer's decode path (`decode_items` + `infer` + upsert
-   per batch of 32, no broker) vs the bare model forward on the same images decoded beforehand:
-   img/s, ms/image and the ratio to the forward (target >= 0.85x), at 64 px and 224 px model
-   input, for the embedded 96 px files and for phone-size photos (the same images re-encoded at
-   1600 x 1200, made here in a temporary folder). `before` is the configuration this replaced
-   (2 DataLoader worker processes, full-size JPEG decode). Interleaved, median of --repeats;
+   top-2 + SQLite upsert) and the queue consumer's path (each message batch of 32 through the
+   same `predicted` in parts, upsert per batch, no broker) vs the bare model forward on the same
+   images decoded beforehand: img/s, ms/image and the ratio to the forward (target >= 0.85x), at
+   64 px and 224 px model input, for the embedded 96 px files and for phone-size photos (the same
+   images re-encoded at 1600 x 1200, made here in a temporary folder). `before` is the
+   configuration this replaced (2 DataLoader worker processes, full-size JPEG decode). The bound
+   row is what the cores allow at best: each image costs at least its 1-thread decode + its
+   1-thread forward of CPU time (both measured here), spread over every core with none idle.
+   Interleaved, median of --repeats. `--checkpoint` measures a given (deployed) model instead of
+   the tiny one this script trains;
 2. efficiency-centric (1 model, 1 table) vs task-centric (2 and 3 models, one table each):
    wall time and CPU time per image;
 3. the inspectors' query ("dirty or damaged, captured on day D") on the one table vs the join of
@@ -15,6 +19,7 @@
     python bench/bench_pipeline.py                       # trains tiny models itself (~1 min)
     python bench/bench_pipeline.py --only speed --sweep  # also every decode configuration
     python bench/bench_pipeline.py --images 2000 --crop 64 --workers 2
+    python bench/bench_pipeline.py --only speed --checkpoint artifacts/uni/exp1/best.pt
 """
 from __future__ import annotations
 
@@ -38,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 import data.loading  # noqa: E402
 from data.loading import ImageSet, collate_skip_bad  # noqa: E402
 from models import checkpoint as checkpoints  # noqa: E402
-from pipeline.batch import (cores, decode_items, decode_threads, default_torch_threads, default_workers,  # noqa: E402
-                            infer, run_batch)
+from pipeline.batch import (cores, decode_threads, default_torch_threads, default_workers, predicted,  # noqa: E402
+                            run_batch)
 from pipeline.model import Predictor  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
 from pipeline.table import PredictionTable  # noqa: E402
@@ -92,10 +97,21 @@ def make_images(folder: Path, n: int, size: int) -> None:
         os.utime(p, (stamp, stamp))
 
 
+def decoded(pred: Predictor, items, batch: int) -> list[torch.Tensor]:
+    ds = ImageSet([(it.path, i) for i, it in enumerate(items)], pred.transform())
+    return [collate_skip_bad([ds[j] for j in range(i, min(i + batch, len(ds)))])[0] for i in range(0, len(ds), batch)]
+
+
+def decode_only(pred: Predictor, items, batch: int) -> float:
+    """images/s of decode + transform alone, in this thread."""
+    t = time.perf_counter()
+    decoded(pred, items, batch)
+    return len(items) / (time.perf_counter() - t)
+
+
 def bare_forward(pred: Predictor, items, batch: int) -> float:
     """images/s of model(x) alone, on tensors decoded beforehand."""
-    ds = ImageSet([(it.path, i) for i, it in enumerate(items)], pred.transform())
-    xs = [collate_skip_bad([ds[j] for j in range(i, min(i + batch, len(ds)))])[0] for i in range(0, len(ds), batch)]
+    xs = decoded(pred, items, batch)
     forward = getattr(pred, "forward", None) or pred.logits  # (logits, features) since the feature detectors
     forward(xs[0])  # warm-up
     t = time.perf_counter()
@@ -148,13 +164,15 @@ def full_decode():
         data.loading.decode_size = saved
 
 
-def consumer_path(pred: Predictor, table: PredictionTable, items, batch: int = 32) -> float:
+def consumer_path(pred: Predictor, table: PredictionTable, items, batch: int = 32, part: int | None = None) -> float:
     """img/s of what a queue consumer does per message batch (pipeline/streams.Consumer.process
-    without Redis): decode in-process, infer, upsert."""
+    without Redis): the batch through `predicted` (in-process decode threads; in parts of `part`
+    images, default one), upsert."""
+    part = part or batch
     t = time.perf_counter()
     for i in range(0, len(items), batch):
         chunk = items[i:i + batch]
-        table.upsert(infer(pred, chunk, *decode_items(chunk, pred.transform())))
+        table.upsert([r for _, rows in predicted(pred, chunk, part, workers=0) for r in rows])
     return len(items) / (time.perf_counter() - t)
 
 
@@ -171,12 +189,18 @@ def speed(work: Path, ckpt: Path, args) -> None:
     now = default_torch_threads()
     modes = {f"bare forward ({base} torch threads)": dict(forward=True),
              "batch pipeline (now: decode threads + DCT scaling)": dict(torch_threads=now),
+             "batch pipeline, decode and forward take turns (ahead 0)": dict(torch_threads=now, ahead=0),
+             "batch pipeline, decode 1 batch ahead": dict(torch_threads=now, ahead=1),
              f"batch pipeline (before: 2 worker processes, full decode, {base} torch threads)":
                  dict(workers=2, full=True),
-             "queue consumer decode path (now)": dict(consumer=True, torch_threads=now)}
-    if now != base:
+             "queue consumer (message batches of 32)": dict(consumer=True, torch_threads=now),
+             "bare forward (1 torch thread)": dict(forward=True, torch_threads=1),
+             "decode + transform alone (1 thread)": dict(decode=True)}
+    if now not in (base, 1):
         modes[f"bare forward ({now} torch threads)"] = dict(forward=True, torch_threads=now)
     if args.sweep:
+        for part in (8, 16):
+            modes[f"queue consumer, parts of {part}"] = dict(consumer=True, part=part, torch_threads=now)
         for t in sorted({1, base}):
             modes.update({f"batch, 0 workers, 1 decode thread, {t} torch threads": dict(workers=0, threads=1,
                                                                                           torch_threads=t),
@@ -200,18 +224,24 @@ def speed(work: Path, ckpt: Path, args) -> None:
                     torch.set_num_threads(how.get("torch_threads", base))
                     if how.get("forward"):
                         times[m].append(bare_forward(pred, items, args.batch_size))
+                    elif how.get("decode"):
+                        times[m].append(decode_only(pred, items, args.batch_size))
                     elif how.get("consumer"):
-                        times[m].append(consumer_path(pred, PredictionTable(str(db), "consumer"), items))
+                        times[m].append(consumer_path(pred, PredictionTable(str(db), "consumer"), items,
+                                                      part=how.get("part")))
                     else:
                         with full_decode() if how.get("full") else contextlib.nullcontext():
                             s = run_batch(pred, PredictionTable(str(db)), items, args.batch_size,
-                                          how.get("workers"), False, threads=how.get("threads"))
+                                          how.get("workers"), False, threads=how.get("threads"), ahead=how.get("ahead"))
                         times[m].append(s["images"] / s["seconds"])
                     torch.set_num_threads(base)
             fwd = statistics.median(times[f"bare forward ({base} torch threads)"])
             best = max(statistics.median(times[m]) for m, how in modes.items() if how.get("forward"))
-            for m in modes:
-                v = statistics.median(times[m])
+            rates = {m: statistics.median(v) for m, v in times.items()}
+            one = 1 / rates["bare forward (1 torch thread)"] + 1 / rates["decode + transform alone (1 thread)"]
+            rates[f"bound: {cores()} cores never idle, (1-thread forward + 1-thread decode) CPU s per image"] = \
+                cores() / one
+            for m, v in rates.items():
                 print(f"| {label} ({len(items)}) | {crop} px | {m} | {v:.0f} | {1000 / v:.2f} | {v / fwd:.2f}x | "
                       f"{v / best:.2f}x |", flush=True)
     load = os.getloadavg()
@@ -278,9 +308,13 @@ def main() -> None:
     ap.add_argument("--speed-crops", type=int, nargs="+", default=[64, 224], help="model input sides")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per mode (median)")
     ap.add_argument("--sweep", action="store_true", help="also time every decode configuration")
+    ap.add_argument("--checkpoint", help="the speed part only, on this checkpoint (e.g. a deployed model) instead "
+                                         "of the tiny model the script trains")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
+        if args.checkpoint:
+            return speed(work, Path(args.checkpoint), args)
         ckpts = train_models(work, args, RUNS[:1] if args.only == "speed" else RUNS)
         if args.only != "systems":
             speed(work, ckpts["uni"], args)

@@ -16,6 +16,7 @@ The model gets every core (`default_torch_threads()`; the CLI's --threads).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -31,6 +32,7 @@ from pipeline.sources import SourceImage
 from pipeline.table import PredictionTable
 
 
+DECODE_AHEAD = 3  # measured: pipeline/README.md "Performance"
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 
 
@@ -73,36 +75,27 @@ def default_torch_threads(workers: int | None = None) -> int:
     return max(1, cores() - workers) if workers > 0 else cores()
 
 
-def decode_items(items: list[SourceImage], transform, threads: int | None = None):
-    """(stacked good images or None, their item indices, {item index: error message}) for a batch
-    of items, decoded in-process (queue consumers): `threads` (default `decode_threads()`) decode
-    images of the batch in parallel."""
-    ds = ImageSet([(it.path, i) for i, it in enumerate(items)], transform)
-    threads = decode_threads() if threads is None else threads
-    if threads > 1 and len(items) > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            decoded = list(pool.map(ds.__getitem__, range(len(items))))
-    else:
-        decoded = [ds[i] for i in range(len(items))]
-    return split_batch(collate_skip_bad(decoded))
+def prefetched(images: ImageSet, batch_size: int, threads: int, ahead: int | None = None):
+    """Collated batches of `images` in order, decoded image by image by `threads` background
+    threads (so even a lone batch, a queue consumer's message batch, is decoded by every thread).
+    `ahead` batches are decoded while the model runs on the current one (default DECODE_AHEAD);
+    0: decoding and the forward take turns, each with every core."""
+    ahead = DECODE_AHEAD if ahead is None else ahead
+    todo = iter(range(len(images)))
+    pending: deque = deque()
 
-
-def prefetched(images: ImageSet, batch_size: int, threads: int):
-    """Collated batches of `images` in order, decoded by `threads` background threads that run
-    up to `threads + 1` batches ahead of the consumer (the model), so decode and forward overlap."""
-    starts = iter(range(0, len(images), batch_size))
-
-    def decode(lo: int):
-        return collate_skip_bad([images[i] for i in range(lo, min(lo + batch_size, len(images)))])
+    def submit(n: int) -> None:
+        pending.extend(pool.submit(images.__getitem__, i) for i in itertools.islice(todo, n))
 
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
-        pending = deque(pool.submit(decode, lo) for _, lo in zip(range(threads + 1), starts))
+        submit((ahead + 1) * batch_size)
         while pending:
-            batch = pending.popleft().result()
-            lo = next(starts, None)
-            if lo is not None:
-                pending.append(pool.submit(decode, lo))
-            yield batch
+            batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+            if ahead:
+                submit(len(batch))
+            yield collate_skip_bad(batch)
+            if not ahead:
+                submit(len(batch))
 
 
 def split_batch(batch):
@@ -126,29 +119,36 @@ def infer(predictor: Predictor, items: list[SourceImage], x, good: list[int], er
     return rows
 
 
-def run_batch(predictor: Predictor, table: PredictionTable | None, items: list[SourceImage], batch_size: int = 64,
-              workers: int | None = None, progress: bool = True, on_rows=None, threads: int | None = None) -> dict:
-    """Predict every item and upsert each batch; returns the summary counts and images/s.
-
-    `workers` > 0: that many DataLoader processes decode; 0: in-process, `threads` (default
-    `decode_threads()`) background threads decode ahead of the model; None: `default_workers()`."""
-    from tqdm import tqdm
+def predicted(predictor: Predictor, items: list[SourceImage], batch_size: int, workers: int | None = None,
+              threads: int | None = None, ahead: int | None = None):
+    """Yield (the items of one batch, their rows), batch after batch in order: the one decode ->
+    infer path of batch mode and of queue consumers. `workers` > 0: that many DataLoader
+    processes decode; 0: in-process, `threads` (default `decode_threads()`) background threads
+    decode the next batches while the model runs on this one; None: `default_workers()`."""
     images = ImageSet([(it.path, i) for i, it in enumerate(items)], predictor.transform())
     workers = default_workers() if workers is None else workers
     if workers > 0:
         loader = DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad,
                             persistent_workers=False, prefetch_factor=4)
     else:
-        loader = prefetched(images, batch_size, decode_threads() if threads is None else max(1, threads))
+        loader = prefetched(images, batch_size, decode_threads() if threads is None else max(1, threads), ahead)
+    offset = 0
+    for x, good, errors in map(split_batch, loader):
+        chunk = items[offset:offset + batch_size]
+        yield chunk, infer(predictor, chunk, x, [i - offset for i in good], {i - offset: e for i, e in errors.items()})
+        offset += len(chunk)
+
+
+def run_batch(predictor: Predictor, table: PredictionTable | None, items: list[SourceImage], batch_size: int = 64,
+              workers: int | None = None, progress: bool = True, on_rows=None, threads: int | None = None,
+              ahead: int | None = None) -> dict:
+    """Predict every item and upsert each batch (one transaction each); returns the summary
+    counts and images/s. `workers`, `threads`, `ahead`: as `predicted` and `prefetched`."""
+    from tqdm import tqdm
     counts = {"ok": 0, "ood": 0, "error": 0}
     start = time.perf_counter()
-    offset = 0
     with tqdm(total=len(items), unit="img", disable=not progress, desc="predict") as bar:
-        for x, good, errors in map(split_batch, loader):
-            chunk = items[offset:offset + batch_size]
-            rows = infer(predictor, chunk, x, [i - offset for i in good],
-                         {i - offset: e for i, e in errors.items()})
-            offset += len(chunk)
+        for _, rows in predicted(predictor, items, batch_size, workers, threads, ahead):
             if table is not None:
                 table.upsert(rows)
             if on_rows is not None:

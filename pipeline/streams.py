@@ -102,7 +102,6 @@ class Consumer:
         self.max_backoff_s, self.max_outage_s, self.trim_interval_s = max_backoff_s, max_outage_s, trim_interval_s
         self.heartbeat = heartbeat or Heartbeat(None)
         self.dead, self.errors = f"{stream}:dead", f"{stream}:errors"
-        self.transform = predictor.transform()
         self.stopping = False
         self.r: redis.Redis | None = None
         self.held: list = []  # the batch in hand, kept across a lost Redis connection
@@ -217,9 +216,10 @@ class Consumer:
             self.stats["dead_lettered"] += 1
             log(event="dead_letter", consumer=self.name, message_id=mid, error=err)
         if keep:
-            from pipeline.batch import decode_items, infer  # here: the producer never loads torch
+            from pipeline.batch import predicted  # here: the producer never loads torch
             items = [SourceImage.from_fields(f) for _, f in keep]
-            rows = infer(self.predictor, items, *decode_items(items, self.transform))
+            # batch mode's decode -> infer path: the decode threads share the batch, then one forward
+            rows = [r for _, part in predicted(self.predictor, items, len(items), workers=0) for r in part]
             self.settle([mid for mid, _ in keep], rows, counts)
 
     def settle(self, ids: list[str], rows: list[dict], counts: dict[str, int]) -> None:
