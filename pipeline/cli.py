@@ -82,8 +82,9 @@ def model_flags(p):
                         "skipped, so the second label can be true beside the first) or plain (by score, the "
                         "paper's); written into each row's top2_rule (env PIPELINE_TOP2)")
     p.add_argument("--backend", choices=["torch", "onnx"], default=os.environ.get("PIPELINE_BACKEND", "torch"),
-                   help="torch: BatchNorm folded, inference_mode; onnx: ONNX Runtime on the exported graph (CPU; "
-                        "1.5-3.9x faster for the quick profile's model, pipeline/README.md) (env PIPELINE_BACKEND)")
+                   help="torch: BatchNorm folded, channels_last, inference_mode; onnx: ONNX Runtime on the "
+                        "exported graph (CPU; 1.65-3.9x eager for the quick profile's model, pipeline/README.md) "
+                        "(env PIPELINE_BACKEND)")
 
 
 def table_flags(p, required=True):
