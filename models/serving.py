@@ -179,9 +179,10 @@ class Features(nn.Module):
 
 class TorchBackend:
     """Eager PyTorch: BN folded (fold=True), channels_last (NHWC) layout, under
-    torch.inference_mode. channels_last, with the same weights and math, measured 1.23x / 1.40x
-    the NCHW forward of the quick profile's folded model at 64 / 224 px on 2 CPU cores, 1.12-1.23x
-    for ResNet-18/50 at 224 px and even at 64 px (bench/bench_serving.py, pipeline/README.md)."""
+    torch.inference_mode. Against the folded NCHW model, channels_last measured 1.07-1.40x for the
+    quick profile's model (the one CPU deployments serve) and 1.16x for ResNet-50 at 224 px /
+    batch 16, 0.84x only for ResNet-50 at 64 px / batch 16, on 2 CPU cores
+    (bench/bench_serving.py; pipeline/README.md "Serving backends")."""
 
     name = "torch"
 
