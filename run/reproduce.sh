@@ -4,7 +4,7 @@
 # and one task-centric model per task of the spec; evaluate every trial and write OUT/REPORT.md.
 # --variants also trains the uni model once more with the other --mix setting (the RQ3 ablation:
 # top-2 with and without mixing, ~10 min more for 3 trials on 2 cores; run/ablations.sh trains it
-# too). Measured on 2 CPU cores, quick profile, 3 trials: ~25 min without --variants, ~36 with.
+# too). Measured on 2 CPU cores, quick profile, 3 trials: 27 min without --variants, ~36 with.
 #   sh run/reproduce.sh [--trials 3] [--profile auto|quick|paper] [--data DIR] [--output-dir DIR]
 #                       [--out results] [--variants] [train.py flags]
 # Paths are read from the folder you call it from. Flags other than --out go to every training
