@@ -58,6 +58,12 @@ def read_torch_file(path: str | Path, error: type[Exception], what: str):
         raise error(f"{path}: not a {what} ({type(e).__name__}: {first})") from None
 
 
+def replace_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
+    """Put `new` in the place of `model`'s submodule `name` (a dotted name, as named_modules gives)."""
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
 def plain(value):
     """Plain data for JSON and for weights_only checkpoints: dicts, lists, str, bool, int, float;
     numpy numbers become Python numbers, NaN becomes None (strict JSON has no NaN) and anything

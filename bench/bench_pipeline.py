@@ -2,7 +2,7 @@
 
 1. speed (issue 11 §2): the batch pipeline (`run_batch`: decode + transform + model + OOD score +
    top-2 + SQLite upsert) and the queue consumer's path (each message batch of 32 through the
-   same `predicted` in parts, upsert per batch, no broker) vs the bare model forward on the same
+   same `predicted` as one batch, upsert per batch, no broker; `--sweep`: also in parts) vs the bare model forward on the same
    images decoded beforehand: img/s, ms/image and the ratio to the forward (target >= 0.85x), at
    64 px and 224 px model input, for the embedded 96 px files and for phone-size photos (the same
    images re-encoded at 1600 x 1200, made here in a temporary folder). `before` is the

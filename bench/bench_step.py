@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import pmg_step  # noqa: E402
 from models import BACKBONES, build_model  # noqa: E402
 from models.paradigms import Head, Paradigm  # noqa: E402
+from utils import replace_module  # noqa: E402
 
 LEVERS = {"base": {}, "channels_last": {"channels_last": True}, "amp": {"amp": True},
           "channels_last+amp": {"channels_last": True, "amp": True}, "compile": {"compile": True},
@@ -53,8 +54,7 @@ def with_library_padding(model: torch.nn.Module) -> torch.nn.Module:
             conv = Conv2dDynamicSamePadding(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.dilation,
                                             m.groups, m.bias is not None)
             conv.load_state_dict(m.state_dict())
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, conv)
+            replace_module(model, name, conv)
     return model
 
 

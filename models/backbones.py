@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from utils import read_torch_file, replace_module
+
 
 class Backbone(nn.Module):
     """Three sequential stages; `forward(x, upto=k)` runs only stages 0..k (the n=8 jigsaw step
@@ -35,7 +37,6 @@ class WeightsError(ValueError):
 
 
 def load_state(module: nn.Module, path: str | Path, what: str) -> None:
-    from utils import read_torch_file
     state = read_torch_file(path, WeightsError, "torch weights file (--pretrained none|imagenet|PATH)")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     ours = module.state_dict()
@@ -81,8 +82,7 @@ def static_same_padding(net: nn.Module) -> nn.Module:
             conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, 1, tuple(k // 2 for k in m.kernel_size),
                              groups=m.groups, bias=m.bias is not None)
             conv.load_state_dict(m.state_dict())
-            parent, _, attr = name.rpartition(".")
-            setattr(net.get_submodule(parent) if parent else net, attr, conv)
+            replace_module(net, name, conv)
     return net
 
 

@@ -25,6 +25,8 @@ import warnings
 import torch
 from torch import nn
 
+from utils import replace_module
+
 BACKENDS = ("torch", "onnx")
 
 
@@ -121,11 +123,6 @@ def _pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str, str]]:
     return found
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
-
-
 def fold_batchnorm(model: nn.Module, probe: torch.Tensor, atol: float = 1e-3) -> nn.Module:
     """An eval-mode copy of `model` with every foldable BatchNorm folded into its neighbour and
     replaced by Identity. `probe` is an input batch (batch >= 2: BatchNorm1d in the graph) used to
@@ -145,7 +142,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor, atol: float = 1e-3) ->
             _fold_before(mods[src], mods[dst])
             folded_bn.add(src)
     for name in folded_bn:
-        _replace(model, name, nn.Identity())
+        replace_module(model, name, nn.Identity())
     for p in model.parameters():
         p.requires_grad_(False)
     check(model, original, probe, atol)

@@ -6,11 +6,12 @@ A file that cannot be decoded becomes an `error` row carrying the decoder's mess
 single file contains stops the run.
 
 How decoding shares the machine with the model (measured by bench/bench_pipeline.py, see
-pipeline/README.md "Performance"): by default (`workers=None`) images are decoded in-process by
-background threads, `decode_threads()` of them (one per core), while the model runs on the batch
-before: the decoder (libjpeg, Pillow's resize) and the forward both release the GIL, so they overlap without
-the start-up, pickling and memory of worker processes, which on a few cores only compete with the
-model's own threads. With many cores (more than 8), DataLoader worker processes are used instead
+pipeline/README.md "Performance"): by default (`workers=None`) images are decoded in-process,
+image by image, by background threads, `decode_threads()` of them (one per core), while the model
+runs on the batch before: the decoder (libjpeg, Pillow's resize) and the forward both release the
+GIL, so they overlap without the start-up, pickling and memory of worker processes, which on a
+few cores only compete with the model's own threads. Queue consumers use the same path
+(`predicted`), one message batch at a time. With many cores (more than 8), DataLoader worker processes are used instead
 (`default_workers()`), where the decode work outgrows what threads sharing one interpreter give.
 The model gets every core (`default_torch_threads()`; the CLI's --threads).
 """
