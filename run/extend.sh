@@ -28,13 +28,16 @@ reuse=${REUSE:-0}
 # variant_flags NAME: the extend.py flags of a VARIANTS row (each changes one default)
 variant_flags() {
   case $1 in
+    all) echo "--train all" ;;
     heads) echo "--train heads" ;;
     classifier) echo "--train classifier" ;;
     replay50) echo "--replay 0.5" ;;
     replay90) echo "--replay 0.9" ;;
     share10) echo "--share 0.1" ;;
+    share40) echo "--share 0.4" ;;
     lr5e-4) echo "--lr 5e-4" ;;
-    *) echo "error: VARIANTS: unknown variant '$1' (heads, classifier, replay50, replay90, share10, lr5e-4)" >&2
+    lr1e-2) echo "--lr 1e-2" ;;
+    *) echo "error: VARIANTS: unknown variant '$1' (all, heads, classifier, replay50, replay90, share10, share40, lr5e-4, lr1e-2)" >&2
        return 1 ;;
   esac
 }
