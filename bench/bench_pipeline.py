@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT))
 import data.loading  # noqa: E402
 from data.loading import ImageSet, collate_skip_bad  # noqa: E402
 from models import checkpoint as checkpoints  # noqa: E402
-from pipeline.batch import (cores, decode_threads, default_torch_threads, default_workers, predicted,  # noqa: E402
-                            run_batch)
+from pipeline.batch import (cores, decode_threads, default_streams, default_torch_threads,  # noqa: E402
+                            default_workers, predicted, run_batch, shared_batch)
 from pipeline.model import Predictor  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
 from pipeline.table import PredictionTable  # noqa: E402
@@ -164,15 +164,16 @@ def full_decode():
         data.loading.decode_size = saved
 
 
-def consumer_path(pred: Predictor, table: PredictionTable, items, batch: int = 32, part: int | None = None) -> float:
+def consumer_path(pred: Predictor, table: PredictionTable, items, batch: int = 32, part: int | None = None,
+                  streams: int | None = None) -> float:
     """img/s of what a queue consumer does per message batch (pipeline/streams.Consumer.process
-    without Redis): the batch through `predicted` (in-process decode threads; in parts of `part`
-    images, default one), upsert."""
-    part = part or batch
+    without Redis): the batch through `predicted` (in-process decoding, in parts of `part` images,
+    default one per stream), upsert."""
     t = time.perf_counter()
     for i in range(0, len(items), batch):
         chunk = items[i:i + batch]
-        table.upsert([r for _, rows in predicted(pred, chunk, part, workers=0) for r in rows])
+        table.upsert([r for _, rows in predicted(pred, chunk, part or shared_batch(len(chunk), streams), workers=0,
+                                                 streams=streams) for r in rows])
     return len(items) / (time.perf_counter() - t)
 
 
@@ -183,32 +184,41 @@ def speed(work: Path, ckpt: Path, args) -> None:
     load = os.getloadavg()
     base = torch.get_num_threads()
     print(f"## speed: {cores()} cores, torch threads {base} (torch's default), pipeline default: "
-          f"{default_workers()} worker processes, {decode_threads()} decode thread(s), "
-          f"{default_torch_threads()} torch thread(s); "
+          f"{default_workers()} worker processes, {default_streams()} stream(s) at "
+          f"{default_torch_threads()} torch thread(s) (1 stream: {decode_threads()} decode thread(s)); "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")
-    now = default_torch_threads()
+    n = cores()
+    default = (default_streams(), default_torch_threads())
+    mark = lambda label, st, th: label + (" (default)" if (st, th) == default else "")  # noqa: E731
     modes = {f"bare forward ({base} torch threads)": dict(forward=True),
-             "batch pipeline (now: decode threads + DCT scaling)": dict(torch_threads=now),
-             "batch pipeline, decode and forward take turns (ahead 0)": dict(torch_threads=now, ahead=0),
-             "batch pipeline, decode 1 batch ahead": dict(torch_threads=now, ahead=1),
+             mark(f"batch pipeline, 1 stream: decode threads beside a {n}-thread forward", 1, n):
+                 dict(torch_threads=n, streams=1),
+             "batch pipeline, 1 stream, decode and forward take turns (ahead 0)": dict(torch_threads=n, streams=1,
+                                                                                       ahead=0),
+             "batch pipeline, 1 stream, decode 1 batch ahead": dict(torch_threads=n, streams=1, ahead=1),
+             mark(f"batch pipeline, {n} streams x 1 torch thread", n, 1): dict(torch_threads=1, streams=n),
+             f"batch pipeline, {2 * n} streams x 1 torch thread": dict(torch_threads=1, streams=2 * n),
              f"batch pipeline (before: 2 worker processes, full decode, {base} torch threads)":
                  dict(workers=2, full=True),
-             "queue consumer (message batches of 32)": dict(consumer=True, torch_threads=now),
+             mark("queue consumer (message batches of 32), 1 stream", 1, n):
+                 dict(consumer=True, torch_threads=n, streams=1),
+             mark(f"queue consumer, {n} streams x 1 torch thread", n, 1):
+                 dict(consumer=True, torch_threads=1, streams=n),
              "bare forward (1 torch thread)": dict(forward=True, torch_threads=1),
              "decode + transform alone (1 thread)": dict(decode=True)}
-    if now not in (base, 1):
-        modes[f"bare forward ({now} torch threads)"] = dict(forward=True, torch_threads=now)
+    now = default[1]
     if args.sweep:
         for part in (8, 16):
-            modes[f"queue consumer, parts of {part}"] = dict(consumer=True, part=part, torch_threads=now)
+            modes[f"queue consumer, 1 stream, parts of {part}"] = dict(consumer=True, part=part, streams=1,
+                                                                        torch_threads=n)
         for t in sorted({1, base}):
-            modes.update({f"batch, 0 workers, 1 decode thread, {t} torch threads": dict(workers=0, threads=1,
+            modes.update({f"batch, 0 workers, 1 decode thread, {t} torch threads": dict(workers=0, threads=1, streams=1,
                                                                                           torch_threads=t),
-                          f"batch, 0 workers, 2 decode threads, {t} torch threads": dict(workers=0, threads=2,
+                          f"batch, 0 workers, 2 decode threads, {t} torch threads": dict(workers=0, threads=2, streams=1,
                                                                                            torch_threads=t),
                           f"batch, 1 worker process, {t} torch threads": dict(workers=1, torch_threads=t),
                           f"batch, 2 worker processes, {t} torch threads": dict(workers=2, torch_threads=t)})
-        modes["batch, now but full decode"] = dict(full=True, torch_threads=now)
+        modes["batch, default but full decode"] = dict(full=True, torch_threads=now)
     print(f"\n| images | input | mode | img/s | ms/img | vs forward ({base} threads) | vs the faster forward |\n"
           f"|---|---|---|---|---|---|---|")
     for crop in args.speed_crops:
@@ -228,11 +238,12 @@ def speed(work: Path, ckpt: Path, args) -> None:
                         times[m].append(decode_only(pred, items, args.batch_size))
                     elif how.get("consumer"):
                         times[m].append(consumer_path(pred, PredictionTable(str(db), "consumer"), items,
-                                                      part=how.get("part")))
+                                                      part=how.get("part"), streams=how.get("streams")))
                     else:
                         with full_decode() if how.get("full") else contextlib.nullcontext():
                             s = run_batch(pred, PredictionTable(str(db)), items, args.batch_size,
-                                          how.get("workers"), False, threads=how.get("threads"), ahead=how.get("ahead"))
+                                          how.get("workers"), False, threads=how.get("threads"), ahead=how.get("ahead"),
+                                          streams=how.get("streams"))
                         times[m].append(s["images"] / s["seconds"])
                     torch.set_num_threads(base)
             fwd = statistics.median(times[f"bare forward ({base} torch threads)"])

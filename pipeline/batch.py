@@ -34,6 +34,7 @@ from pipeline.table import PredictionTable
 
 
 DECODE_AHEAD = 3  # measured: pipeline/README.md "Performance"
+STREAMS_PER_CORE = 0  # measured: pipeline/README.md "Performance"
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 
 
@@ -67,13 +68,27 @@ def decode_threads() -> int:
     return cores()
 
 
-def default_torch_threads(workers: int | None = None) -> int:
-    """Torch intra-op threads: every core with in-process decoding (the decoders take turns with
-    the forward); beside DataLoader worker processes, the cores they leave. On a machine that
-    other busy processes share, fewer threads win (OpenMP's barriers wait on descheduled
-    threads): pass --threads 1 there (pipeline/README.md)."""
+def default_streams() -> int:
+    """Decode -> infer streams with in-process decoding (`in_streams`): STREAMS_PER_CORE x cores, at
+    most 8 (beyond that DataLoader workers decode); 1: decode threads beside one forward."""
+    return max(1, min(8, round(STREAMS_PER_CORE * cores())))
+
+
+def shared_batch(n: int, streams: int | None = None) -> int:
+    """The batch size that shares one lone batch of `n` images (a queue consumer's message batch)
+    out over the streams: one part each (`default_streams()` by default)."""
+    return max(1, math.ceil(n / (default_streams() if streams is None else max(1, streams))))
+
+
+def default_torch_threads(workers: int | None = None, streams: int | None = None) -> int:
+    """Torch intra-op threads: with in-process decoding, the cores shared out over the streams (one
+    stream: every core, the decoders take turns with the forward); beside DataLoader worker
+    processes, the cores they leave. On a machine that other busy processes share, fewer threads
+    win (OpenMP's barriers wait on descheduled threads): pass --threads 1 there (pipeline/README.md)."""
     workers = default_workers() if workers is None else workers
-    return max(1, cores() - workers) if workers > 0 else cores()
+    if workers > 0:
+        return max(1, cores() - workers)
+    return max(1, cores() // (default_streams() if streams is None else max(1, streams)))
 
 
 def prefetched(images: ImageSet, batch_size: int, threads: int, ahead: int | None = None):
@@ -120,36 +135,63 @@ def infer(predictor: Predictor, items: list[SourceImage], x, good: list[int], er
     return rows
 
 
+def in_streams(images: ImageSet, batch_size: int, streams: int, job):
+    """job(start, collated batch) of every batch of `images`, in order: `streams` threads each
+    decode a whole batch and run `job` on it (the forward at the torch threads it was given), so
+    each core works through decode -> forward -> decode ... with no barrier shared with the others;
+    `streams` batches run at once and one more waits."""
+    starts = iter(range(0, len(images), batch_size))
+
+    def one(start: int):
+        return job(start, collate_skip_bad([images[i] for i in range(start, min(start + batch_size, len(images)))]))
+
+    with ThreadPoolExecutor(streams, thread_name_prefix="stream") as pool:
+        pending = deque(pool.submit(one, s) for s in itertools.islice(starts, streams + 1))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(one, s) for s in itertools.islice(starts, 1))
+            yield result
+
+
 def predicted(predictor: Predictor, items: list[SourceImage], batch_size: int, workers: int | None = None,
-              threads: int | None = None, ahead: int | None = None):
+              threads: int | None = None, ahead: int | None = None, streams: int | None = None):
     """Yield (the items of one batch, their rows), batch after batch in order: the one decode ->
     infer path of batch mode and of queue consumers. `workers` > 0: that many DataLoader
-    processes decode; 0: in-process, `threads` (default `decode_threads()`) background threads
-    decode the next batches while the model runs on this one; None: `default_workers()`."""
+    processes decode; 0: in-process, either `streams` > 1 threads that each decode and infer
+    whole batches (`in_streams`; give torch cores/streams threads) or, with one stream, `threads`
+    (default `decode_threads()`) background threads that decode the next batches while the model
+    runs on this one with every core; None: `default_workers()`, `default_streams()`."""
     images = ImageSet([(it.path, i) for i, it in enumerate(items)], predictor.transform())
     workers = default_workers() if workers is None else workers
+    streams = default_streams() if streams is None else max(1, streams)
+
+    def job(offset: int, batch):
+        x, good, errors = split_batch(batch)
+        chunk = items[offset:offset + batch_size]
+        return chunk, infer(predictor, chunk, x, [i - offset for i in good], {i - offset: e for i, e in errors.items()})
+
+    if workers == 0 and streams > 1:
+        yield from in_streams(images, batch_size, streams, job)
+        return
     if workers > 0:
         loader = DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad,
                             persistent_workers=False, prefetch_factor=4)
     else:
         loader = prefetched(images, batch_size, decode_threads() if threads is None else max(1, threads), ahead)
-    offset = 0
-    for x, good, errors in map(split_batch, loader):
-        chunk = items[offset:offset + batch_size]
-        yield chunk, infer(predictor, chunk, x, [i - offset for i in good], {i - offset: e for i, e in errors.items()})
-        offset += len(chunk)
+    for k, batch in enumerate(loader):
+        yield job(k * batch_size, batch)
 
 
 def run_batch(predictor: Predictor, table: PredictionTable | None, items: list[SourceImage], batch_size: int = 64,
               workers: int | None = None, progress: bool = True, on_rows=None, threads: int | None = None,
-              ahead: int | None = None) -> dict:
+              ahead: int | None = None, streams: int | None = None) -> dict:
     """Predict every item and upsert each batch (one transaction each); returns the summary
-    counts and images/s. `workers`, `threads`, `ahead`: as `predicted` and `prefetched`."""
+    counts and images/s. `workers`, `threads`, `ahead`, `streams`: as `predicted` and `prefetched`."""
     from tqdm import tqdm
     counts = {"ok": 0, "ood": 0, "error": 0}
     start = time.perf_counter()
     with tqdm(total=len(items), unit="img", disable=not progress, desc="predict") as bar:
-        for _, rows in predicted(predictor, items, batch_size, workers, threads, ahead):
+        for _, rows in predicted(predictor, items, batch_size, workers, threads, ahead, streams):
             if table is not None:
                 table.upsert(rows)
             if on_rows is not None:

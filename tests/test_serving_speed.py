@@ -99,7 +99,7 @@ def rows_by_id(rows: list[dict]) -> dict[str, dict]:
 
 
 def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path):
-    from pipeline.batch import predicted, run_batch
+    from pipeline.batch import predicted, run_batch, shared_batch
     from pipeline.model import Predictor
     from pipeline.sources import list_source
     src = tmp_path / "src"
@@ -112,20 +112,26 @@ def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path):
     with full_decode():
         before: list[dict] = []
         run_batch(pred, None, items, 8, 2, False, on_rows=before.extend)  # the old default: 2 processes
-    configs = [dict(workers=None), dict(workers=0, threads=1), dict(workers=0, threads=2), dict(workers=1)]
-    for how in configs:
+    configs = [dict(workers=None), dict(workers=0, threads=1, streams=1), dict(workers=0, threads=2, streams=1),
+               dict(workers=1), dict(workers=0, streams=2), dict(workers=0, streams=3)]
+    for how in configs:  # every decode layout: the same rows, in the same order
         now: list[dict] = []
-        run_batch(pred, None, items, 8, how["workers"], False, on_rows=now.extend, threads=how.get("threads"))
+        run_batch(pred, None, items, 8, how["workers"], False, on_rows=now.extend, threads=how.get("threads"),
+                  streams=how.get("streams"))
         assert rows_by_id(now) == rows_by_id(before), how
+        assert [r["image_id"] for r in now] == [r["image_id"] for r in before], how
     statuses = {Path(r["source"]).name: r["status"] for r in before}
     assert {n: ("good" if statuses[n] != "error" else "error") for n in kinds} == kinds
-    # The queue consumer's path (each message batch of 8 through `predicted` as one batch, as
-    # Consumer.process; also in parts of 1 and 3) gives them too: the same rows, the scores equal
+    # The queue consumer's path (each message batch of 8 through `predicted`, one part per stream as
+    # Consumer.process; also in parts of 1, 3 and 8) gives them too: the same rows, the scores equal
     # up to float rounding (a forward on 1 or 3 images adds in another order than on 8).
-    for part in (1, 3, 8):
+    for part, streams in ((1, 1), (3, 1), (8, 1), (None, 2), (None, 3)):
         rows = []
         for i in range(0, len(items), 8):
-            rows += [r for _, part_rows in predicted(pred, items[i:i + 8], part, workers=0) for r in part_rows]
+            chunk = items[i:i + 8]
+            rows += [r for _, part_rows in predicted(pred, chunk, part or shared_batch(len(chunk), streams), workers=0,
+                                                     streams=streams) for r in part_rows]
+        assert [r["image_id"] for r in rows] == [it.image_id for it in items], part
         now, then = rows_by_id(rows), rows_by_id(before)
         assert now.keys() == then.keys(), part
         for key, row in now.items():
