@@ -13,7 +13,9 @@ GIL, so they overlap without the start-up, pickling and memory of worker process
 few cores only compete with the model's own threads. Queue consumers use the same path
 (`predicted`), one message batch at a time. With many cores (more than 8), DataLoader worker processes are used instead
 (`default_workers()`), where the decode work outgrows what threads sharing one interpreter give.
-The model gets every core (`default_torch_threads()`; the CLI's --threads).
+The model gets every core (`default_torch_threads()`; the CLI's --threads). `streams` > 1 is the
+other in-process layout (`in_streams`): each stream decodes and infers whole batches on its share
+of the cores; an option until it is measured further (`STREAMS`).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from pipeline.table import PredictionTable
 
 
 DECODE_AHEAD = 3  # measured: pipeline/README.md "Performance"
-STREAMS_PER_CORE = 0  # measured: pipeline/README.md "Performance"
+STREAMS = 1  # decode -> infer streams (`in_streams`); >1 measured once only: pipeline/README.md "Performance"
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 
 
@@ -68,16 +70,10 @@ def decode_threads() -> int:
     return cores()
 
 
-def default_streams() -> int:
-    """Decode -> infer streams with in-process decoding (`in_streams`): STREAMS_PER_CORE x cores, at
-    most 8 (beyond that DataLoader workers decode); 1: decode threads beside one forward."""
-    return max(1, min(8, round(STREAMS_PER_CORE * cores())))
-
-
 def shared_batch(n: int, streams: int | None = None) -> int:
     """The batch size that shares one lone batch of `n` images (a queue consumer's message batch)
-    out over the streams: one part each (`default_streams()` by default)."""
-    return max(1, math.ceil(n / (default_streams() if streams is None else max(1, streams))))
+    out over the streams: one part each (`STREAMS` by default)."""
+    return max(1, math.ceil(n / (STREAMS if streams is None else max(1, streams))))
 
 
 def default_torch_threads(workers: int | None = None, streams: int | None = None) -> int:
@@ -88,7 +84,7 @@ def default_torch_threads(workers: int | None = None, streams: int | None = None
     workers = default_workers() if workers is None else workers
     if workers > 0:
         return max(1, cores() - workers)
-    return max(1, cores() // (default_streams() if streams is None else max(1, streams)))
+    return max(1, cores() // (STREAMS if streams is None else max(1, streams)))
 
 
 def prefetched(images: ImageSet, batch_size: int, threads: int, ahead: int | None = None):
@@ -160,10 +156,10 @@ def predicted(predictor: Predictor, items: list[SourceImage], batch_size: int, w
     processes decode; 0: in-process, either `streams` > 1 threads that each decode and infer
     whole batches (`in_streams`; give torch cores/streams threads) or, with one stream, `threads`
     (default `decode_threads()`) background threads that decode the next batches while the model
-    runs on this one with every core; None: `default_workers()`, `default_streams()`."""
+    runs on this one with every core; None: `default_workers()`, `STREAMS`."""
     images = ImageSet([(it.path, i) for i, it in enumerate(items)], predictor.transform())
     workers = default_workers() if workers is None else workers
-    streams = default_streams() if streams is None else max(1, streams)
+    streams = STREAMS if streams is None else max(1, streams)
 
     def job(offset: int, batch):
         x, good, errors = split_batch(batch)

@@ -198,3 +198,6 @@ def test_cores_and_the_thread_rules_follow_the_cpu_quota(monkeypatch, tmp_path, 
         assert batch.default_workers() == expected // 4
         assert batch.default_torch_threads() == expected - expected // 4
     assert batch.default_torch_threads(workers=1) == max(1, expected - 1)
+    # streams share the cores out; a lone message batch is split one part per stream
+    assert batch.default_torch_threads(workers=0, streams=2) == max(1, expected // 2)
+    assert batch.shared_batch(32, streams=3) == 11 and batch.shared_batch(32) == 32 // batch.STREAMS
