@@ -44,7 +44,7 @@ import data.loading  # noqa: E402
 from data.loading import ImageSet, collate_skip_bad  # noqa: E402
 from models import checkpoint as checkpoints  # noqa: E402
 from pipeline.batch import (STREAMS, cores, decode_threads, default_torch_threads, default_workers,  # noqa: E402
-                            predicted, run_batch, shared_batch)
+                            predicted, run_batch)
 from pipeline.model import Predictor  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
 from pipeline.table import PredictionTable  # noqa: E402
@@ -172,7 +172,7 @@ def consumer_path(pred: Predictor, table: PredictionTable, items, batch: int = 3
     t = time.perf_counter()
     for i in range(0, len(items), batch):
         chunk = items[i:i + batch]
-        table.upsert([r for _, rows in predicted(pred, chunk, part or shared_batch(len(chunk), streams), workers=0,
+        table.upsert([r for _, rows in predicted(pred, chunk, part or len(chunk), workers=0,
                                                  streams=streams) for r in rows])
     return len(items) / (time.perf_counter() - t)
 

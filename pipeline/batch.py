@@ -70,10 +70,15 @@ def decode_threads() -> int:
     return cores()
 
 
-def shared_batch(n: int, streams: int | None = None) -> int:
-    """The batch size that shares one lone batch of `n` images (a queue consumer's message batch)
-    out over the streams: one part each (`STREAMS` by default)."""
-    return max(1, math.ceil(n / (STREAMS if streams is None else max(1, streams))))
+def stream_batch(n: int, batch_size: int, streams: int) -> int:
+    """The batch size at which `n` images keep every one of `streams` streams busy to the end: as
+    few rounds of `streams` batches as `batch_size` allows, the images shared out evenly over them
+    (200 images, batch 64, 2 streams: 4 batches of 50, not 64+64+64+8 with a stream idle at the
+    end; a queue consumer's lone message batch of 32 over 2 streams: 2 of 16). One stream: as given."""
+    if streams <= 1 or n <= 0:
+        return max(1, batch_size)
+    rounds = math.ceil(n / (streams * batch_size))
+    return max(1, math.ceil(n / (streams * rounds)))
 
 
 def default_torch_threads(workers: int | None = None, streams: int | None = None) -> int:
@@ -156,10 +161,14 @@ def predicted(predictor: Predictor, items: list[SourceImage], batch_size: int, w
     processes decode; 0: in-process, either `streams` > 1 threads that each decode and infer
     whole batches (`in_streams`; give torch cores/streams threads) or, with one stream, `threads`
     (default `decode_threads()`) background threads that decode the next batches while the model
-    runs on this one with every core; None: `default_workers()`, `STREAMS`."""
+    runs on this one with every core; None: `default_workers()`, `STREAMS`. Streams get batches of
+    at most `batch_size`, evened out so none idles (`stream_batch`); a queue consumer passes its
+    whole message batch as `batch_size`."""
     images = ImageSet([(it.path, i) for i, it in enumerate(items)], predictor.transform())
     workers = default_workers() if workers is None else workers
     streams = STREAMS if streams is None else max(1, streams)
+    if workers == 0 and streams > 1:
+        batch_size = stream_batch(len(items), batch_size, streams)
 
     def job(offset: int, batch):
         x, good, errors = split_batch(batch)

@@ -216,11 +216,10 @@ class Consumer:
             self.stats["dead_lettered"] += 1
             log(event="dead_letter", consumer=self.name, message_id=mid, error=err)
         if keep:
-            from pipeline.batch import predicted, shared_batch  # here: the producer never loads torch
+            from pipeline.batch import predicted  # here: the producer never loads torch
             items = [SourceImage.from_fields(f) for _, f in keep]
-            # batch mode's decode -> infer path, the message batch shared out over the streams
-            rows = [r for _, part in predicted(self.predictor, items, shared_batch(len(items)), workers=0)
-                    for r in part]
+            # batch mode's decode -> infer path; with streams, the message batch is shared out over them
+            rows = [r for _, part in predicted(self.predictor, items, len(items), workers=0) for r in part]
             self.settle([mid for mid, _ in keep], rows, counts)
 
     def settle(self, ids: list[str], rows: list[dict], counts: dict[str, int]) -> None:

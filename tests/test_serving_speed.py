@@ -99,7 +99,7 @@ def rows_by_id(rows: list[dict]) -> dict[str, dict]:
 
 
 def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path):
-    from pipeline.batch import predicted, run_batch, shared_batch
+    from pipeline.batch import predicted, run_batch
     from pipeline.model import Predictor
     from pipeline.sources import list_source
     src = tmp_path / "src"
@@ -129,7 +129,7 @@ def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path):
         rows = []
         for i in range(0, len(items), 8):
             chunk = items[i:i + 8]
-            rows += [r for _, part_rows in predicted(pred, chunk, part or shared_batch(len(chunk), streams), workers=0,
+            rows += [r for _, part_rows in predicted(pred, chunk, part or len(chunk), workers=0,
                                                      streams=streams) for r in part_rows]
         assert [r["image_id"] for r in rows] == [it.image_id for it in items], part
         now, then = rows_by_id(rows), rows_by_id(before)
@@ -198,6 +198,8 @@ def test_cores_and_the_thread_rules_follow_the_cpu_quota(monkeypatch, tmp_path, 
         assert batch.default_workers() == expected // 4
         assert batch.default_torch_threads() == expected - expected // 4
     assert batch.default_torch_threads(workers=1) == max(1, expected - 1)
-    # streams share the cores out; a lone message batch is split one part per stream
+    # streams share the cores out, and the images evenly enough that no stream idles at the end
     assert batch.default_torch_threads(workers=0, streams=2) == max(1, expected // 2)
-    assert batch.shared_batch(32, streams=3) == 11 and batch.shared_batch(32) == 32 // batch.STREAMS
+    assert batch.stream_batch(32, 32, 3) == 11 and batch.stream_batch(32, 32, 1) == 32  # a message batch
+    assert batch.stream_batch(200, 64, 2) == 50 and batch.stream_batch(64, 64, 2) == 32
+    assert batch.stream_batch(1000, 64, 2) == 63 and batch.stream_batch(1, 64, 4) == 1
