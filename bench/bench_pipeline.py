@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import data.loading  # noqa: E402
 from data.loading import ImageSet, collate_skip_bad  # noqa: E402
 from models import checkpoint as checkpoints  # noqa: E402
-from pipeline.batch import (STREAMS, cores, decode_threads, default_torch_threads, default_workers,  # noqa: E402
+from pipeline.batch import (cores, decode_threads, default_streams, default_torch_threads, default_workers,  # noqa: E402
                             predicted, run_batch)
 from pipeline.model import Predictor  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
@@ -184,11 +184,11 @@ def speed(work: Path, ckpt: Path, args) -> None:
     load = os.getloadavg()
     base = torch.get_num_threads()
     print(f"## speed: {cores()} cores, torch threads {base} (torch's default), pipeline default: "
-          f"{default_workers()} worker processes, {STREAMS} stream(s) at "
+          f"{default_workers()} worker processes, {default_streams()} stream(s) at "
           f"{default_torch_threads()} torch thread(s) (1 stream: {decode_threads()} decode thread(s)); "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")
     n = cores()
-    default = (STREAMS, default_torch_threads())
+    default = (default_streams(), default_torch_threads())
     mark = lambda label, st, th: label + (" (default)" if (st, th) == default else "")  # noqa: E731
     modes = {f"bare forward ({base} torch threads)": dict(forward=True),
              mark(f"batch pipeline, 1 stream: decode threads beside a {n}-thread forward", 1, n):

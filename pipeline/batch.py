@@ -6,16 +6,16 @@ A file that cannot be decoded becomes an `error` row carrying the decoder's mess
 single file contains stops the run.
 
 How decoding shares the machine with the model (measured by bench/bench_pipeline.py, see
-pipeline/README.md "Performance"): by default (`workers=None`) images are decoded in-process,
-image by image, by background threads, `decode_threads()` of them (one per core), while the model
-runs on the batch before: the decoder (libjpeg, Pillow's resize) and the forward both release the
-GIL, so they overlap without the start-up, pickling and memory of worker processes, which on a
-few cores only compete with the model's own threads. Queue consumers use the same path
-(`predicted`), one message batch at a time. With many cores (more than 8), DataLoader worker processes are used instead
-(`default_workers()`), where the decode work outgrows what threads sharing one interpreter give.
-The model gets every core (`default_torch_threads()`; the CLI's --threads). `streams` > 1 is the
-other in-process layout (`in_streams`): each stream decodes and infers whole batches on its share
-of the cores; an option until it is measured further (`STREAMS`).
+pipeline/README.md "Performance"): by default (`workers=None`) up to 8 cores images are decoded
+in-process by `default_streams()` streams, one per core (`in_streams`): each thread decodes a whole
+batch and runs the forward on it at one torch thread (`default_torch_threads()`; the CLI's
+--streams and --threads), so every core works decode -> forward -> decode with no OpenMP barrier
+that a decoder can stall, and no worker processes' start-up, pickling and memory. Batches are
+evened out so that no stream idles at the end (`stream_batch`). The other in-process layout, one
+stream (`--streams 1`), gives the forward every core while `decode_threads()` background threads
+decode the next batches (`prefetched`). Queue consumers use the same path (`predicted`), one
+message batch at a time, shared out over the streams. With more than 8 cores DataLoader worker
+processes decode (`default_workers()`) beside one stream that gets the cores they leave.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from pipeline.table import PredictionTable
 
 
 DECODE_AHEAD = 3  # measured: pipeline/README.md "Performance"
-STREAMS = 1  # decode -> infer streams (`in_streams`); >1 measured once only: pipeline/README.md "Performance"
+MAX_STREAMS = 8  # in-process streams at most (a queue consumer on a large machine: 8 streams, cores/8 threads each)
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 
 
@@ -57,10 +57,10 @@ def cores() -> int:
 
 
 def default_workers() -> int:
-    """DataLoader worker processes for `run_batch`: none up to 8 cores (in-process decode threads
-    overlap with the forward and measured faster on 2 cores), then a quarter of the cores."""
+    """DataLoader worker processes for `run_batch`: none up to MAX_STREAMS cores (in-process
+    streams, measured faster on 2 cores), then a quarter of the cores."""
     n = cores()
-    return 0 if n <= 8 else n // 4
+    return 0 if n <= MAX_STREAMS else n // 4
 
 
 def decode_threads() -> int:
@@ -81,15 +81,23 @@ def stream_batch(n: int, batch_size: int, streams: int) -> int:
     return max(1, math.ceil(n / (streams * rounds)))
 
 
+def default_streams(workers: int | None = None) -> int:
+    """Decode -> infer streams (`in_streams`): with in-process decoding one per core, each at one
+    torch thread, so no decoder ever preempts a thread of a shared OpenMP team (measured on 2 cores,
+    two CPUs, 64 and 224 px, embedded files and phone photos: as fast as one stream with decode
+    threads or faster, pipeline/README.md "Performance"); beside DataLoader worker processes, one."""
+    workers = default_workers() if workers is None else workers
+    return 1 if workers > 0 else min(cores(), MAX_STREAMS)
+
+
 def default_torch_threads(workers: int | None = None, streams: int | None = None) -> int:
     """Torch intra-op threads: with in-process decoding, the cores shared out over the streams (one
-    stream: every core, the decoders take turns with the forward); beside DataLoader worker
-    processes, the cores they leave. On a machine that other busy processes share, fewer threads
-    win (OpenMP's barriers wait on descheduled threads): pass --threads 1 there (pipeline/README.md)."""
+    each by default; one stream: every core, the decoders take turns with the forward); beside
+    DataLoader worker processes, the cores they leave."""
     workers = default_workers() if workers is None else workers
     if workers > 0:
         return max(1, cores() - workers)
-    return max(1, cores() // (STREAMS if streams is None else max(1, streams)))
+    return max(1, cores() // (default_streams(workers) if streams is None else max(1, streams)))
 
 
 def prefetched(images: ImageSet, batch_size: int, threads: int, ahead: int | None = None):
@@ -161,12 +169,12 @@ def predicted(predictor: Predictor, items: list[SourceImage], batch_size: int, w
     processes decode; 0: in-process, either `streams` > 1 threads that each decode and infer
     whole batches (`in_streams`; give torch cores/streams threads) or, with one stream, `threads`
     (default `decode_threads()`) background threads that decode the next batches while the model
-    runs on this one with every core; None: `default_workers()`, `STREAMS`. Streams get batches of
+    runs on this one with every core; None: `default_workers()`, `default_streams()`. Streams get batches of
     at most `batch_size`, evened out so none idles (`stream_batch`); a queue consumer passes its
     whole message batch as `batch_size`."""
     images = ImageSet([(it.path, i) for i, it in enumerate(items)], predictor.transform())
     workers = default_workers() if workers is None else workers
-    streams = STREAMS if streams is None else max(1, streams)
+    streams = default_streams(workers) if streams is None else max(1, streams)
     if workers == 0 and streams > 1:
         batch_size = stream_batch(len(items), batch_size, streams)
 

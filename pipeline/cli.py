@@ -74,9 +74,12 @@ def model_flags(p):
                                   "(default: the checkpoint's training data)")
     p.add_argument("--tpr", type=float, default=DEFAULT_TPR, help="fraction of in-distribution val images accepted")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--streams", type=int,
+                   help="in-process decode -> infer streams, each decoding and inferring whole batches (default: "
+                        "one per core up to 8 cores, else 1 beside DataLoader workers; pipeline.batch.default_streams)")
     p.add_argument("--threads", type=int,
-                   help="torch CPU threads (default: every core, pipeline.batch.default_torch_threads; pass 1 on "
-                        "a machine other busy processes share)")
+                   help="torch CPU threads (default: the cores shared out over the streams, so 1 per stream; "
+                        "pipeline.batch.default_torch_threads)")
     p.add_argument("--top2", choices=list(RANKINGS), default=os.environ.get("PIPELINE_TOP2", DEFAULT_TOP2),
                    help="top-2 rule: coherent (default; a label the top-1 excludes, a task's other class, is "
                         "skipped, so the second label can be true beside the first) or plain (by score, the "
@@ -168,7 +171,7 @@ def load_predictor(args):
 
     from pipeline.batch import default_torch_threads
     from pipeline.model import Predictor
-    torch.set_num_threads(args.threads or default_torch_threads(getattr(args, "workers", None)))
+    torch.set_num_threads(args.threads or default_torch_threads(getattr(args, "workers", 0), args.streams))  # consume: in-process
     pred = Predictor.load(args.checkpoint, args.score, args.device, backend=args.backend, top2=args.top2)
     pred.resolve_threshold(args.threshold, args.data, args.tpr)
     return pred
@@ -190,7 +193,8 @@ def main(argv=None) -> int:
         items, skipped = scan_source(args.source, days(args), args.tz)
         warn_skipped(skipped)
         table = PredictionTable(args.table, args.table_name)
-        summary = run_batch(pred, table, items, args.batch_size, args.workers, not args.no_progress)
+        summary = run_batch(pred, table, items, args.batch_size, args.workers, not args.no_progress,
+                            streams=args.streams)
         print(json.dumps({"model": pred.name, "version": pred.version, "threshold": pred.threshold,
                           "table": f"{args.table}#{args.table_name}", **summary, "skipped": len(skipped)}))
     elif args.command == "produce":
@@ -206,7 +210,7 @@ def main(argv=None) -> int:
         table = PredictionTable(args.table, args.table_name)
         c = Consumer(pred, table, args.redis, args.stream, args.group, args.consumer, args.batch_size,
                      args.block_ms, args.min_idle_ms, args.max_deliveries, args.max_idle, args.exit_when_empty,
-                     args.max_backoff, args.max_outage, args.trim_interval, heartbeat)
+                     args.max_backoff, args.max_outage, args.trim_interval, heartbeat, args.streams)
         print(json.dumps(c.run()))
     elif args.command == "trim":
         from pipeline.retention import trim

@@ -93,7 +93,7 @@ class Consumer:
                  name: str | None = None, batch_size: int = 32, block_ms: int = 1000,
                  min_idle_ms: int = 60_000, max_deliveries: int = 3, max_idle_s: float | None = None,
                  exit_when_empty: bool = False, max_backoff_s: float = 5.0, max_outage_s: float = MAX_OUTAGE_S,
-                 trim_interval_s: float = 60.0, heartbeat=None):
+                 trim_interval_s: float = 60.0, heartbeat=None, streams: int | None = None):
         self.predictor, self.table, self.url = predictor, table, url
         self.stream, self.group = stream, group
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -101,6 +101,7 @@ class Consumer:
         self.max_deliveries, self.max_idle_s, self.exit_when_empty = max_deliveries, max_idle_s, exit_when_empty
         self.max_backoff_s, self.max_outage_s, self.trim_interval_s = max_backoff_s, max_outage_s, trim_interval_s
         self.heartbeat = heartbeat or Heartbeat(None)
+        self.streams = streams  # decode -> infer streams per message batch (None: pipeline.batch.default_streams)
         self.dead, self.errors = f"{stream}:dead", f"{stream}:errors"
         self.stopping = False
         self.r: redis.Redis | None = None
@@ -219,7 +220,8 @@ class Consumer:
             from pipeline.batch import predicted  # here: the producer never loads torch
             items = [SourceImage.from_fields(f) for _, f in keep]
             # batch mode's decode -> infer path; with streams, the message batch is shared out over them
-            rows = [r for _, part in predicted(self.predictor, items, len(items), workers=0) for r in part]
+            rows = [r for _, part in predicted(self.predictor, items, len(items), workers=0, streams=self.streams)
+                    for r in part]
             self.settle([mid for mid, _ in keep], rows, counts)
 
     def settle(self, ids: list[str], rows: list[dict], counts: dict[str, int]) -> None:

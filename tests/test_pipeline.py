@@ -80,13 +80,15 @@ def test_rerun_is_an_idempotent_upsert(uni, tmp_path):
 
 def test_top2_rule_is_applied_and_recorded(uni, tmp_path):
     """--top2 coherent (the default) never writes a second label that the first excludes (a task's
-    other class); plain is the score order; top-1 is the same, and each row names its rule."""
+    other class); plain is the score order; top-1 is the same, and each row names its rule. (The
+    plain run takes one stream, --streams 1, the coherent run the default streams: top-1 agrees.)"""
     from pipeline.table import PredictionTable
     write_images(tmp_path / "src", 12)
     rows = {}
     for rule in ("plain", "coherent"):
         db = tmp_path / f"{rule}.db"
-        pipeline_cli("predict", "--checkpoint", uni, "--source", tmp_path / "src", "--table", db, "--top2", rule)
+        pipeline_cli("predict", "--checkpoint", uni, "--source", tmp_path / "src", "--table", db, "--top2", rule,
+                     *(["--streams", "1"] if rule == "plain" else []))
         rows[rule] = {r["image_id"]: r for r in PredictionTable(str(db)).query()}
     from models import checkpoint as checkpoints
     ck = checkpoints.load(uni)

@@ -148,7 +148,7 @@ def test_bad_files_dead_letters_and_malformed_messages(models, server, tmp_path)
     pred.resolve_threshold()
     table = PredictionTable(str(tmp_path / "p.db"))
     stats = Consumer(pred, table, server.url, batch_size=8, block_ms=100, min_idle_ms=0,
-                     max_deliveries=3, exit_when_empty=True, max_idle_s=30).run()
+                     max_deliveries=3, exit_when_empty=True, max_idle_s=30, streams=3).run()
     rows = by_path(table.query())
     assert len(rows) == 18 and "poison" not in rows
     for name, kind in expected.items():

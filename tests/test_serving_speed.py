@@ -182,9 +182,10 @@ def test_dct_scaling_only_for_large_jpegs_and_close_to_the_full_decode(tmp_path)
     (None, 4, 4),                    # no cgroup v2 file
 ])
 def test_cores_and_the_thread_rules_follow_the_cpu_quota(monkeypatch, tmp_path, cpu_max, affinity, expected):
-    """cores() is the CPU set capped by a container's cgroup v2 CPU quota; with in-process decoding
-    (up to 8 cores) the model and the decoders each get every core, above that the DataLoader
-    worker processes take a quarter and the model the rest."""
+    """cores() is the CPU set capped by a container's cgroup v2 CPU quota; up to 8 cores decoding
+    is in-process, one stream per core at one torch thread each (one stream: the forward and the
+    decoders each get every core), above that the DataLoader worker processes take a quarter and
+    one stream the rest; a queue consumer (in-process) has at most 8 streams sharing the cores."""
     from pipeline import batch
     f = tmp_path / "cpu.max"
     if cpu_max is not None:
@@ -193,10 +194,14 @@ def test_cores_and_the_thread_rules_follow_the_cpu_quota(monkeypatch, tmp_path, 
     monkeypatch.setattr(batch.os, "sched_getaffinity", lambda pid: set(range(affinity)))
     assert batch.cores() == expected
     if expected <= 8:
-        assert batch.default_workers() == 0 and batch.decode_threads() == batch.default_torch_threads() == expected
+        assert batch.default_workers() == 0 and batch.default_streams() == expected
+        assert batch.default_torch_threads() == 1
     else:
-        assert batch.default_workers() == expected // 4
+        assert batch.default_workers() == expected // 4 and batch.default_streams() == 1
         assert batch.default_torch_threads() == expected - expected // 4
+    assert batch.default_streams(workers=0) == min(expected, 8)
+    assert batch.default_torch_threads(workers=0) == max(1, expected // min(expected, 8))
+    assert batch.decode_threads() == batch.default_torch_threads(workers=0, streams=1) == expected
     assert batch.default_torch_threads(workers=1) == max(1, expected - 1)
     # streams share the cores out, and the images evenly enough that no stream idles at the end
     assert batch.default_torch_threads(workers=0, streams=2) == max(1, expected // 2)
