@@ -97,15 +97,16 @@ def make_images(folder: Path, n: int, size: int) -> None:
         os.utime(p, (stamp, stamp))
 
 
-def decoded(pred: Predictor, items, batch: int) -> list[torch.Tensor]:
-    ds = ImageSet([(it.path, i) for i, it in enumerate(items)], pred.transform())
+def decoded(pred: Predictor, items, batch: int, pixels: bool = False) -> list[torch.Tensor]:
+    """Float batches (the model's input), or the uint8 pixel batches the pipeline decodes."""
+    ds = ImageSet([(it.path, i) for i, it in enumerate(items)], pred.pixels() if pixels else pred.transform())
     return [collate_skip_bad([ds[j] for j in range(i, min(i + batch, len(ds)))])[0] for i in range(0, len(ds), batch)]
 
 
 def decode_only(pred: Predictor, items, batch: int) -> float:
-    """images/s of decode + transform alone, in this thread."""
+    """images/s of decode + transform alone (to the pipeline's uint8 pixels), in this thread."""
     t = time.perf_counter()
-    decoded(pred, items, batch)
+    decoded(pred, items, batch, pixels=True)
     return len(items) / (time.perf_counter() - t)
 
 

@@ -108,6 +108,11 @@ class Checkpoint:
         from data.loading import eval_transform
         return eval_transform(self.resize, self.crop)
 
+    def pixels(self):
+        """`transform` up to uint8 pixels (serving: normalised per batch, data.loading.normalize_pixels)."""
+        from data.loading import eval_pixels
+        return eval_pixels(self.resize, self.crop)
+
     def provenance(self) -> dict:
         a = self.args
         return {"checkpoint": str(self.path), "run": self.paradigm.run_name, "paradigm": self.paradigm.name,

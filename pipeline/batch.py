@@ -172,7 +172,7 @@ def predicted(predictor: Predictor, items: list[SourceImage], batch_size: int, w
     runs on this one with every core; None: `default_workers()`, `default_streams()`. Streams get batches of
     at most `batch_size`, evened out so none idles (`stream_batch`); a queue consumer passes its
     whole message batch as `batch_size`."""
-    images = ImageSet([(it.path, i) for i, it in enumerate(items)], predictor.transform())
+    images = ImageSet([(it.path, i) for i, it in enumerate(items)], predictor.pixels())  # uint8: normalised per batch
     workers = default_workers() if workers is None else workers
     streams = default_streams(workers) if streams is None else max(1, streams)
     if workers == 0 and streams > 1:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from data.images import content_hash
+from data.loading import normalize_pixels
 from models import checkpoint as checkpoints
 from models import ood
 from models.checkpoint import Checkpoint
@@ -114,9 +115,17 @@ class Predictor:
     def transform(self):
         return self.ckpt.transform()
 
+    def pixels(self):
+        """The decode transform of serving: `transform` up to uint8 pixels; `forward` normalises
+        the batch (on the model's device, so a GPU receives a quarter of the bytes)."""
+        return self.ckpt.pixels()
+
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, hidden features) of one forward pass."""
+        """(logits, hidden features) of one forward pass over a batch of `transform` (float) or
+        `pixels` (uint8) images."""
+        if x.dtype == torch.uint8:
+            x = normalize_pixels(x.to(self.device))
         return self.backend(x)
 
     def ood_scores(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

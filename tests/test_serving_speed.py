@@ -90,6 +90,27 @@ def test_onnx_backend_round_trips_a_checkpoint(uni, tiny_data):
     assert labels0 == labels1
 
 
+def test_serving_pixels_are_the_eval_transform_bit_for_bit(uni, tiny_data, tmp_path):
+    """Serving decodes to uint8 pixels and normalises per batch: the very tensor of the eval
+    transform (a large photo too), and so the same outputs from the predictor."""
+    from PIL import Image
+
+    from data.loading import ImageSet, collate_skip_bad, normalize_pixels
+    from models import checkpoint as checkpoints
+    from pipeline.model import Predictor
+    ck = checkpoints.load(uni)
+    photo = tmp_path / "photo.jpg"
+    Image.open(tiny_images(tiny_data)[0]).resize((1600, 1200)).save(photo, quality=90)
+    paths = [*tiny_images(tiny_data), photo]
+    floats, _, bad = collate_skip_bad([ImageSet([(p, 0) for p in paths], ck.transform())[i] for i in range(len(paths))])
+    pixels, _, _ = collate_skip_bad([ImageSet([(p, 0) for p in paths], ck.pixels())[i] for i in range(len(paths))])
+    assert not bad and pixels.dtype == torch.uint8 and torch.equal(normalize_pixels(pixels), floats)
+    pred = Predictor.load(uni)
+    pred.resolve_threshold(0.0)
+    a, b = pred.outputs(floats), pred.outputs(pixels)
+    assert torch.equal(a[0], b[0]) and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
 def rows_by_id(rows: list[dict]) -> dict[str, dict]:
     """Rows without their write time; Pillow names the file descriptor it read in some decode errors
     (`<_io.BufferedReader name=11>`), which depends on the process, not on the file."""
@@ -111,7 +132,9 @@ def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path):
     assert len(items) == 13 + len(kinds)
     with full_decode():
         before: list[dict] = []
+        pred.pixels = pred.transform  # the old decode: float tensors per image
         run_batch(pred, None, items, 8, 2, False, on_rows=before.extend)  # the old default: 2 processes
+        del pred.pixels
     configs = [dict(workers=None), dict(workers=0, threads=1, streams=1), dict(workers=0, threads=2, streams=1),
                dict(workers=1), dict(workers=0, streams=2), dict(workers=0, streams=3)]
     for how in configs:  # every decode layout: the same rows, in the same order
