@@ -26,7 +26,8 @@ def train_transform(resize: int, crop: int) -> T.Compose:
 def eval_transform(resize: int, crop: int) -> T.Compose:
     """The PMG reference's test transform: Resize((550,550)) -> CenterCrop(448). Objects keep the
     scale they had in training (resize, then a crop), which resizing straight to `crop` would not."""
-    return T.Compose([*eval_pixels(resize, crop).transforms[:-1], T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose([*eval_pixels(resize, crop).transforms[:-1], T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 class ToUint8:

@@ -171,7 +171,8 @@ def load_predictor(args):
 
     from pipeline.batch import default_torch_threads
     from pipeline.model import Predictor
-    torch.set_num_threads(args.threads or default_torch_threads(getattr(args, "workers", 0), args.streams))  # consume: in-process
+    workers = getattr(args, "workers", 0)  # consume decodes in-process
+    torch.set_num_threads(args.threads or default_torch_threads(workers, args.streams))
     pred = Predictor.load(args.checkpoint, args.score, args.device, backend=args.backend, top2=args.top2)
     pred.resolve_threshold(args.threshold, args.data, args.tpr)
     return pred
