@@ -175,7 +175,8 @@ def predicted(predictor: Predictor, items: list[SourceImage], batch_size: int, w
     images = ImageSet([(it.path, i) for i, it in enumerate(items)], predictor.pixels())  # uint8: normalised per batch
     workers = default_workers() if workers is None else workers
     streams = default_streams(workers) if streams is None else max(1, streams)
-    if workers == 0 and streams > 1:
+    streaming = workers == 0 and streams > 1
+    if streaming:
         batch_size = stream_batch(len(items), batch_size, streams)
 
     def job(offset: int, batch):
@@ -183,7 +184,7 @@ def predicted(predictor: Predictor, items: list[SourceImage], batch_size: int, w
         chunk = items[offset:offset + batch_size]
         return chunk, infer(predictor, chunk, x, [i - offset for i in good], {i - offset: e for i, e in errors.items()})
 
-    if workers == 0 and streams > 1:
+    if streaming:
         yield from in_streams(images, batch_size, streams, job)
         return
     if workers > 0:

@@ -119,7 +119,7 @@ def rows_by_id(rows: list[dict]) -> dict[str, dict]:
                             if k != "processed_at"} for r in rows}
 
 
-def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path):
+def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path, monkeypatch):
     from pipeline.batch import predicted, run_batch
     from pipeline.model import Predictor
     from pipeline.sources import list_source
@@ -130,11 +130,10 @@ def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path):
     pred.resolve_threshold(0.0)
     items = list_source(src)
     assert len(items) == 13 + len(kinds)
-    with full_decode():
+    with full_decode(), monkeypatch.context() as m:
+        m.setattr(pred, "pixels", pred.transform)  # the old decode: float tensors per image
         before: list[dict] = []
-        pred.pixels = pred.transform  # the old decode: float tensors per image
         run_batch(pred, None, items, 8, 2, False, on_rows=before.extend)  # the old default: 2 processes
-        del pred.pixels
     configs = [dict(workers=None), dict(workers=0, threads=1, streams=1), dict(workers=0, threads=2, streams=1),
                dict(workers=1), dict(workers=0, streams=2), dict(workers=0, streams=3)]
     for how in configs:  # every decode layout: the same rows, in the same order
