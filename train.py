@@ -45,7 +45,7 @@ PROFILES = {
 DEFAULTS = dict(batch_size=16, lr=2e-3, momentum=0.9, weight_decay=5e-4, workers=2, seed=0, trial="exp1",
                 output_dir="artifacts", device="auto", branch_mid=512, branch_out=1024, hidden=512,
                 granularities=[8, 4, 2], jigsaw="cycle", method="pmg", budget="epochs", bn_stats="step", mix="none",
-                mix_prob=0.5, mix_alpha=1.0)
+                mix_prob=0.5, mix_alpha=1.0, threads=0)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -96,6 +96,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--workers", type=int)
+    p.add_argument("--threads", type=int,
+                   help="torch threads for this run; 0: torch's default, every core (run/train_trials.sh sets it "
+                        "when runs share the machine)")
     p.add_argument("--resume", nargs="?", const="auto",
                    help="continue: no value = last.pt of this run folder, or a checkpoint path")
     p.add_argument("--keep-epochs", action="store_true", help="also keep epoch_N.pt for every epoch")
@@ -226,6 +229,9 @@ def end_epoch(args, epoch: int, lr: float, stats: dict, model, paradigm, spec, v
 
 def main(args: argparse.Namespace) -> Path:
     args = resolve_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()  # recorded in args.yaml: what the run's timings were measured with
     rank, local_rank, world = init_distributed()
     device = resolve_device(args.device, local_rank)
     spec = load_spec(args.data)

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from torch.utils.data import DataLoader
 
@@ -33,27 +31,10 @@ from data.loading import ImageSet, collate_skip_bad
 from pipeline.model import Predictor
 from pipeline.sources import SourceImage
 from pipeline.table import PredictionTable
-
+from utils import cores
 
 DECODE_AHEAD = 3  # measured: pipeline/README.md "Performance"
 MAX_STREAMS = 8  # in-process streams at most (a queue consumer on a large machine: 8 streams, cores/8 threads each)
-CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
-
-
-def cores() -> int:
-    """CPU cores this process may use: its CPU set, and no more than a container's CPU quota (a pod
-    limited to 2 CPUs on a 64-core node sees 64 in its CPU set; 64 threads there would thrash)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    try:
-        quota, period = CPU_MAX.read_text().split()[:2]
-        if quota != "max":
-            n = min(n, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):  # no cgroup v2 file, or one this does not understand: the CPU set
-        pass
-    return max(1, n)
 
 
 def default_workers() -> int:

@@ -12,8 +12,10 @@
 #                optimizer steps as the efficiency-centric model)
 #   mix_cutmix   the efficiency-centric model with CutMix (trained by reproduce.sh too; kept if there)
 #   mix_mixup    the efficiency-centric model with mixup
+# Variants train side by side as run/reproduce.sh's paradigms do (--jobs, the same rule), so their
+# seconds per epoch compare with the main runs' when both use the default --jobs.
 #   sh run/ablations.sh [--trials 3] [--only plain,plain_time,zeros,bn_all,steps,mix_cutmix,mix_mixup]
-#                       [--data DIR]
+#                       [--jobs auto|N] [--data DIR]
 #                       [--output-dir artifacts] [--out results] [train.py flags]
 # Cost on 2 CPU cores, quick profile, per trial: plain ~1 min, plain_time / zeros / bn_all / mix
 # ~3 min, steps ~3 min per task.
@@ -21,17 +23,22 @@ set -e
 . "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
 only=plain,plain_time,zeros,bn_all,steps,mix_cutmix,mix_mixup
 trials=3
+jobs=auto
+device=auto
 n=$#
-while [ "$n" -gt 0 ]; do  # keep every flag but --out, --only and --trials for training
+while [ "$n" -gt 0 ]; do  # keep every flag but --out, --only, --trials and --jobs for training
   a=$1; shift; n=$((n - 1))
   case $a in
-    --out|--only|--trials) v=$1; shift; n=$((n - 1)) ;;
-    --out=*|--only=*|--trials=*) v=${a#*=}; a=${a%%=*} ;;
+    --out|--only|--trials|--jobs) v=$1; shift; n=$((n - 1)) ;;
+    --out=*|--only=*|--trials=*|--jobs=*) v=${a#*=}; a=${a%%=*} ;;
+    --device) device=$1; set -- "$@" "$a"; continue ;;
+    --device=*) device=${a#*=}; set -- "$@" "$a"; continue ;;
     *) set -- "$@" "$a"; continue ;;
   esac
   case $a in
     --only) only=$v ;;
     --trials) trials=$v ;;
+    --jobs) jobs=$v ;;
   esac
 done
 if [ ! -f "$artifacts/uni/exp1/best.pt" ]; then
@@ -40,18 +47,15 @@ if [ ! -f "$artifacts/uni/exp1/best.pt" ]; then
 fi
 wanted() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 variant_flags=
+trial_pool "$jobs" "$device"
 train() {  # train NAME PARADIGM-FLAGS...: one variant of one paradigm, all trials
   name=$1; shift
   echo "==== $name: run/train_trials.sh $* --trials $trials"
   sh run/train_trials.sh "$@" --trials "$trials" --output-dir "${artifacts}_variants/$name"
 }
-add() { variant_flags="$variant_flags --variant $1=${artifacts}_variants/$1"; }
-
-if wanted plain || wanted plain_time; then
+plain_variants() {  # plain, then plain_time, whose epochs come from plain's seconds per epoch
   train plain --paradigm uni --data "$data" "$@" --method plain
-  add plain
-fi
-if wanted plain_time; then
+  wanted plain_time || return 0
   epochs=$($PY -c "
 import sys
 from utils import read_summary
@@ -61,31 +65,43 @@ print(max(1, round(sum(float(r['train_seconds']) for r in pmg) / per_epoch)))
 " "$artifacts/uni/exp1" "${artifacts}_variants/plain/uni/exp1")
   echo "plain fine-tuning for the wall-clock of PMG: $epochs epochs"
   train plain_time --paradigm uni --data "$data" "$@" --method plain --epochs "$epochs"
-  add plain_time
-fi
-if wanted zeros; then
-  train zeros --paradigm uni --data "$data" "$@" --zero-grad zeros
-  add zeros
-fi
-if wanted bn_all; then
-  train bn_all --paradigm uni --data "$data" "$@" --bn-stats all
-  add bn_all
-fi
-if wanted steps; then
+}
+steps_variant() {  # every task-centric model under the equal-compute budget
   for task in $($PY -m data.spec "$data" --tasks); do
     train steps --paradigm task --task "$task" --data "$data" "$@" --budget steps
   done
+}
+add() { variant_flags="$variant_flags --variant $1=${artifacts}_variants/$1"; }
+
+if wanted plain || wanted plain_time; then
+  launch plain_variants "$@"
+  add plain
+fi
+if wanted plain_time; then
+  add plain_time
+fi
+if wanted zeros; then
+  launch train zeros --paradigm uni --data "$data" "$@" --zero-grad zeros
+  add zeros
+fi
+if wanted bn_all; then
+  launch train bn_all --paradigm uni --data "$data" "$@" --bn-stats all
+  add bn_all
+fi
+if wanted steps; then
+  launch steps_variant "$@"
   add steps
 fi
 if wanted mix_cutmix; then
   [ -f "${artifacts}_variants/mix_cutmix/uni/exp$trials/best.pt" ] || \
-    train mix_cutmix --paradigm uni --data "$data" "$@" --mix cutmix
+    launch train mix_cutmix --paradigm uni --data "$data" "$@" --mix cutmix
   add mix_cutmix
 fi
 if wanted mix_mixup; then
-  train mix_mixup --paradigm uni --data "$data" "$@" --mix mixup
+  launch train mix_mixup --paradigm uni --data "$data" "$@" --mix mixup
   add mix_mixup
 fi
+wait_children "variant(s)' training"
 echo "==== evaluate.py report --artifacts $artifacts --data $data --out $results$variant_flags"
 # shellcheck disable=SC2086  # variant_flags: flags and plain values, split on purpose
 $PY evaluate.py report --artifacts "$artifacts" --data "$data" --out "$results" $variant_flags

@@ -5,8 +5,10 @@
 # --variants also trains the uni model once more with the other --mix setting (the RQ3 ablation:
 # top-2 with and without mixing, ~10 min more for 3 trials on 2 cores; run/ablations.sh trains it
 # too). Measured on 2 CPU cores, quick profile, 3 trials: 27 min without --variants, ~36 with.
-#   sh run/reproduce.sh [--trials 3] [--profile auto|quick|paper] [--data DIR] [--output-dir DIR]
-#                       [--out results] [--variants] [train.py flags]
+# --jobs: training runs side by side, over all paradigms (auto: one per core on CPU, up to 4; one
+# on a GPU; see run/train_trials.sh); each paradigm's runs then log to OUTPUT_DIR/<run>/expN.log.
+#   sh run/reproduce.sh [--trials 3] [--jobs auto|N] [--profile auto|quick|paper] [--data DIR]
+#                       [--output-dir DIR] [--out results] [--variants] [train.py flags]
 # Paths are read from the folder you call it from. Flags other than --out go to every training
 # run (run/train_trials.sh passes unknown ones on to train.py); --device, --workers and
 # --no-progress go to evaluate.py as well.
@@ -14,6 +16,8 @@ set -e
 . "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
 eval_flags=
 variants=
+jobs=auto
+device=auto
 mix_variant="--mix cutmix"  # the other setting than train.py's default (--mix none)
 n=$#
 prev=
@@ -24,8 +28,16 @@ while [ "$n" -gt 0 ]; do  # keep every flag but --out and --[no-]variants for tr
     --out=*|--variants|--no-variants) [ "$a" = --variants ] && variants=yes; prev=; continue ;;
     --no-progress|--device=*|--workers=*) eval_flags="$eval_flags $a" ;;
   esac
+  case $a in
+    --jobs=*) jobs=${a#*=} ;;
+    --device=*) device=${a#*=} ;;
+  esac
   case $prev in
     --device|--workers) eval_flags="$eval_flags $prev $a" ;;
+  esac
+  case $prev in
+    --jobs) jobs=$a ;;
+    --device) device=$a ;;
   esac
   set -- "$@" "$a"
   prev=$a
@@ -39,24 +51,26 @@ multitask=$($PY -m data.spec "$data" --multitask)
 [ -n "$tasks" ] || echo "note: $data/dataset.yaml has no 'tasks:': no task-centric models to train"
 [ "$multitask" = yes ] || echo "note: $data/dataset.yaml has no 'multitask:' section: skipping the multi-task model"
 
+trial_pool "$jobs" "$device"
+train() {  # train SCRIPT FLAGS...: one paradigm's trials (beside the others when runs share the machine)
+  echo "==== $*"
+  launch sh "$@"
+}
 start=$(date +%s)
-echo "==== run/pmg_uni.sh $*"
-sh run/pmg_uni.sh "$@"
+train run/pmg_uni.sh "$@"
 if [ "$multitask" = yes ]; then
-  echo "==== run/pmg_multi.sh $*"
-  sh run/pmg_multi.sh "$@"
+  train run/pmg_multi.sh "$@"
 fi
 for task in $tasks; do
-  echo "==== run/train_trials.sh --paradigm task --task $task $*"
-  sh run/train_trials.sh --paradigm task --task "$task" "$@"
+  train run/train_trials.sh --paradigm task --task "$task" "$@"
 done
 if [ -n "$variants" ]; then
   name=$(echo "$mix_variant" | tr -d ' -' | sed 's/mix/mix_/')
-  echo "==== run/pmg_uni.sh $* $mix_variant --output-dir ${artifacts}_variants/$name"
   # shellcheck disable=SC2086  # mix_variant: a flag and its value
-  sh run/pmg_uni.sh "$@" $mix_variant --output-dir "${artifacts}_variants/$name"
+  train run/pmg_uni.sh "$@" $mix_variant --output-dir "${artifacts}_variants/$name"
   eval_flags="$eval_flags --variant $name=${artifacts}_variants/$name"
 fi
+wait_children "paradigm(s)' training"
 trained=$(date +%s)
 echo "==== evaluate.py report --artifacts $artifacts --data $data --out $results$eval_flags"
 # shellcheck disable=SC2086  # eval_flags: flags and plain values, split on purpose

@@ -48,3 +48,47 @@ dataset_ready() {
   echo "no dataset at $1: generating the embedded SOFAR-like dataset"
   $PY -m data.generate --out "$1"
 }
+
+# trial_pool JOBS|auto DEVICE: how many training runs share the machine (TRIAL_JOBS) and torch
+# threads for each (TRIAL_THREADS), from `python -m utils trial-jobs` (one run per core on CPU, up
+# to 4; one on a GPU). Runs take a token from a pool of TRIAL_JOBS tokens (a FIFO, as make's
+# jobserver) and give it back when they end. A script that starts several run/train_trials.sh at
+# once (run/reproduce.sh) opens the pool first; they find it in TRIAL_POOL and share it.
+trial_pool() {
+  if [ -n "${TRIAL_POOL:-}" ] && [ -p "$TRIAL_POOL" ]; then
+    exec 9<>"$TRIAL_POOL"
+    return 0
+  fi
+  jt=$($PY -m utils trial-jobs --jobs "$1" --device "$2") || exit 2
+  set -- $jt
+  TRIAL_JOBS=$1 TRIAL_THREADS=$2
+  TRIAL_POOL=$(mktemp -d)/tokens
+  mkfifo "$TRIAL_POOL"
+  trap 'rm -rf "${TRIAL_POOL%/tokens}"' EXIT
+  exec 9<>"$TRIAL_POOL"
+  i=0
+  while [ "$i" -lt "$TRIAL_JOBS" ]; do echo >&9; i=$((i + 1)); done
+  export TRIAL_POOL TRIAL_JOBS TRIAL_THREADS
+}
+
+# Scripts that train several things at once keep their background children's pids in $pids:
+# launch CMD... runs CMD now when one run trains at a time (TRIAL_JOBS 1), else in the background;
+# wait_children WHAT waits for them all and exits naming how many failed. On Ctrl-C or TERM the
+# children are stopped (each passes it on to its own): a non-interactive shell's background
+# children ignore Ctrl-C, so without this a stopped script would leave its trainings running.
+pids=
+trap 'trap - INT TERM; kill $pids 2>/dev/null; wait; exit 130' INT TERM
+launch() {
+  if [ "${TRIAL_JOBS:-1}" -eq 1 ]; then
+    "$@"
+  else
+    "$@" &
+    pids="$pids $!"
+  fi
+}
+wait_children() {
+  failed=0
+  for p in $pids; do wait "$p" || failed=$((failed + 1)); done
+  pids=
+  [ "$failed" -eq 0 ] || { echo "error: $failed $1 failed (see above)" >&2; exit 1; }
+}

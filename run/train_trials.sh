@@ -2,25 +2,77 @@
 # train.py for --trials N (default 3; seeds 0..N-1, runs exp1..expN) in any paradigm, after
 # generating the embedded dataset when the default --data folder has none. run/pmg_*.sh and
 # run/reproduce.sh call it; call it yourself for a task of your own dataset:
-#   sh run/train_trials.sh --paradigm uni|multi|task [--task NAME] [--trials 3] [--profile paper|quick|auto]
-#                          [--data DIR] [train.py flags]
+#   sh run/train_trials.sh --paradigm uni|multi|task [--task NAME] [--trials 3] [--jobs auto|N]
+#                          [--profile paper|quick|auto] [--data DIR] [train.py flags]
+# --jobs: trials trained side by side (auto: one per core on CPU, up to 4, each with an even share
+# of the cores as torch threads; one on a GPU; see utils.trial_jobs). Side by side, each trial's
+# output goes to OUTPUT_DIR/<run>/expN.log and the console gets a line when it starts and ends.
 # Paths are read from the folder you call it from.
 set -e
-. "$(dirname "$0")/setup.sh"  # sets data from the flags
+. "$(dirname "$0")/setup.sh"  # sets data, artifacts from the flags
 trials=3
+jobs=auto
+device=auto
+run=uni
+task=
 n=$#
-while [ "$n" -gt 0 ]; do  # keep every flag but --trials for train.py
+prev=
+while [ "$n" -gt 0 ]; do  # keep every flag but --trials and --jobs for train.py
   a=$1; shift; n=$((n - 1))
   case $a in
-    --trials) trials=$1; shift; n=$((n - 1)) ;;
-    --trials=*) trials=${a#*=} ;;
-    *) set -- "$@" "$a" ;;
+    --trials|--jobs) v=$1; shift; n=$((n - 1)); [ "$a" = --trials ] && trials=$v || jobs=$v; prev=; continue ;;
+    --trials=*) trials=${a#*=}; prev=; continue ;;
+    --jobs=*) jobs=${a#*=}; prev=; continue ;;
+    --paradigm=*) run=${a#*=} ;;
+    --task=*) task=${a#*=} ;;
+    --device=*) device=${a#*=} ;;
   esac
+  case $prev in
+    --paradigm) run=$a ;;
+    --task) task=$a ;;
+    --device) device=$a ;;
+  esac
+  set -- "$@" "$a"
+  prev=$a
 done
+[ "$run" = task ] && run=task_$task
 dataset_ready "$data"
+trial_pool "$jobs" "$device"
+
+if [ "$TRIAL_JOBS" -eq 1 ]; then  # one at a time: train.py's own output and progress bars
+  i=1
+  while [ "$i" -le "$trials" ]; do
+    echo "== trial $i/$trials (seed $((i - 1)))"
+    $PY train.py --data "$data" --seed $((i - 1)) --trial "exp$i" "$@"  # "$@" may name --data again: the same
+    i=$((i + 1))
+  done
+  exit 0
+fi
+
+mkdir -p "$artifacts/$run"
 i=1
 while [ "$i" -le "$trials" ]; do
-  echo "== trial $i/$trials (seed $((i - 1)))"
-  $PY train.py --data "$data" --seed $((i - 1)) --trial "exp$i" "$@"  # "$@" may name --data again: the same
+  read -r _ <&9  # a free slot
+  log=$artifacts/$run/exp$i.log
+  echo "== trial $i/$trials (seed $((i - 1))): $run/exp$i started, $TRIAL_THREADS torch thread(s), log $log"
+  (
+    t0=$(date +%s)
+    $PY train.py --data "$data" --seed $((i - 1)) --trial "exp$i" --threads "$TRIAL_THREADS" --no-progress "$@" \
+      >"$log" 2>&1 &
+    tp=$!
+    trap 'kill "$tp" 2>/dev/null' TERM
+    rc=0
+    wait "$tp" || rc=$?
+    if [ "$rc" -eq 0 ]; then
+      echo "== $run/exp$i done in $(($(date +%s) - t0)) s: $(grep '^epoch' "$log" | tail -n 1)"
+    else
+      echo "error: $run/exp$i failed (exit $rc); the end of $log:" >&2
+      tail -n 15 "$log" >&2
+    fi
+    echo >&9  # the slot is free again
+    exit "$rc"
+  ) &
+  pids="$pids $!"
   i=$((i + 1))
 done
+wait_children "of $trials $run trial(s)"

@@ -208,13 +208,15 @@ def test_cores_and_the_thread_rules_follow_the_cpu_quota(monkeypatch, tmp_path, 
     is in-process, one stream per core at one torch thread each (one stream: the forward and the
     decoders each get every core), above that the DataLoader worker processes take a quarter and
     one stream the rest; a queue consumer (in-process) has at most 8 streams sharing the cores."""
+    import utils
     from pipeline import batch
     f = tmp_path / "cpu.max"
     if cpu_max is not None:
         f.write_text(cpu_max)
-    monkeypatch.setattr(batch, "CPU_MAX", f)
-    monkeypatch.setattr(batch.os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr(utils, "CPU_MAX", f)
+    monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: set(range(affinity)))
     assert batch.cores() == expected
+    assert utils.trial_jobs(cuda=False) == (min(expected, 4), expected // min(expected, 4))  # training runs too
     if expected <= 8:
         assert batch.default_workers() == 0 and batch.default_streams() == expected
         assert batch.default_torch_threads() == 1
