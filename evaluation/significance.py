@@ -14,13 +14,6 @@ import numpy as np
 
 from evaluation.stats import accuracy_stat, f1_stat, paired_difference
 
-
-
-
-
-
-
-
 TASK_STATS = {"accuracy": accuracy_stat, "f1_macro": f1_stat}
 
 

@@ -75,3 +75,37 @@ def test_table_bolds_the_chosen_row_only():
     assert "**0.500**" in t.markdown().splitlines()[3]
     t.add("c", {"x": [0.5004], "y": [0.1]})  # equal to the chosen row as shown: bold too
     assert "**0.500**" in t.markdown().splitlines()[4]
+
+
+def test_each_replicate_of_a_block_is_the_metric_of_its_draw():
+    """The bootstrap computes a block of replicates at once (`stat.batch`): every row must be the
+    evaluation.metrics value of the images that row drew, ties and ECE bins included."""
+    rng = np.random.default_rng(2)
+    y, p = rng.integers(0, 2, 60), rng.integers(0, 2, 60)
+    id_s, ood_s = np.round(rng.normal(1, 1, 50), 1), np.round(rng.normal(0, 1, 30), 1)  # many ties
+    conf, right = rng.uniform(0, 1, 70), rng.integers(0, 2, 70)
+    conf[:5] = [0.0, 1.0, 1 / 15, 2 / 15, 0.5]  # bin edges
+    draws = {n: rng.integers(0, n, (8, n)) for n in (60, 50, 30, 70)}
+    o = np.c_[y, p][draws[60]]
+    assert np.allclose(stats.accuracy_stat.batch([o]), [metrics.accuracy(y[i], p[i]) for i in draws[60]])
+    assert np.allclose(stats.f1_stat.batch([o]), [metrics.macro_f1(y[i], p[i]) for i in draws[60]])
+    aurocs = stats.auroc_stat.batch([id_s[draws[50]], ood_s[draws[30]]])
+    assert np.allclose(aurocs, [metrics.auroc(np.r_[np.ones(50), np.zeros(30)], np.r_[id_s[i], ood_s[j]])
+                                for i, j in zip(draws[50], draws[30])])
+    eces = stats.ece_stat.batch([np.c_[conf, right][draws[70]]])
+    assert np.allclose(eces, [metrics.ece(conf[i], right[i], 15) for i in draws[70]])
+    assert stats.ece_stat([np.c_[conf, right]]) == pytest.approx(metrics.ece(conf, right, 15))
+
+
+def test_blocks_of_replicates_do_not_change_the_interval(monkeypatch):
+    """Drawing the replicates in smaller blocks (what bounds memory on a large test split) gives
+    an interval of the same draws' distribution: equal observed value, close ends."""
+    rng = np.random.default_rng(3)
+    a = [[rng.normal(1, 1, 200), rng.normal(0, 1, 80)] for _ in range(2)]
+    b = [[rng.normal(0.5, 1, 200), rng.normal(0, 1, 80)] for _ in range(2)]
+    whole = stats.paired_difference(stats.auroc_stat, a, b, n_boot=2000)
+    monkeypatch.setattr(stats, "BLOCK_ELEMENTS", 280 * 7)  # blocks of 7 replicates
+    blocks = stats.paired_difference(stats.auroc_stat, a, b, n_boot=2000)
+    assert blocks["value"] == whole["value"]
+    assert blocks["lo"] == pytest.approx(whole["lo"], abs=0.02) and blocks["hi"] == pytest.approx(whole["hi"], abs=0.02)
+    assert blocks["lo"] > 0
