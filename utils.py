@@ -15,6 +15,7 @@ import torch
 
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 MAX_TRIAL_JOBS = 4  # training runs side by side on CPU at most (measured on 2 cores only: README "Training")
+IN_PROCESS_CORES = 8  # up to this many cores, inference decodes images in-process (default_workers)
 
 
 def cores() -> int:
@@ -32,6 +33,16 @@ def cores() -> int:
         pass
     return max(1, n)
 
+
+
+def default_workers() -> int:
+    """DataLoader worker processes for inference over image files (evaluation, serving's batch
+    mode): none up to IN_PROCESS_CORES cores, then a quarter of the cores. Worker processes start
+    again for every image set and compete with the model's threads for few cores: on 2 cores
+    evaluation ran 1.25-1.33x faster with none than with 2 (README "Evaluation"), and the batch
+    pipeline likewise (pipeline/README.md "Performance")."""
+    n = cores()
+    return 0 if n <= IN_PROCESS_CORES else n // 4
 
 def trial_jobs(cuda: bool, n_cores: int | None = None, jobs: int | None = None) -> tuple[int, int]:
     """(training runs at a time, torch threads for each) when a script trains several runs

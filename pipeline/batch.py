@@ -31,17 +31,10 @@ from data.loading import ImageSet, collate_skip_bad
 from pipeline.model import Predictor
 from pipeline.sources import SourceImage
 from pipeline.table import PredictionTable
-from utils import cores
+from utils import cores, default_workers
 
 DECODE_AHEAD = 3  # measured: pipeline/README.md "Performance"
 MAX_STREAMS = 8  # in-process streams at most (a queue consumer on a large machine: 8 streams, cores/8 threads each)
-
-
-def default_workers() -> int:
-    """DataLoader worker processes for `run_batch`: none up to MAX_STREAMS cores (in-process
-    streams, measured faster on 2 cores), then a quarter of the cores."""
-    n = cores()
-    return 0 if n <= MAX_STREAMS else n // 4
 
 
 def decode_threads() -> int:
