@@ -16,6 +16,8 @@ at a time, a report spent most of its time in 400,000 calls of scipy's rankdata)
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -28,10 +30,10 @@ BLOCK_ELEMENTS = 4_000_000  # per-image values drawn at once (bounds the memory 
 def statistic(batch):
     """`batch(groups) -> (R,)` on per-image arrays with a leading replicate axis (R, n, ...) becomes
     `stat(groups) -> float` on one trial's arrays (n, ...); `stat.batch` is the stacked form."""
+    @functools.wraps(batch)
     def stat(groups) -> float:
         return float(batch([np.asarray(g)[None] for g in groups])[0])
     stat.batch = batch
-    stat.__name__, stat.__doc__ = batch.__name__, batch.__doc__
     return stat
 
 

@@ -4,7 +4,8 @@
 # and one task-centric model per task of the spec; evaluate every trial and write OUT/REPORT.md.
 # --variants also trains the uni model once more with the other --mix setting (the RQ3 ablation:
 # top-2 with and without mixing, ~10 min more for 3 trials on 2 cores; run/ablations.sh trains it
-# too). Measured on 2 CPU cores, quick profile, 3 trials: 27 min without --variants, ~36 with.
+# too). Measured on a 2-core Intel VM, quick profile, 3 trials, runs side by side: 22 min 14 s without
+# --variants (2026-11-28; README "Training"); the variant adds three efficiency-centric runs.
 # --jobs: training runs side by side, over all paradigms (auto: one per core on CPU, up to 4; one
 # on a GPU; see run/train_trials.sh); each paradigm's runs then log to OUTPUT_DIR/<run>/expN.log.
 #   sh run/reproduce.sh [--trials 3] [--jobs auto|N] [--profile auto|quick|paper] [--data DIR]
