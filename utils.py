@@ -34,7 +34,6 @@ def cores() -> int:
     return max(1, n)
 
 
-
 def default_workers() -> int:
     """DataLoader worker processes for inference over image files (evaluation, serving's batch
     mode): none up to IN_PROCESS_CORES cores, then a quarter of the cores. Worker processes start
@@ -43,6 +42,7 @@ def default_workers() -> int:
     pipeline likewise (pipeline/README.md "Performance")."""
     n = cores()
     return 0 if n <= IN_PROCESS_CORES else n // 4
+
 
 def trial_jobs(cuda: bool, n_cores: int | None = None, jobs: int | None = None) -> tuple[int, int]:
     """(training runs at a time, torch threads for each) when a script trains several runs

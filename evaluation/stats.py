@@ -21,7 +21,6 @@ import functools
 import numpy as np
 from scipy.stats import rankdata
 
-from evaluation import metrics
 
 N_BOOT = 1000  # replicates per trial pair (tests lower it)
 BLOCK_ELEMENTS = 4_000_000  # per-image values drawn at once (bounds the memory of a block of replicates)
@@ -76,23 +75,24 @@ def interval(stat, trials: list, n_boot: int | None = None, seed: int = 0) -> di
     return _pooled(lambda t, idx: stat.batch(_take(t[0], idx)), [(t,) for t in trials], n_boot or N_BOOT, seed)
 
 
-# Statistics: `stat(groups) -> float` on one trial's per-image arrays; `stat.batch` on stacks of them.
-def _nan_where_empty(values, n: int):
-    return np.full(len(values), np.nan) if n == 0 else values
+# Statistics: `stat(groups) -> float` on one trial's per-image arrays; `stat.batch` on stacks of
+# them (R replicates); NaN for a set with no image.
+def _undefined(replicates: np.ndarray) -> np.ndarray:
+    return np.full(len(replicates), np.nan)
 
 
 @statistic
 def mean_of_first(groups):
     """Accuracy-like statistic: the mean of the first group (e.g. per-image correctness)."""
     g = groups[0]
-    return _nan_where_empty(g.mean(axis=1) if g.shape[1] else np.zeros(len(g)), g.shape[1])
+    return g.mean(axis=1) if g.shape[1] else _undefined(g)
 
 
 @statistic
 def accuracy_stat(groups):
     """groups[0]: per image (label, prediction) of a binary task; the share correct."""
     o = groups[0]
-    return _nan_where_empty((o[..., 0] == o[..., 1]).mean(axis=1) if o.shape[1] else np.zeros(len(o)), o.shape[1])
+    return (o[..., 0] == o[..., 1]).mean(axis=1) if o.shape[1] else _undefined(o)
 
 
 @statistic
@@ -101,11 +101,13 @@ def f1_stat(groups):
     metrics.macro_f1 (tested) and fast enough for thousands of bootstrap replicates."""
     o = groups[0]
     n = o.shape[1]
+    if not n:
+        return _undefined(o)
     tp1 = np.sum((o[..., 0] == 1) & (o[..., 1] == 1), axis=1)
     tp0 = np.sum((o[..., 0] == 0) & (o[..., 1] == 0), axis=1)
     wrong = n - tp0 - tp1  # each error is a false positive of one class and a false negative of the other
     f1 = [np.divide(2 * tp, 2 * tp + wrong, out=np.zeros(len(o)), where=(2 * tp + wrong) > 0) for tp in (tp0, tp1)]
-    return _nan_where_empty((f1[0] + f1[1]) / 2, n)
+    return (f1[0] + f1[1]) / 2
 
 
 @statistic
@@ -115,7 +117,7 @@ def auroc_stat(groups):
     id_s, ood_s = groups
     n1, n0 = id_s.shape[1], ood_s.shape[1]
     if not n1 or not n0:
-        return np.full(len(id_s), np.nan)
+        return _undefined(id_s)
     u = rankdata(np.concatenate([id_s, ood_s], axis=1), axis=1)[:, :n1].sum(axis=1) - n1 * (n1 + 1) / 2
     return u / (n1 * n0)
 
@@ -134,7 +136,7 @@ def ece_stat(groups, n_bins: int = 15):
     g = groups[0].astype(float)
     r, n = g.shape[:2]
     if not n:
-        return np.full(r, np.nan)
+        return _undefined(g)
     conf, corr = g[..., 0], g[..., 1]
     bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1) + n_bins * np.arange(r)[:, None]
     gap = np.bincount(bins.ravel(), weights=(corr - conf).ravel(), minlength=r * n_bins).reshape(r, n_bins)
