@@ -37,7 +37,7 @@ def ablation_tables(main: dict, variants: dict[str, dict], spec, main_name: str 
         arms = {main_name: main, **{name: res for name, res in variants.items() if run in res}}
         if len(arms) < 2:
             continue
-        note = "Rows: " + "; ".join(f"{name}: {flags_of(res[run])} ({len(res[run])} trials)"
+        note = "Rows: " + "; ".join(f"{name}: {flags_of(res[run])} ({len(res[run])} trial{'s' * (len(res[run]) != 1)})"
                                     for name, res in arms.items()) + "."
         out.append((f"ablation_{run}_tasks", tasks_table(run, arms, spec, note)))
         out.append((f"ablation_{run}_ood_top2", ood_top2_table(run, arms, spec, note)))

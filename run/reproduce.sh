@@ -2,36 +2,42 @@
 # The main job: create .venv, generate the embedded dataset if absent, check the dataset, train
 # every paradigm (--trials N, default 3): uni, multi (when the spec has a 'multitask:' section)
 # and one task-centric model per task of the spec; evaluate every trial and write OUT/REPORT.md.
-# --variants also trains the uni model once more with the other --mix setting (the RQ3 ablation:
-# top-2 with and without mixing, ~10 min more for 3 trials on 2 cores; run/ablations.sh trains it
-# too). Measured on a 2-core Intel VM, quick profile, 3 trials, runs side by side: 22 min 14 s without
-# --variants (2026-11-28; README "Training"); the variant adds three efficiency-centric runs.
+# --variants also trains the uni model with the other --mix setting (CutMix, or none when you pass
+# --mix cutmix|mixup) for every trial, --variants=N for N trials: the RQ3 ablation, top-2 with and
+# without mixing, in the report (run/ablations.sh trains it too). Measured on a 2-core Intel VM,
+# quick profile, 3 trials, runs side by side (README "Training"): 22 min 14 s without a variant
+# (2026-11-28), 38.4 min with --variants, 32.1 min with --variants=1 (both later that day, on a
+# slower day of that VM). The default stays without, inside the 30-minute budget.
 # --jobs: training runs side by side, over all paradigms (auto: one per core on CPU, up to 4; one
 # on a GPU; see run/train_trials.sh); each paradigm's runs then log to OUTPUT_DIR/<run>/expN.log.
 #   sh run/reproduce.sh [--trials 3] [--jobs auto|N] [--profile auto|quick|paper] [--data DIR]
-#                       [--output-dir DIR] [--out results] [--variants] [train.py flags]
+#                       [--output-dir DIR] [--out results] [--variants[=N]] [train.py flags]
 # Paths are read from the folder you call it from. Flags other than --out go to every training
 # run (run/train_trials.sh passes unknown ones on to train.py); --device, --workers and
 # --no-progress go to evaluate.py as well.
 set -e
 . "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
 eval_flags=
-variants=
+variant_trials=off  # --variants: every trial (empty); --variants=N: '--trials N'
 jobs=auto
 device=auto
-mix_variant="--mix cutmix"  # the other setting than train.py's default (--mix none)
+mix=none  # train.py's default
 n=$#
 prev=
-while [ "$n" -gt 0 ]; do  # keep every flag but --out and --[no-]variants for training
+while [ "$n" -gt 0 ]; do  # keep every flag but --out and --[no-]variants[=N] for training
   a=$1; shift; n=$((n - 1))
   case $a in
     --out) shift; n=$((n - 1)); prev=; continue ;;
-    --out=*|--variants|--no-variants) [ "$a" = --variants ] && variants=yes; prev=; continue ;;
+    --out=*) prev=; continue ;;
+    --variants) variant_trials=; prev=; continue ;;
+    --variants=*) variant_trials="--trials ${a#*=}"; prev=; continue ;;
+    --no-variants) variant_trials=off; prev=; continue ;;
     --no-progress|--device=*|--workers=*) eval_flags="$eval_flags $a" ;;
   esac
   case $a in
     --jobs=*) jobs=${a#*=} ;;
     --device=*) device=${a#*=} ;;
+    --mix=*) mix=${a#*=} ;;
   esac
   case $prev in
     --device|--workers) eval_flags="$eval_flags $prev $a" ;;
@@ -39,6 +45,7 @@ while [ "$n" -gt 0 ]; do  # keep every flag but --out and --[no-]variants for tr
   case $prev in
     --jobs) jobs=$a ;;
     --device) device=$a ;;
+    --mix) mix=$a ;;
   esac
   set -- "$@" "$a"
   prev=$a
@@ -65,10 +72,11 @@ fi
 for task in $tasks; do
   train run/train_trials.sh --paradigm task --task "$task" "$@"
 done
-if [ -n "$variants" ]; then
-  name=$(echo "$mix_variant" | tr -d ' -' | sed 's/mix/mix_/')
-  # shellcheck disable=SC2086  # mix_variant: a flag and its value
-  train run/pmg_uni.sh "$@" $mix_variant --output-dir "${artifacts}_variants/$name"
+if [ "$variant_trials" != off ]; then  # the RQ3 ablation: the other --mix setting than the main runs'
+  [ "$mix" = none ] && other=cutmix || other=none
+  name=mix_$other
+  # shellcheck disable=SC2086  # variant_trials: a flag and its value, or nothing
+  train run/pmg_uni.sh "$@" --mix "$other" $variant_trials --output-dir "${artifacts}_variants/$name"
   eval_flags="$eval_flags --variant $name=${artifacts}_variants/$name"
 fi
 wait_children "paradigm(s)' training"

@@ -37,6 +37,9 @@ while [ "$n" -gt 0 ]; do  # keep every flag but --trials and --jobs for train.py
 done
 [ "$run" = task ] && run=task_$task
 dataset_ready "$data"
+extra=$(i=$((trials + 1)); while [ -f "$artifacts/$run/exp$i/best.pt" ]; do printf ' exp%s' "$i"; i=$((i + 1)); done)
+[ -z "$extra" ] || echo "note: $artifacts/$run also holds$extra from an earlier run, which evaluate.py reports" \
+  "with these $trials trial(s); move them away for a report of these alone"
 trial_pool "$jobs" "$device"
 
 if [ "$TRIAL_JOBS" -eq 1 ]; then  # one at a time: train.py's own output and progress bars

@@ -36,21 +36,29 @@ def reproduce(cwd: Path, *flags) -> subprocess.CompletedProcess:
 
 def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_data, tmp_path):
     shutil.copytree(own_data, tmp_path / "mine")
-    proc = reproduce(tmp_path, "--data", "mine", "--output-dir", "art", "--out=res", "--trials", "1",
-                     "--variants", "--epochs", "1", *TINY_TRAIN)
+    proc = reproduce(tmp_path, "--data", "mine", "--output-dir", "art", "--out=res", "--trials", "2",
+                     "--variants=1", "--epochs", "1", *TINY_TRAIN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no 'multitask:' section: skipping the multi-task model" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["task_scratch", "task_stain", "uni"]
     for run in ("task_scratch", "task_stain", "uni"):
-        assert (tmp_path / "art" / run / "exp1" / "best.pt").is_file()
+        assert sorted(p.name for p in (tmp_path / "art" / run).glob("exp*/best.pt")) == ["best.pt"] * 2
     report = (tmp_path / "res" / "REPORT.md").read_text()
     assert "scratch" in report and "stain" in report
-    # --variants, the RQ3 ablation: the uni model once more with the other --mix setting, beside the main runs
-    assert (tmp_path / "art_variants" / "mix_cutmix" / "uni" / "exp1" / "best.pt").is_file()
-    args = yaml.safe_load((tmp_path / "art_variants" / "mix_cutmix" / "uni" / "exp1" / "args.yaml").read_text())
-    assert args["mix"] == "cutmix"
+    # --variants=1, the RQ3 ablation: the uni model once more with the other --mix setting, one trial
+    variant = tmp_path / "art_variants" / "mix_cutmix" / "uni"
+    assert [p.parent.name for p in variant.glob("exp*/best.pt")] == ["exp1"]
+    assert yaml.safe_load((variant / "exp1" / "args.yaml").read_text())["mix"] == "cutmix"
     assert "## Ablation, efficiency-centric: OOD rejection (default scorer), calibration, top-2" in report
-    assert "| mix_cutmix |" in report
+    assert "| mix_cutmix |" in report and "epochs_run=1 (2 trials); mix_cutmix: " in report
+    assert "mix=cutmix, mix_prob=0.5, zero_grad=none, bn_stats=step, jigsaw=cycle, epochs_run=1 (1 trial)." in report
+    # trials of an earlier run in the same folder are named before training (here train.py then
+    # refuses a bad flag: nothing trains)
+    proc = subprocess.run(["sh", str(ROOT / "run" / "train_trials.sh"), "--paradigm", "uni", "--data", "mine",
+                           "--output-dir", "art", "--trials", "1", "--jobs", "1", "--no-such-flag"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "unrecognized arguments: --no-such-flag" in proc.stderr
+    assert f"note: {tmp_path / 'art' / 'uni'} also holds exp2 from an earlier run" in proc.stdout
     # run/ablations.sh beside those runs: plain fine-tuning at equal epochs and at equal wall-clock,
     # and the reference's BatchNorm statistics
     proc = subprocess.run(["sh", str(ROOT / "run" / "ablations.sh"), "--data", "mine", "--output-dir", "art",
