@@ -10,7 +10,8 @@
 #                reference's full forward does (--bn-stats all)
 #   steps        every task-centric model under the equal-compute budget (--budget steps: as many
 #                optimizer steps as the efficiency-centric model)
-#   mix_cutmix   the efficiency-centric model with CutMix (trained by reproduce.sh too; kept if there)
+#   mix_cutmix   the efficiency-centric model with CutMix (reproduce.sh trains one trial of it, every
+#                trial with --variants; kept when every trial is there)
 #   mix_mixup    the efficiency-centric model with mixup
 # Variants train side by side as run/reproduce.sh's paradigms do (--jobs, the same rule), so their
 # seconds per epoch compare with the main runs' when both use the default --jobs.

@@ -2,23 +2,25 @@
 # The main job: create .venv, generate the embedded dataset if absent, check the dataset, train
 # every paradigm (--trials N, default 3): uni, multi (when the spec has a 'multitask:' section)
 # and one task-centric model per task of the spec; evaluate every trial and write OUT/REPORT.md.
-# --variants also trains the uni model with the other --mix setting (CutMix, or none when you pass
-# --mix cutmix|mixup) for every trial, --variants=N for N trials: the RQ3 ablation, top-2 with and
-# without mixing, in the report (run/ablations.sh trains it too). Measured on a 2-core Intel VM,
-# quick profile, 3 trials, runs side by side (README "Training"): 22 min 14 s without a variant
-# (2026-11-28), 38.4 min with --variants, 32.1 min with --variants=1 (both later that day, on a
-# slower day of that VM). The default stays without, inside the 30-minute budget.
+# It also trains the uni model for one trial with the other --mix setting (CutMix, or none when
+# you pass --mix cutmix|mixup), so that the report compares training with and without mixing (RQ3:
+# the top-2 on multi-label images); --variants: for every trial, --variants=N: N trials,
+# --no-variants: none (run/ablations.sh trains it too). Measured on a 2-core Intel VM, quick
+# profile, 3 trials, runs side by side (README "Training"): 26 min 47 s with the default one
+# variant trial on a fresh clone (2026-11-29, quiet; 60 s of it generating the dataset);
+# 22 min 14 s with --no-variants (2026-11-28, quiet). On a loaded afternoon of the same VM the
+# default took 32.1 min and --variants 38.4 min.
 # --jobs: training runs side by side, over all paradigms (auto: one per core on CPU, up to 4; one
 # on a GPU; see run/train_trials.sh); each paradigm's runs then log to OUTPUT_DIR/<run>/expN.log.
 #   sh run/reproduce.sh [--trials 3] [--jobs auto|N] [--profile auto|quick|paper] [--data DIR]
-#                       [--output-dir DIR] [--out results] [--variants[=N]] [train.py flags]
+#                       [--output-dir DIR] [--out results] [--[no-]variants[=N]] [train.py flags]
 # Paths are read from the folder you call it from. Flags other than --out go to every training
 # run (run/train_trials.sh passes unknown ones on to train.py); --device, --workers and
 # --no-progress go to evaluate.py as well.
 set -e
 . "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
 eval_flags=
-variant_trials=off  # --variants: every trial (empty); --variants=N: '--trials N'
+variant_trials='--trials 1'  # --variants: every trial (empty); --variants=N: '--trials N'; off
 jobs=auto
 device=auto
 mix=none  # train.py's default

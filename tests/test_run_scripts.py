@@ -37,7 +37,7 @@ def reproduce(cwd: Path, *flags) -> subprocess.CompletedProcess:
 def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_data, tmp_path):
     shutil.copytree(own_data, tmp_path / "mine")
     proc = reproduce(tmp_path, "--data", "mine", "--output-dir", "art", "--out=res", "--trials", "2",
-                     "--variants=1", "--epochs", "1", *TINY_TRAIN)
+                     "--epochs", "1", *TINY_TRAIN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no 'multitask:' section: skipping the multi-task model" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["task_scratch", "task_stain", "uni"]
@@ -45,7 +45,7 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
         assert sorted(p.name for p in (tmp_path / "art" / run).glob("exp*/best.pt")) == ["best.pt"] * 2
     report = (tmp_path / "res" / "REPORT.md").read_text()
     assert "scratch" in report and "stain" in report
-    # --variants=1, the RQ3 ablation: the uni model once more with the other --mix setting, one trial
+    # by default the RQ3 ablation: the uni model once more with the other --mix setting, one trial
     variant = tmp_path / "art_variants" / "mix_cutmix" / "uni"
     assert [p.parent.name for p in variant.glob("exp*/best.pt")] == ["exp1"]
     assert yaml.safe_load((variant / "exp1" / "args.yaml").read_text())["mix"] == "cutmix"
