@@ -8,8 +8,8 @@
 # --no-variants: none (run/ablations.sh trains it too). Measured on a 2-core Intel VM, quick
 # profile, 3 trials, runs side by side (README "Training"): 26 min 47 s with the default one
 # variant trial on a fresh clone (2026-11-29, quiet; 60 s of it generating the dataset);
-# 22 min 14 s with --no-variants (2026-11-28, quiet). On a loaded afternoon of the same VM the
-# default took 32.1 min and --variants 38.4 min.
+# 22 min 14 s with --no-variants (2026-11-28, quiet). Later on 2026-11-28, when that VM ran each
+# training run ~30 % slower, the default took 32.1 min and --variants 38.4 min.
 # --jobs: training runs side by side, over all paradigms (auto: one per core on CPU, up to 4; one
 # on a GPU; see run/train_trials.sh); each paradigm's runs then log to OUTPUT_DIR/<run>/expN.log.
 #   sh run/reproduce.sh [--trials 3] [--jobs auto|N] [--profile auto|quick|paper] [--data DIR]
