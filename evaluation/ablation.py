@@ -29,6 +29,10 @@ def flags_of(trials: dict) -> str:
     return ", ".join(f"{k}={flags[k]}" for k in ("backbone", "crop", *FLAGS) if flags.get(k) is not None)
 
 
+def n_trials(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
 def ablation_tables(main: dict, variants: dict[str, dict], spec, main_name: str = "main") -> list[tuple[str, ReportTable]]:
     """[(CSV name, table)] for every run trained both in `main` and in at least one variant, then
     Tables 1-2 under each task-centric-only variant's protocol (protocol_tables)."""
@@ -37,7 +41,7 @@ def ablation_tables(main: dict, variants: dict[str, dict], spec, main_name: str 
         arms = {main_name: main, **{name: res for name, res in variants.items() if run in res}}
         if len(arms) < 2:
             continue
-        note = "Rows: " + "; ".join(f"{name}: {flags_of(res[run])} ({len(res[run])} trial{'s' * (len(res[run]) != 1)})"
+        note = "Rows: " + "; ".join(f"{name}: {flags_of(res[run])} ({n_trials(len(res[run]))})"
                                     for name, res in arms.items()) + "."
         out.append((f"ablation_{run}_tasks", tasks_table(run, arms, spec, note)))
         out.append((f"ablation_{run}_ood_top2", ood_top2_table(run, arms, spec, note)))

@@ -42,6 +42,7 @@ while [ "$n" -gt 0 ]; do  # keep every flag but --out, --only, --trials and --jo
     --jobs) jobs=$v ;;
   esac
 done
+check_trials --trials "$trials"
 if [ ! -f "$artifacts/uni/exp1/best.pt" ]; then
   echo "error: $artifacts/uni/exp1/best.pt not found; train the main runs first (sh run/reproduce.sh)" >&2
   exit 2

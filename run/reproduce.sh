@@ -32,7 +32,7 @@ while [ "$n" -gt 0 ]; do  # keep every flag but --out and --[no-]variants[=N] fo
     --out) shift; n=$((n - 1)); prev=; continue ;;
     --out=*) prev=; continue ;;
     --variants) variant_trials=; prev=; continue ;;
-    --variants=*) variant_trials="--trials ${a#*=}"; prev=; continue ;;
+    --variants=*) check_trials --variants "${a#*=}"; variant_trials="--trials ${a#*=}"; prev=; continue ;;
     --no-variants) variant_trials=off; prev=; continue ;;
     --no-progress|--device=*|--workers=*) eval_flags="$eval_flags $a" ;;
   esac

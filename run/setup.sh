@@ -49,6 +49,17 @@ dataset_ready() {
   $PY -m data.generate --out "$1"
 }
 
+# check_trials FLAG VALUE: exits 2 naming FLAG unless VALUE is a whole number of at least 1, so a
+# typo stops a script before anything trains, not after.
+check_trials() {
+  case $2 in
+    ''|*[!0-9]*) ;;
+    *) [ "$2" -ge 1 ] && return 0 ;;
+  esac
+  echo "error: $1 takes a number of trials of at least 1, not '$2'" >&2
+  exit 2
+}
+
 # trial_pool JOBS|auto DEVICE: how many training runs share the machine (TRIAL_JOBS) and torch
 # threads for each (TRIAL_THREADS), from `python -m utils trial-jobs` (one run per core on CPU, up
 # to 4; one on a GPU). Runs take a token from a pool of TRIAL_JOBS tokens (a FIFO, as make's

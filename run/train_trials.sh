@@ -35,6 +35,7 @@ while [ "$n" -gt 0 ]; do  # keep every flag but --trials and --jobs for train.py
   set -- "$@" "$a"
   prev=$a
 done
+check_trials --trials "$trials"
 [ "$run" = task ] && run=task_$task
 dataset_ready "$data"
 extra=$(i=$((trials + 1)); while [ -f "$artifacts/$run/exp$i/best.pt" ]; do printf ' exp%s' "$i"; i=$((i + 1)); done)

@@ -87,6 +87,17 @@ def test_reproduce_checks_the_dataset_before_training(own_data, tmp_path):
     assert not (tmp_path / "art").exists() and "trial" not in proc.stdout
 
 
+@pytest.mark.parametrize("script, flag, value", [("reproduce.sh", "--variants", "x"),
+                                                ("train_trials.sh", "--trials", "0"),
+                                                ("ablations.sh", "--trials", "-1")])
+def test_a_bad_number_of_trials_stops_a_script_before_anything_trains(own_data, tmp_path, script, flag, value):
+    proc = subprocess.run(["sh", str(ROOT / "run" / script), "--data", str(own_data), "--output-dir", "art",
+                           f"{flag}={value}"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: {flag} takes a number of trials of at least 1, not '{value}'\n"
+    assert not (tmp_path / "art").exists()
+
+
 def test_extend_script_runs_the_hold_out_experiment_end_to_end(tmp_path):
     """run/extend.sh at its smallest: data with one class held out, the parent, the extension, the
     imprint-only and naive rows, a full retrain with its detector file, and EXTEND.md over them."""
