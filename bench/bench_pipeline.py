@@ -1,8 +1,9 @@
 """Benchmark of the deployed pipeline, one run, same images (not a test: it prints what it measured).
 
 1. speed (issue 11 §2): the batch pipeline (`run_batch`: decode + transform + model + OOD score +
-   top-2 + SQLite upsert) and the queue consumer's path (each message batch of 32 through the
-   same `predicted` as one batch, upsert per batch, no broker; `--sweep`: also in parts) vs the bare model forward on the same
+   top-2 + SQLite upsert) and the queue consumer's path (message batches of
+   `pipeline.streams.MESSAGE_BATCH`, the consumer's default, and of 32, the default before, through the same `predicted` as
+   one batch, upsert per batch, no broker; `--sweep`: also in parts) vs the bare model forward on the same
    images decoded beforehand: img/s, ms/image and the ratio to the forward (target >= 0.85x), at
    64 px and 224 px model input, for the embedded 96 px files and for phone-size photos (the same
    images re-encoded at 1600 x 1200, made here in a temporary folder). `before` is the
@@ -47,6 +48,7 @@ from pipeline.batch import (cores, decode_threads, default_streams, default_torc
                             predicted, run_batch)
 from pipeline.model import Predictor  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
+from pipeline.streams import MESSAGE_BATCH  # noqa: E402
 from pipeline.table import PredictionTable  # noqa: E402
 
 CLASSES = {"normal": (90, 90, 90), "defect": (200, 40, 40), "dirt": (120, 90, 30), "bubble": (60, 160, 220)}
@@ -165,7 +167,7 @@ def full_decode():
         data.loading.decode_size = saved
 
 
-def consumer_path(pred: Predictor, table: PredictionTable, items, batch: int = 32, part: int | None = None,
+def consumer_path(pred: Predictor, table: PredictionTable, items, batch: int = MESSAGE_BATCH, part: int | None = None,
                   streams: int | None = None) -> float:
     """img/s of what a queue consumer does per message batch (pipeline/streams.Consumer.process
     without Redis): the batch through `predicted` (in-process decoding, in parts of `part` images,
@@ -201,10 +203,12 @@ def speed(work: Path, ckpt: Path, args) -> None:
              f"batch pipeline, {2 * n} streams x 1 torch thread": dict(torch_threads=1, streams=2 * n),
              f"batch pipeline (before: 2 worker processes, full decode, {base} torch threads)":
                  dict(workers=2, full=True),
-             mark("queue consumer (message batches of 32), 1 stream", 1, n):
+             mark(f"queue consumer (message batches of {MESSAGE_BATCH}), 1 stream", 1, n):
                  dict(consumer=True, torch_threads=n, streams=1),
-             mark(f"queue consumer, {n} streams x 1 torch thread", n, 1):
+             mark(f"queue consumer (message batches of {MESSAGE_BATCH}), {n} streams x 1 torch thread", n, 1):
                  dict(consumer=True, torch_threads=1, streams=n),
+             f"queue consumer (message batches of 32, before), {n} streams x 1 torch thread":
+                 dict(consumer=True, torch_threads=1, streams=n, messages=32),
              "bare forward (1 torch thread)": dict(forward=True, torch_threads=1),
              "decode + transform alone (1 thread)": dict(decode=True)}
     now = default[1]
@@ -239,7 +243,8 @@ def speed(work: Path, ckpt: Path, args) -> None:
                         times[m].append(decode_only(pred, items, args.batch_size))
                     elif how.get("consumer"):
                         times[m].append(consumer_path(pred, PredictionTable(str(db), "consumer"), items,
-                                                      part=how.get("part"), streams=how.get("streams")))
+                                                      how.get("messages", MESSAGE_BATCH), how.get("part"),
+                                                      how.get("streams")))
                     else:
                         with full_decode() if how.get("full") else contextlib.nullcontext():
                             s = run_batch(pred, PredictionTable(str(db)), items, args.batch_size,

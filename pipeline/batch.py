@@ -48,7 +48,7 @@ def stream_batch(n: int, batch_size: int, streams: int) -> int:
     """The batch size at which `n` images keep every one of `streams` streams busy to the end: as
     few rounds of `streams` batches as `batch_size` allows, the images shared out evenly over them
     (200 images, batch 64, 2 streams: 4 batches of 50, not 64+64+64+8 with a stream idle at the
-    end; a queue consumer's lone message batch of 32 over 2 streams: 2 of 16). One stream: as given."""
+    end; a queue consumer's lone message batch of 64 over 2 streams: 2 of 32). One stream: as given."""
     if streams <= 1 or n <= 0:
         return max(1, batch_size)
     rounds = math.ceil(n / (streams * batch_size))

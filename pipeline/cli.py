@@ -136,7 +136,9 @@ def parser() -> argparse.ArgumentParser:
     table_flags(p, required=False)
     redis_flags(p)
     p.add_argument("--consumer", default=os.environ.get("HOSTNAME"), help="consumer name (default: host-pid)")
-    p.add_argument("--batch-size", type=int, default=32)
+    from pipeline.streams import MAX_OUTAGE_S, MESSAGE_BATCH
+    p.add_argument("--batch-size", type=int, default=MESSAGE_BATCH,
+                   help="messages per read, shared out over the decode -> infer streams")
     p.add_argument("--block-ms", type=int, default=1000, help="XREADGROUP BLOCK per poll")
     p.add_argument("--min-idle-ms", type=int, default=60_000, help="reclaim messages pending this long")
     p.add_argument("--max-deliveries", type=int, default=3, help="dead-letter a message delivered more often")
@@ -144,7 +146,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-when-empty", action="store_true", help="exit once nothing is queued or pending")
     p.add_argument("--max-backoff", type=float, default=5.0,
                    help="longest wait (s) between retries while Redis or the table is unreachable")
-    from pipeline.streams import MAX_OUTAGE_S
     p.add_argument("--max-outage", type=float, default=MAX_OUTAGE_S,
                    help="exit 1 once Redis has been unreachable this many seconds in a row")
     p.add_argument("--trim-interval", type=float, default=60.0,

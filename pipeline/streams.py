@@ -50,6 +50,11 @@ FIELDS = ("image_id", "path", "captured_date")  # a message's payload
 # restart (InvalidResponse), a replica that became read-only in a failover: all pass.
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.exceptions.InvalidResponse,
              redis.ReadOnlyError)
+# Messages per XREADGROUP (--batch-size), shared out over the decode -> infer streams: 64 like batch
+# mode. Measured (pipeline/README.md "Performance", 2 cores, 2 streams): 32 left each stream a
+# 16-image forward and gave 0.83x the bare forward at 64 px, 64 gave 0.91x; at 224 px 64 costs
+# 6-8 % against 32 and stays above 1x.
+MESSAGE_BATCH = 64
 MAX_OUTAGE_S = 3600.0  # a consumer rides out a Redis outage this long (--max-outage), then exits 1
 
 
@@ -90,7 +95,7 @@ def payload_error(fields: dict) -> str | None:
 
 class Consumer:
     def __init__(self, predictor, table, url: str, stream: str = STREAM, group: str = GROUP,
-                 name: str | None = None, batch_size: int = 32, block_ms: int = 1000,
+                 name: str | None = None, batch_size: int = MESSAGE_BATCH, block_ms: int = 1000,
                  min_idle_ms: int = 60_000, max_deliveries: int = 3, max_idle_s: float | None = None,
                  exit_when_empty: bool = False, max_backoff_s: float = 5.0, max_outage_s: float = MAX_OUTAGE_S,
                  trim_interval_s: float = 60.0, heartbeat=None, streams: int | None = None):

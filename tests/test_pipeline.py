@@ -182,7 +182,7 @@ def test_task_centric_counterpart_writes_one_table_per_model(models, tmp_path):
 
 def test_deploy_manifests_agree_with_the_code():
     from pipeline.cli import ENV, parser
-    from pipeline.streams import GROUP, STREAM
+    from pipeline.streams import GROUP, MESSAGE_BATCH, STREAM
     docs = {}
     for f in (ROOT / "deploy" / "k8s").glob("*.yaml"):
         for d in yaml.safe_load_all(f.read_text()):
@@ -203,7 +203,9 @@ def test_deploy_manifests_agree_with_the_code():
                       (cron["spec"]["jobTemplate"]["spec"]["template"]["spec"], "produce")):
         c = spec["containers"][0]
         assert c["args"][0] == cmd
-        parser().parse_args(c["args"] + (["--checkpoint", "x"] if cmd == "consume" else ["--source", "x"]))
+        parsed = parser().parse_args(c["args"] + (["--checkpoint", "x"] if cmd == "consume" else ["--source", "x"]))
+        if cmd == "consume":  # the message batch the benchmark measured (pipeline/README.md "Performance")
+            assert parsed.batch_size == MESSAGE_BATCH == parser().parse_args(["consume", "--checkpoint", "x"]).batch_size
         refs = {r.get("configMapRef", r.get("secretRef"))["name"] for r in c["envFrom"]}
         assert refs == {"pipeline-config", "pipeline-db"}
     # the worker image itself: tests/test_serving.py
