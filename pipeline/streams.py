@@ -50,10 +50,10 @@ FIELDS = ("image_id", "path", "captured_date")  # a message's payload
 # restart (InvalidResponse), a replica that became read-only in a failover: all pass.
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.exceptions.InvalidResponse,
              redis.ReadOnlyError)
-# Messages per XREADGROUP (--batch-size), shared out over the decode -> infer streams: 64 like batch
+# Messages per XREADGROUP (--batch-size), shared out over the decode -> infer streams, as in batch
 # mode. Measured (pipeline/README.md "Performance", 2 cores, 2 streams): 32 left each stream a
-# 16-image forward and gave 0.83x the bare forward at 64 px, 64 gave 0.91x; at 224 px 64 costs
-# 6-8 % against 32 and stays above 1x.
+# 16-image forward, 0.76x the bare forward at 64 px against 0.82x for 64; at 224 px 64 costs 9-13
+# points against 32 (0.89-0.98x).
 MESSAGE_BATCH = 64
 MAX_OUTAGE_S = 3600.0  # a consumer rides out a Redis outage this long (--max-outage), then exits 1
 
