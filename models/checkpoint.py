@@ -184,7 +184,8 @@ def restore_training(state: dict, path, paradigm: Paradigm, spec: Spec, model, o
                               f"widths?): {str(e).splitlines()[0][:200]}") from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    if state.get("scaler"):  # empty from a run without an enabled scaler (CPU, no AMP): the new run's starts fresh
+        scaler.load_state_dict(state["scaler"])
     best = None if state.get("best_val_acc") is None else \
         {"acc": state["best_val_acc"], "loss": state.get("best_val_loss", float("inf"))}
     return state["epoch"] + 1, best
