@@ -2,7 +2,7 @@
 
 1. speed (issue 11 §2): the batch pipeline (`run_batch`: decode + transform + model + OOD score +
    top-2 + SQLite upsert) and the queue consumer's path (message batches of
-   `pipeline.streams.MESSAGE_BATCH`, the consumer's default, and of 32, the default before, through the same `predicted` as
+   `pipeline.queue_defaults.MESSAGE_BATCH`, the consumer's default, and of 32, the default before, through the same `predicted` as
    one batch, upsert per batch, no broker; `--sweep`: also in parts) vs the bare model forward on the same
    images decoded beforehand: img/s, ms/image and the ratio to the forward (target >= 0.85x), at
    64 px and 224 px model input, for the embedded 96 px files and for phone-size photos (the same
@@ -48,7 +48,7 @@ from pipeline.batch import (cores, decode_threads, default_streams, default_torc
                             predicted, run_batch)
 from pipeline.model import Predictor  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
-from pipeline.streams import MESSAGE_BATCH  # noqa: E402
+from pipeline.queue_defaults import MESSAGE_BATCH  # noqa: E402
 from pipeline.table import PredictionTable  # noqa: E402
 
 CLASSES = {"normal": (90, 90, 90), "defect": (200, 40, 40), "dirt": (120, 90, 30), "bubble": (60, 160, 220)}

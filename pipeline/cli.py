@@ -97,7 +97,7 @@ def table_flags(p, required=True):
 
 
 def redis_flags(p):
-    from pipeline.streams import GROUP, STREAM
+    from pipeline.queue_defaults import GROUP, STREAM
     env_arg(p, "--redis", "redis://127.0.0.1:6379/0", help="Redis URL")
     env_arg(p, "--stream", STREAM, help="Redis stream of work")
     env_arg(p, "--group", GROUP, help="consumer group")
@@ -136,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     table_flags(p, required=False)
     redis_flags(p)
     p.add_argument("--consumer", default=os.environ.get("HOSTNAME"), help="consumer name (default: host-pid)")
-    from pipeline.streams import MAX_OUTAGE_S, MESSAGE_BATCH
+    from pipeline.queue_defaults import MAX_OUTAGE_S, MESSAGE_BATCH
     p.add_argument("--batch-size", type=int, default=MESSAGE_BATCH,
                    help="messages per read, shared out over the decode -> infer streams")
     p.add_argument("--block-ms", type=int, default=1000, help="XREADGROUP BLOCK per poll")
@@ -251,12 +251,17 @@ def user_error(e: Exception) -> str | None:
     from pipeline.health import HeartbeatError
     from pipeline.model import ThresholdError
     from pipeline.sources import SourceError
-    from pipeline.streams import RedisOutage
+    from pipeline.queue_defaults import RedisOutage
     from pipeline.table import TableError, TableUnavailable
-    import redis
+    redis = sys.modules.get("redis")  # imported by the queue commands alone: without it no Redis error was raised
     if isinstance(e, (CheckpointError, ThresholdError, SourceError, TableError, TableUnavailable, SpecError,
                       ImageError, RedisOutage, HeartbeatError, BackendError)):
         return f"error: {e}"
+    if isinstance(e, ModuleNotFoundError) and e.name == "redis":
+        return ("error: queue mode (produce, consume, redrive, trim) needs the Redis client: "
+                "pip install -r requirements-serve.txt (batch mode, predict and query, runs without it)")
+    if redis is None:
+        return None
     if isinstance(e, redis.AuthenticationError):
         # A wrong password is not an outage: fail at once instead of retrying for ever.
         return (f"error: Redis refused the credentials of --redis / REDIS_URL ({e}); "

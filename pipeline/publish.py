@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 from pipeline.sources import parse_date, scan_source, warn_skipped
-from pipeline.streams import FIELDS, GROUP, STREAM, connect, ensure_group, log, payload_error
+from pipeline.queue_defaults import FIELDS, GROUP, STREAM
+from pipeline.streams import connect, ensure_group, log, payload_error
 
 # Atomic per chunk: publish an id only if this call added it to the day's published set, or if it
 # is a retry (its row says the file was not there or could not be opened: ARGV[i + 3] == '1').

@@ -40,26 +40,15 @@ import time
 import redis
 
 from pipeline.health import Heartbeat
+from pipeline.queue_defaults import FIELDS, GROUP, MAX_OUTAGE_S, MESSAGE_BATCH, STREAM, RedisOutage
 from pipeline.retention import trim
 from pipeline.sources import SourceImage
 from pipeline.table import TableUnavailable
 
-STREAM, GROUP = "pipeline:images", "pipeline-consumers"
-FIELDS = ("image_id", "path", "captured_date")  # a message's payload
 # A lost or refused connection, a server still loading its append-only file, a reply cut off by a
 # restart (InvalidResponse), a replica that became read-only in a failover: all pass.
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.exceptions.InvalidResponse,
              redis.ReadOnlyError)
-# Messages per XREADGROUP (--batch-size), shared out over the decode -> infer streams, as in batch
-# mode. Measured (pipeline/README.md "Performance", 2 cores, 2 streams): 32 left each stream a
-# 16-image forward, 0.76x the bare forward at 64 px against 0.82x for 64; at 224 px 64 costs 9-13
-# points against 32 (0.89-0.98x).
-MESSAGE_BATCH = 64
-MAX_OUTAGE_S = 3600.0  # a consumer rides out a Redis outage this long (--max-outage), then exits 1
-
-
-class RedisOutage(RuntimeError):
-    """Redis stayed unreachable for longer than --max-outage."""
 
 
 def log(**fields) -> None:

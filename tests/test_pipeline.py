@@ -3,7 +3,10 @@ the inspectors' query, task-centric tables, and the deploy/ manifests agreeing w
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -57,6 +60,30 @@ def test_predict_folder_writes_one_row_per_file_and_bad_files_become_errors(uni,
     assert {r["ood_threshold"] for r in rows.values()} == {stored["threshold"]}
     assert good["model_name"] == "pmg-resnet18-uni" and len(good["model_version"]) == 16
     assert good["captured_date"] and good["processed_at"]
+
+
+def test_batch_mode_runs_where_no_redis_client_is_installed(uni, tmp_path):
+    """predict needs no Redis client (a GPU box, a laptop): with `redis` and `psycopg` made
+    unimportable it writes its rows to SQLite; a queue command says in one line what to install."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    for name in ("redis", "psycopg"):
+        (hide / f"{name}.py").write_text(f"raise ModuleNotFoundError('no {name} here', name='{name}')\n")
+    env = {**os.environ, "PYTHONPATH": str(hide)}
+    write_images(tmp_path / "src", 6)
+    db = tmp_path / "p.db"
+    run = lambda *args: subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, env=env,  # noqa: E731
+                                       capture_output=True, text=True)
+    proc = run("predict", "--checkpoint", uni, "--source", tmp_path / "src", "--table", db, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["images"] == 6
+    from pipeline.table import PredictionTable
+    assert len(PredictionTable(str(db)).query()) == 6
+    proc = run("consume", "--checkpoint", uni, "--table", db, "--exit-when-empty")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("error: queue mode (produce, consume, redrive, trim) needs the Redis client: "
+                                   "pip install -r requirements-serve.txt (batch mode, predict and query, runs "
+                                   "without it)")
 
 
 def test_rerun_is_an_idempotent_upsert(uni, tmp_path):
@@ -182,7 +209,7 @@ def test_task_centric_counterpart_writes_one_table_per_model(models, tmp_path):
 
 def test_deploy_manifests_agree_with_the_code():
     from pipeline.cli import ENV, parser
-    from pipeline.streams import GROUP, MESSAGE_BATCH, STREAM
+    from pipeline.queue_defaults import GROUP, MESSAGE_BATCH, STREAM
     docs = {}
     for f in (ROOT / "deploy" / "k8s").glob("*.yaml"):
         for d in yaml.safe_load_all(f.read_text()):
