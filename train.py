@@ -201,6 +201,13 @@ def better(val: dict, best: dict | None) -> bool:
     return val["val_acc"] > best["acc"] or (val["val_acc"] == best["acc"] and val["val_loss"] < best["loss"])
 
 
+def peak_memory(device: torch.device) -> str:
+    """', peak GPU memory N MiB' on CUDA (what the run has held at most since it began), else ''."""
+    if device.type != "cuda":
+        return ""
+    return f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2 ** 20:.0f} MiB"
+
+
 def end_epoch(args, epoch: int, lr: float, stats: dict, model, paradigm, spec, val_loader, device, run_dir: Path,
               best: dict | None, training) -> dict | None:
     """Validate (val split, never test), log the epoch to summary.csv, write last.pt and, when the
@@ -223,7 +230,7 @@ def end_epoch(args, epoch: int, lr: float, stats: dict, model, paradigm, spec, v
     checkpoint.save(state, run_dir / "last.pt")
     print(f"epoch {epoch}/{args.epochs_run}: train loss {stats['train_loss']:.4f} "
           f"({stats['train_images_per_s']:.1f} img/s), val loss {val['val_loss']:.4f}, "
-          f"val acc {val['val_acc']:.4f}{' *' if improved else ''}", flush=True)
+          f"val acc {val['val_acc']:.4f}{' *' if improved else ''}{peak_memory(device)}", flush=True)
     return best
 
 

@@ -113,7 +113,8 @@ def test_a_checkpoint_trained_with_amp_on_one_device_serves_and_resumes_on_every
     from data.spec import load_spec
     from models import checkpoint as checkpoints
     assert TINY_TRAIN[-2] == "--device"
-    train(tiny_data, tmp_path, device, 1)
+    proc = train(tiny_data, tmp_path, device, 1)
+    assert ("peak GPU memory" in proc.stdout) == (device == "cuda")
     best = tmp_path / "uni" / "exp1" / "best.pt"
     loaded = {d: checkpoints.load(best, device=d) for d in {"cpu", device}}
     for d, ckpt in loaded.items():
@@ -155,3 +156,25 @@ def test_pipeline_predict_on_cuda_writes_the_rows_of_the_cpu(models, tmp_path):
         assert (gpu["top1_label"], gpu["top2_label"]) == (cpu["top1_label"], cpu["top2_label"]), path
         assert gpu["top1_prob"] == pytest.approx(cpu["top1_prob"], abs=1e-3)
         assert gpu["ood_threshold"] == cpu["ood_threshold"]
+
+
+def test_the_gpu_profile_script_runs_its_whole_path_on_a_cpu(tiny_data, tmp_path):
+    """bench/bench_gpu.py, the one command a lent GPU machine runs (README "GPU profile"), on a CPU
+    with --smoke: every step runs and is recorded; without a GPU its default device says so."""
+    out = tmp_path / "gpu"
+    run_cli("bench/bench_gpu.py", "--out", out, "--data", tiny_data, "--device", "cpu", "--smoke")
+    result = json.loads((out / "summary.json").read_text())
+    assert {k: result[k]["ok"] for k in ("step", "train", "predict", "cuda_tests")} == \
+        {"step": True, "train": True, "predict": True, "cuda_tests": True}
+    rows = result["step"]["rows"]
+    assert [r["configuration"] for r in rows] == ["reference (naive x4, fp32, NCHW)", "step-skipping, base",
+                                                  "step-skipping, amp", "step-skipping, channels_last+amp"]
+    assert all(r["images_per_s"] > 0 and r["finite_steps"] >= 1 and r["peak_mib"] is None for r in rows)
+    from data.spec import load_spec
+    assert result["predict"]["images"] == len(load_spec(tiny_data).split_samples("test"))
+    assert result["train"]["epochs"] == 1 and (out / "artifacts" / "uni" / "exp1" / "best.pt").is_file()
+    summary = (out / "summary.md").read_text()
+    assert "channels_last+amp (the paper profile's)" in summary and "smoke run" in summary
+    if not HAS_CUDA:
+        proc = run_cli("bench/bench_gpu.py", "--out", tmp_path / "none", check=False)
+        assert proc.returncode == 2 and "no CUDA GPU here" in proc.stderr
