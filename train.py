@@ -262,8 +262,9 @@ def main(args: argparse.Namespace) -> Path:
         start, best = checkpoint.restore_training(checkpoint.read(path), path, paradigm, spec, model, optimizer,
                                                   scheduler, scaler)
         if main_proc:
-            truncate_summary(run_dir, start)
             print(f"resumed from {path} at epoch {start - 1}", flush=True)
+    if main_proc:  # summary.csv keeps the epochs before `start` alone: a fresh run over an old folder keeps none
+        truncate_summary(run_dir, start)
     net = model
     if world > 1:
         # Each granularity step uses a different part of the network.

@@ -147,7 +147,8 @@ def read_summary(run_dir: Path) -> list[dict]:
 
 
 def truncate_summary(run_dir: Path, first_epoch: int) -> None:
-    """Drop summary.csv rows of epochs >= first_epoch (a resumed run writes them again)."""
+    """Drop summary.csv rows of epochs >= first_epoch (a resumed run writes them again; a fresh run,
+    first_epoch 1, starts the file afresh)."""
     path = Path(run_dir) / "summary.csv"
     rows = read_summary(run_dir)
     if not rows:

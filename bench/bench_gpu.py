@@ -20,7 +20,6 @@ so that a test can run the whole script on a CPU; its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from utils import read_summary  # noqa: E402
 
 PAPER_STEP = ["--backbone", "resnet50", "--size", "448", "--batch-size", "16", "--steps", "10", "--warmup", "3",
               "--repeats", "3", "--zero-grad", "zeros", "--bn-stats", "all"]
@@ -96,8 +96,7 @@ def train(a, data: Path, artifacts: Path, log) -> dict:
     if rc != 0:
         return failed(rc, out)
     run_dir = artifacts / "uni" / "exp1"
-    with open(run_dir / "summary.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_summary(run_dir)
     peaks = [int(m) for m in re.findall(r"peak GPU memory (\d+) MiB", out)]
     return {"ok": True, "seconds": round(seconds, 1), "workers": workers, "epochs": len(rows),
             "train_images_per_s": [float(r["train_images_per_s"]) for r in rows],

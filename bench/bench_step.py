@@ -171,10 +171,9 @@ def measure(a) -> dict:
     for _ in range(a.repeats):
         for k, r in runners.items():  # interleaved: every configuration once per round
             speeds[k].append(r.images_per_s(a.steps, a.warmup))
-    ref = statistics.median(speeds[REFERENCE])
-    rows = [{"configuration": k, "images_per_s": statistics.median(speeds[k]),
-             "vs_reference": statistics.median(speeds[k]) / ref, "compile_s": r.compile_s, "peak_mib": peaks[k],
-             "finite_steps": r.steps} for k, r in runners.items()]
+    median = {k: statistics.median(v) for k, v in speeds.items()}
+    rows = [{"configuration": k, "images_per_s": median[k], "vs_reference": median[k] / median[REFERENCE],
+             "compile_s": r.compile_s, "peak_mib": peaks[k], "finite_steps": r.steps} for k, r in runners.items()]
     return {"device": dev, "bound": bound, "rows": rows}
 
 
@@ -215,6 +214,7 @@ def main(argv=None) -> None:
     load = os.getloadavg()
     print(f"\nFLOP bound (reference / step-skipping, forward+backward): {result['bound']:.2f}x; median of "
           f"{a.repeats} round(s) of {a.steps} steps; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at end")
+
 
 if __name__ == "__main__":
     main()
