@@ -84,7 +84,8 @@ def step_benchmark(a, log) -> dict:
     except Exception as e:  # a Divergence (non-finite AMP loss), out of memory, a CUDA error
         return failed(1, f"{type(e).__name__}: {e}")
     print(json.dumps(result, indent=1), file=log, flush=True)
-    return {"ok": True, "seconds": round(time.perf_counter() - start, 1), **result}
+    return {"ok": True, "seconds": round(time.perf_counter() - start, 1), "backbone": args.backbone,
+            "size": args.size, "batch_size": args.batch_size, **result}
 
 
 def train(a, data: Path, artifacts: Path, log) -> dict:
@@ -136,8 +137,8 @@ def markdown(r: dict) -> str:
              + (" (smoke run: sizes shrunk, numbers meaningless)" if r["smoke"] else ""), ""]
     s = r["step"]
     if s["ok"]:
-        lines += [f"PMG training step, {'ResNet-18 / 32 px' if r['smoke'] else 'ResNet-50 / 448 px'}, batch "
-                  f"{4 if r['smoke'] else 16} (bench/bench_step.py; FLOP bound {s['bound']:.2f}x):", "",
+        lines += [f"PMG training step, {s['backbone']} / {s['size']} px, batch {s['batch_size']} "
+                  f"(bench/bench_step.py; FLOP bound {s['bound']:.2f}x):", "",
                   "| step | images/s | vs reference | peak GPU MiB | steps, all losses finite |", "|---|---|---|---|---|"]
         for row in s["rows"]:
             peak = "" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"

@@ -24,6 +24,7 @@ import json
 import os
 import sys
 
+from pipeline.queue_defaults import GROUP, MAX_OUTAGE_S, MESSAGE_BATCH, STREAM, RedisOutage
 from pipeline.table import DEFAULT_TABLE, DEFAULT_URL
 
 ENV = {"checkpoint": "PIPELINE_CHECKPOINT", "table": "PIPELINE_TABLE", "table_name": "PIPELINE_TABLE_NAME",
@@ -97,7 +98,6 @@ def table_flags(p, required=True):
 
 
 def redis_flags(p):
-    from pipeline.queue_defaults import GROUP, STREAM
     env_arg(p, "--redis", "redis://127.0.0.1:6379/0", help="Redis URL")
     env_arg(p, "--stream", STREAM, help="Redis stream of work")
     env_arg(p, "--group", GROUP, help="consumer group")
@@ -136,7 +136,6 @@ def parser() -> argparse.ArgumentParser:
     table_flags(p, required=False)
     redis_flags(p)
     p.add_argument("--consumer", default=os.environ.get("HOSTNAME"), help="consumer name (default: host-pid)")
-    from pipeline.queue_defaults import MAX_OUTAGE_S, MESSAGE_BATCH
     p.add_argument("--batch-size", type=int, default=MESSAGE_BATCH,
                    help="messages per read, shared out over the decode -> infer streams")
     p.add_argument("--block-ms", type=int, default=1000, help="XREADGROUP BLOCK per poll")
@@ -251,7 +250,6 @@ def user_error(e: Exception) -> str | None:
     from pipeline.health import HeartbeatError
     from pipeline.model import ThresholdError
     from pipeline.sources import SourceError
-    from pipeline.queue_defaults import RedisOutage
     from pipeline.table import TableError, TableUnavailable
     redis = sys.modules.get("redis")  # imported by the queue commands alone: without it no Redis error was raised
     if isinstance(e, (CheckpointError, ThresholdError, SourceError, TableError, TableUnavailable, SpecError,
