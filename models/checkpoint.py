@@ -4,8 +4,10 @@ A checkpoint is one dict (torchvision-references style), written atomically by `
 with `weights_only=True` (no code runs from the file):
   format, model, optimizer, scheduler, scaler, epoch, args (train.py's resolved flags),
   paradigm, task, classes, heads, spec (the dataset spec it was trained on), val, best_val_acc,
-  best_val_loss, selection (the rule that picks best.pt); an extended model (extend.py) also
-  parent (the checkpoint it grew from: path, content hash, classes) and added (what it added and how).
+  best_val_loss, selection (the rule that picks best.pt), provenance (provenance.py: the commit,
+  packages, CPU, threads and device that wrote it; absent from older files); an extended model
+  (extend.py) also parent (the checkpoint it grew from: path, content hash, classes) and added (what
+  it added and how).
 `training_state` builds it; `load` reads it into a `Checkpoint` (model, paradigm, spec, transform,
 provenance); `restore_training` puts it back into a model/optimizer/scheduler/scaler for --resume.
 """
@@ -20,6 +22,7 @@ import torch
 from data.spec import Spec, parse_spec
 from models import build_model
 from models.paradigms import Paradigm, build_paradigm
+from provenance import provenance
 from utils import plain, read_torch_file
 
 FORMAT = 1
@@ -44,12 +47,14 @@ def training_state(model, paradigm: Paradigm, spec: Spec, args, optimizer, sched
     epoch so far, `selection` the rule that chose it; `parent`/`added`: the provenance of a model
     that extend.py grew from another checkpoint (plain data; absent for a trained model)."""
     lineage = {k: plain(v) for k, v in (("parent", parent), ("added", added)) if v is not None}
+    weight = next(model.parameters(), None)
     return {**lineage, "format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
             "args": plain(vars(args) if not isinstance(args, dict) else args), "paradigm": paradigm.name,
             "task": paradigm.task, "classes": list(paradigm.classes), "heads": heads_of(paradigm),
             "spec": spec.as_dict(), "val": plain(val), "best_val_acc": (best or {}).get("acc"),
-            "best_val_loss": (best or {}).get("loss"), "selection": selection}
+            "best_val_loss": (best or {}).get("loss"), "selection": selection,
+            "provenance": provenance(None if weight is None else weight.device)}
 
 
 def save(state: dict, path: str | Path) -> None:
@@ -119,7 +124,7 @@ class Checkpoint:
                 "task": self.paradigm.task, "classes": list(self.paradigm.classes), "epoch": self.epoch, "profile": a.get("profile"),
                 "backbone": a.get("backbone"), "crop": a.get("crop"), "epochs": a.get("epochs"),
                 "seed": a.get("seed"), "trial": a.get("trial"), "data": a.get("data"),
-                "protocol": {k: a[k] for k in PROTOCOL if k in a},
+                "protocol": {k: a[k] for k in PROTOCOL if k in a}, "provenance": self.state.get("provenance"),
                 **{k: self.state[k] for k in ("parent", "added") if k in self.state}}
 
 
