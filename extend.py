@@ -6,7 +6,7 @@
 A uni or multi-task checkpoint grows its heads to the new class (old rows kept bit for bit, new
 rows imprinted from the class's mean normalised features), is fine-tuned for a short budget with
 uniform replay of the old classes' training images, and is written as a normal checkpoint
-OUTPUT_DIR/<run>/<trial>/best.pt (recording its parent and what was added) with its OOD
+ARTIFACTS/<run>/<trial>/best.pt (recording its parent and what was added) with its OOD
 detectors refitted. A task-centric checkpoint gets the task-centric answer: one more model,
 trained by train.py on the new task. `--replay 0` is the naive baseline (new class only).
 """
@@ -21,6 +21,7 @@ from models import checkpoint
 from models.backbones import WeightsError
 from models.checkpoint import CheckpointError
 from models.extend import FULL_SHARE, TRAIN, ExtendError, Options, extend
+from utils import renamed_flag
 
 D = Options()
 
@@ -44,9 +45,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"only (default {D.replay})")
     p.add_argument("--batch-size", type=int, default=D.batch_size)
     p.add_argument("--seed", type=int, default=D.seed)
-    p.add_argument("--output-dir", default="artifacts_extended", help="writes OUTPUT_DIR/<run>/<trial>/best.pt")
+    p.add_argument("--artifacts", default="artifacts_extended",
+                   help="the folder of training runs to write into: ARTIFACTS/<run>/<trial>/best.pt "
+                        "(default artifacts_extended)")
+    renamed_flag(p, "--output-dir", "--artifacts")
     p.add_argument("--trial", help="run name (default: the parent's trial)")
-    p.add_argument("--device", default=D.device)
+    p.add_argument("--device", default=D.device, help=f"auto (cuda when visible, else cpu) | cpu | cuda "
+                                                      f"(default {D.device})")
     p.add_argument("--workers", type=int, default=D.workers)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-detectors", action="store_true", help="do not refit the OOD detectors")
@@ -58,12 +63,12 @@ def main(argv=None) -> Path:
     spec = load_spec(a.data)
     state = checkpoint.read(a.checkpoint)
     run = state["paradigm"] if state["paradigm"] != "task" else ""
-    out_dir = Path(a.output_dir) / run / (a.trial or state["args"].get("trial") or "exp1")
+    out_dir = Path(a.artifacts) / run / (a.trial or state["args"].get("trial") or "exp1")
     opts = Options(steps=None if a.epochs is not None else a.steps, epochs=a.epochs, share=a.share, lr=a.lr,
                    train=a.train,
                    replay=a.replay, batch_size=a.batch_size, seed=a.seed, workers=a.workers, device=a.device,
                    progress=not a.no_progress)
-    out = extend(a.checkpoint, spec, out_dir if run else Path(a.output_dir), opts, refit=not a.no_detectors)
+    out = extend(a.checkpoint, spec, out_dir if run else Path(a.artifacts), opts, refit=not a.no_detectors)
     added = checkpoint.read(out).get("added") or {}
     print(f"wrote {out}" + (f" (+{', '.join(added['classes'])}: {added.get('batches', 0)} batches, "
                             f"{added.get('optimizer_steps', 0)} optimizer steps in {added.get('seconds', 0)} s; "

@@ -28,13 +28,16 @@ from models.jigsaw import PERMUTATIONS
 from models.pmg import BN_STATS
 from models.mixing import MIXES, Mixer
 from models.checkpoint import CheckpointError
-from utils import append_summary, init_distributed, plain, resolve_device, seed_everything, truncate_summary
+from provenance import provenance
+from utils import (append_summary, init_distributed, plain, renamed_flag, resolve_device, seed_everything,
+                   truncate_summary)
 
-# A profile fills every flag the command line leaves unset. `paper` is the paper's configuration
-# (a GPU configuration: ~9 h per epoch of 5,000 images on 2 CPU cores); `quick` is sized for a CPU.
+# A profile fills every flag the command line leaves unset. `paper` is the paper's configuration,
+# sized for a GPU (ResNet-50 at 448 px: on a few CPU cores an epoch takes hours, docs/training.md);
+# `quick` is sized for a CPU.
 PROFILES = {
     # channels_last with AMP: 1.22x the AMP step alone for ResNet-50 / 224 px (bf16 on this CPU,
-    # bench/bench_step.py; README "Performance"), and the layout tensor cores want on a GPU.
+    # bench/bench_step.py; docs/performance.md), and the layout tensor cores want on a GPU.
     "paper": dict(backbone="resnet50", pretrained="imagenet", resize=550, crop=448, epochs=20, amp=True,
                   channels_last=True, zero_grad="zeros", bn_stats="all"),
     # CPU-sized: a pretrained small backbone, 64 px and half-width PMG branches (the 3x3 conv to
@@ -43,7 +46,7 @@ PROFILES = {
                   branch_mid=256, branch_out=512, amp=False, channels_last=True, zero_grad="none", bn_stats="step"),
 }
 DEFAULTS = dict(batch_size=16, lr=2e-3, momentum=0.9, weight_decay=5e-4, workers=2, seed=0, trial="exp1",
-                output_dir="artifacts", device="auto", branch_mid=512, branch_out=1024, hidden=512,
+                artifacts="artifacts", device="auto", branch_mid=512, branch_out=1024, hidden=512,
                 granularities=[8, 4, 2], jigsaw="cycle", method="pmg", budget="epochs", bn_stats="step", mix="none",
                 mix_prob=0.5, mix_alpha=1.0, threads=0)
 
@@ -92,13 +95,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, help="fp16 on CUDA, bf16 on CPU")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction)
     p.add_argument("--seed", type=int)
-    p.add_argument("--trial", help="run name inside OUTPUT_DIR/<paradigm>/ (exp1, exp2, ...)")
-    p.add_argument("--output-dir")
+    p.add_argument("--trial", help="run name inside ARTIFACTS/<paradigm>/ (exp1, exp2, ...)")
+    p.add_argument("--artifacts", help="the folder of training runs; this run writes ARTIFACTS/<paradigm>/<trial>/")
+    renamed_flag(p, "--output-dir", "--artifacts")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--workers", type=int)
     p.add_argument("--threads", type=int,
                    help="torch threads for this run; 0: torch's default, every core (run/train_trials.sh sets it "
-                        "when runs share the machine)")
+                        "to each run's share of the cores)")
     p.add_argument("--resume", nargs="?", const="auto",
                    help="continue: no value = last.pt of this run folder, or a checkpoint path")
     p.add_argument("--keep-epochs", action="store_true", help="also keep epoch_N.pt for every epoch")
@@ -112,7 +116,7 @@ def show_defaults(p: argparse.ArgumentParser) -> None:
     for action in p._actions:
         values = {name: {**DEFAULTS, **prof}[action.dest] for name, prof in PROFILES.items()
                   if action.dest in {**DEFAULTS, **prof}}
-        if not values:
+        if not values or action.help == argparse.SUPPRESS:
             continue
         distinct = {str(v) for v in values.values()}
         shown = distinct.pop() if len(distinct) == 1 else ", ".join(f"{k} {v}" for k, v in values.items())
@@ -243,7 +247,7 @@ def main(args: argparse.Namespace) -> Path:
     device = resolve_device(args.device, local_rank)
     spec = load_spec(args.data)
     paradigm = build_paradigm(args.paradigm, spec, args.task)
-    run_dir = Path(args.output_dir) / paradigm.run_name / args.trial
+    run_dir = Path(args.artifacts) / paradigm.run_name / args.trial
     main_proc = rank == 0
     if main_proc:
         print(f"profile {args.profile}: {args.backbone} (pretrained {args.pretrained}), "
@@ -272,7 +276,9 @@ def main(args: argparse.Namespace) -> Path:
             model, device_ids=[local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
     if main_proc:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "args.yaml").write_text(yaml.safe_dump(plain(vars(args)), sort_keys=False))
+        # The flags, then what ran them (commit, packages, CPU, threads, device): provenance.py.
+        (run_dir / "args.yaml").write_text(yaml.safe_dump({**plain(vars(args)), "provenance": provenance(
+            device, args.threads)}, sort_keys=False))
     jigsaw_gen = torch.Generator()
     mixer = Mixer(args.mix, args.mix_prob, args.mix_alpha)
     for epoch in range(start, epochs + 1):

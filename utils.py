@@ -3,59 +3,53 @@ set-up, reading torch files safely (weights_only=True) and run logs. The checkpo
 lives in models/checkpoint.py."""
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import numbers
 import os
 import random
+import sys
 from pathlib import Path
 
 import torch
 
+from provenance import cores  # in provenance.py, which records it and must import without torch
 
-CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
-MAX_TRIAL_JOBS = 4  # training runs side by side on CPU at most (measured on 2 cores only: README "Training")
+
+MAX_TRIAL_JOBS = 4  # training runs side by side on CPU at most (measured on 2 cores only: docs/training.md)
 IN_PROCESS_CORES = 8  # up to this many cores, inference decodes images in-process (default_workers)
-
-
-def cores() -> int:
-    """CPU cores this process may use: its CPU set, and no more than a container's CPU quota (a pod
-    limited to 2 CPUs on a 64-core node sees 64 in its CPU set; 64 threads there would thrash)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    try:
-        quota, period = CPU_MAX.read_text().split()[:2]
-        if quota != "max":
-            n = min(n, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):  # no cgroup v2 file, or one this does not understand: the CPU set
-        pass
-    return max(1, n)
 
 
 def default_workers() -> int:
     """DataLoader worker processes for inference over image files (evaluation, serving's batch
     mode): none up to IN_PROCESS_CORES cores, then a quarter of the cores. Worker processes start
-    again for every image set and compete with the model's threads for few cores: on 2 cores
-    evaluation ran 1.25-1.33x faster with none than with 2 (README "Evaluation"), and the batch
-    pipeline likewise (pipeline/README.md "Performance")."""
+    again for every image set, pickle every batch back and compete with the model's threads, so on
+    a small machine decoding in the process (threads that overlap the forward) is faster; on a large
+    one a few processes take the decoding off the model's cores. Measured: docs/performance.md."""
     n = cores()
     return 0 if n <= IN_PROCESS_CORES else n // 4
 
 
-def trial_jobs(cuda: bool, n_cores: int | None = None, jobs: int | None = None) -> tuple[int, int]:
-    """(training runs at a time, torch threads for each) when a script trains several runs
-    (run/train_trials.sh, run/reproduce.sh). A GPU trains one run at a time with torch's default
-    threads (0). On CPU, one run per core up to MAX_TRIAL_JOBS, the cores shared out evenly: on 2
-    cores two 1-thread runs side by side train 1.49x the images per second of one 2-thread run, and
-    threads are never more than cores (two 2-thread runs on 2 cores were 9x slower than one: their
-    OpenMP teams spin against each other). `jobs` given: that many runs, the cores shared out."""
+def trial_jobs(runs: int, cuda: bool = False, n_cores: int | None = None, jobs: int | None = None) -> tuple[int, int]:
+    """(training runs at a time, torch threads for each) for a script that trains `runs` runs
+    (run/train_trials.sh, run/reproduce.sh, run/ablations.sh).
+
+    On CPU: as many runs at a time as there are runs to train, up to one per core and
+    MAX_TRIAL_JOBS, the cores shared out evenly among them. Small runs side by side keep the cores
+    busier than one run with all of them (its threads wait for each other at every operator and for
+    the next batch; separate runs fill those gaps), yet a run that is alone gets every core, not a
+    core's share of a machine it does not share. Threads are never more than the cores (one
+    thread a run when --jobs asks for more runs than cores): OpenMP teams that outnumber the cores
+    spin against each other and run many times slower. `jobs` (--jobs N) sets the runs at a time
+    instead, never more than `runs`, the cores shared among those. A GPU trains one run at a time
+    (unless `jobs` says otherwise) with torch's default threads (0)."""
+    runs = max(1, runs)
     if cuda and jobs is None:
         return 1, 0
     n = cores() if n_cores is None else n_cores
-    jobs = max(1, min(n, MAX_TRIAL_JOBS) if jobs is None else jobs)
-    return jobs, 0 if cuda else max(1, n // jobs)
+    at_once = max(1, min(runs, n, MAX_TRIAL_JOBS) if jobs is None else min(runs, jobs))
+    return at_once, 0 if cuda else max(1, n // at_once)
 
 
 def seed_everything(seed: int) -> None:
@@ -76,6 +70,19 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu")
         return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def renamed_flag(parser, old: str, new: str) -> None:
+    """Accept `old`, a flag's former name, as `new` (same value), hidden from --help; using it
+    prints one note on stderr, so commands written for the old name keep working."""
+    dest = next(a.dest for a in parser._actions if new in a.option_strings)
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"note: {old} is now {new}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    parser.add_argument(old, dest=dest, action=Renamed, help=argparse.SUPPRESS)
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -164,14 +171,16 @@ def truncate_summary(run_dir: Path, first_epoch: int) -> None:
     os.replace(tmp, path)
 
 
-if __name__ == "__main__":  # `python -m utils trial-jobs [--device auto|cpu|cuda]`: "JOBS THREADS"
-    import argparse
+if __name__ == "__main__":  # `python -m utils trial-jobs --runs N [--jobs auto|N] [--device ...]`: "JOBS THREADS"
     p = argparse.ArgumentParser(prog="python -m utils")
     p.add_argument("command", choices=["trial-jobs"])
+    p.add_argument("--runs", type=int, required=True, help="training runs the script will train")
     p.add_argument("--device", default="auto")
     p.add_argument("--jobs", default="auto", help="auto | N")
     a = p.parse_args()
     if a.jobs != "auto" and not (a.jobs.isdigit() and int(a.jobs) > 0):
         p.error(f"--jobs {a.jobs}: a positive whole number or auto")
-    print(*trial_jobs(a.device.startswith("cuda") or (a.device == "auto" and torch.cuda.is_available()),
+    if a.runs < 1:
+        p.error(f"--runs {a.runs}: at least 1")
+    print(*trial_jobs(a.runs, a.device.startswith("cuda") or (a.device == "auto" and torch.cuda.is_available()),
                       jobs=None if a.jobs == "auto" else int(a.jobs)))

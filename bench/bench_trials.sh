@@ -1,6 +1,6 @@
 #!/bin/sh
-# Benchmark: training several runs one at a time (--jobs 1: each with torch's default threads, every
-# core) v side by side (--jobs auto: utils.trial_jobs, one 1-thread run per core on a small CPU), the
+# Benchmark: training several runs one at a time (--jobs 1: each with every core as torch threads)
+# v side by side (--jobs auto: utils.trial_jobs, one 1-thread run per core on a small CPU), the
 # same runs in one call: wall-clock seconds of each and their ratio. Not a test: it prints what it
 # measured on this machine. Each side trains into its own folder under OUT (default
 # $TMPDIR/bench_trials, removed first; its logs there too), on the embedded dataset unless --data
@@ -28,12 +28,12 @@ mkdir -p "$out"
 for jobs in 1 auto; do
   t0=$(date +%s)
   sh run/train_trials.sh --paradigm uni --trials "$trials" --epochs "$epochs" --jobs "$jobs" \
-    --output-dir "$out/jobs_$jobs" --no-progress "$@" >"$out/jobs_$jobs.log" 2>&1 \
+    --artifacts "$out/jobs_$jobs" --no-progress "$@" >"$out/jobs_$jobs.log" 2>&1 \
     || { echo "error: --jobs $jobs failed; see $out/jobs_$jobs.log" >&2; exit 1; }
   eval "secs_$jobs=$(($(date +%s) - t0))"
 done
 . run/venv.sh
-layout=$($PY -m utils trial-jobs)
+layout=$($PY -m utils trial-jobs --runs "$trials")
 # shellcheck disable=SC2154  # secs_1, secs_auto: set by the eval above
 echo "$trials runs x $epochs epoch(s), $($PY -c 'import utils; print(utils.cores())') cores:" \
   "one at a time $secs_1 s; side by side (--jobs auto: ${layout% *} runs x ${layout#* } thread(s))" \

@@ -24,12 +24,17 @@ import yaml
 from data.folders import SPEC_FILE, SpecError, follow, list_images
 
 KEYS = ("name", "version", "classes", "splits", "tasks", "multitask", "external", "ood", "multilabel")  # top level
-# accepted too, but no part of the generated example (the embedded dataset never needs it): the README says when
+# accepted too, but no part of the generated example (the embedded dataset never needs it): docs/data.md says when
 OPT_IN_KEYS = ("allow_outside_root",)
 OOD_KEYS = ("path", "val", "kind")  # the long form of an OOD set; the short form is its path alone
 OOD_KINDS = ("near", "far")  # near: the domain's own scenes outside the classes; far: another domain
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few kB; a bigger file is the wrong file, and is not read
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # usable as a folder name and a shell word
+# What reads each standard split: `python -m data.spec` refuses a spec without the ones a step needs
+# (the loader accepts any splits with 'train', so a spec that only serves a model still loads).
+SPLIT_USES = {"train": "train.py trains on", "val": "train.py chooses the best epoch (best.pt) on",
+              "test": "evaluate.py reports on"}
+TRAINING_SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -366,18 +371,31 @@ def write_spec(spec_dict: dict, root: str | Path) -> Path:
     return path
 
 
+def require_splits(spec: Spec, splits) -> None:
+    """SpecError naming the first of `splits` that the spec lacks, what needs it and what to add."""
+    for split in splits:
+        if split not in spec.splits:
+            use = f", which {SPLIT_USES[split]} it" if split in SPLIT_USES else ""
+            raise SpecError(f"{spec.file}: no '{split}' split{use}; add it under 'splits:' (e.g. "
+                            f"'{split}: {split}', a folder of class folders like the other splits)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m data.spec DIR [--tasks | --multitask]`: run/reproduce.sh's check before training."""
     ap = argparse.ArgumentParser(prog="python -m data.spec",
-                                 description="Check a dataset folder: its spec, and an image in every class "
-                                             "folder of every split.")
+                                 description="Check a dataset folder: its spec, the splits training needs, and "
+                                             "an image in every class folder of every split.")
     ap.add_argument("data", help="dataset folder holding dataset.yaml")
+    ap.add_argument("--splits", default=",".join(TRAINING_SPLITS),
+                    help="splits the spec must have, comma-separated (default: train,val, what train.py needs; "
+                         "run/reproduce.sh asks for test too, which evaluate.py reports on)")
     what = ap.add_mutually_exclusive_group()
     what.add_argument("--tasks", action="store_true", help="print the task names, one a line")
     what.add_argument("--multitask", action="store_true", help="print yes if the spec has a 'multitask:' section, else no")
     args = ap.parse_args(argv)
     try:
         spec = load_spec(args.data)
+        require_splits(spec, [s for s in args.splits.split(",") if s])
         for split in spec.splits:
             spec.split_samples(split)
     except SpecError as e:

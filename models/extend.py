@@ -42,6 +42,7 @@ from models.detectors import l2_normalise
 from models.mixing import Mixer
 from models.paradigms import Head, Paradigm
 from models.pmg import CONCAT
+from utils import resolve_device
 
 TRAIN = ("heads", "classifier", "all")
 FULL_SHARE = 0.2  # default budget: this share of the batches a full retrain with the parent's flags would run
@@ -65,7 +66,7 @@ class Options:
     batch_size: int = 16
     seed: int = 0
     workers: int = 2
-    device: str = "cpu"
+    device: str = "auto"  # cuda when visible, else cpu
     progress: bool = True
 
 
@@ -281,8 +282,8 @@ def train_task_model(parent, spec: Spec, out_dir: Path) -> Path:
     for k, v in parent.args.items():
         if hasattr(ns, k):
             setattr(ns, k, v)
-    ns.data, ns.paradigm, ns.task, ns.output_dir, ns.resume, ns.no_progress = (str(spec.root), "task", tasks[0],
-                                                                               str(out_dir), None, True)
+    ns.data, ns.paradigm, ns.task, ns.artifacts, ns.resume, ns.no_progress = (str(spec.root), "task", tasks[0],
+                                                                              str(out_dir), None, True)
     return train.main(ns) / "best.pt"
 
 
@@ -294,7 +295,7 @@ def extend(ckpt_path: str | Path, spec: Spec, out_dir: str | Path, opts: Options
     batch_split(opts.batch_size, opts.replay, 1)  # flag errors before any work
     if opts.train not in TRAIN:
         raise ExtendError(f"--train {opts.train}: choose one of {', '.join(TRAIN)}")
-    device = torch.device(opts.device)
+    device = resolve_device(opts.device)
     parent = checkpoints.load(ckpt_path, device=device)
     added = new_classes(parent.paradigm if parent.paradigm.name != "task" else build_paradigm("uni", parent.spec),
                         spec, ckpt_path)
@@ -332,7 +333,8 @@ def extend(ckpt_path: str | Path, spec: Spec, out_dir: str | Path, opts: Options
               "seed": opts.seed, "imprint_seconds": round(imprint_seconds, 2), **log}
     lineage = {"checkpoint": str(ckpt_path), "sha256": content_hash(ckpt_path), "paradigm": parent.paradigm.name,
                "classes": list(parent.paradigm.classes), "spec_name": parent.spec.name}
-    args.update(data=str(spec.root), output_dir=str(out.parent.parent))
+    args.pop("output_dir", None)  # the name of "artifacts" in older checkpoints' args
+    args.update(data=str(spec.root), artifacts=str(out.parent.parent))
     state = checkpoints.training_state(model, paradigm, spec, args, optimizer, scheduler,
                                        torch.amp.GradScaler("cuda", enabled=False), parent.epoch or 0, val,
                                        {"acc": val["val_acc"], "loss": val["val_loss"]}, SELECTION,

@@ -189,18 +189,20 @@ def main(argv=None) -> int:
                                      "ood_val; write <ckpt>.detectors.pt")
     fit.add_argument("--checkpoint", required=True, help="a train.py checkpoint (best.pt)")
     fit.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
-    fit.add_argument("--device", default="cpu")
+    fit.add_argument("--device", default="auto", help="auto (cuda when visible, else cpu) | cpu | cuda (default auto)")
     fit.add_argument("--batch-size", type=int, default=32)
     fit.add_argument("--workers", type=int, default=0)
     fit.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     from data.spec import SpecError, load_spec
     from models import checkpoint as checkpoints
+    from utils import resolve_device
     try:
         data = args.data or checkpoints.read(args.checkpoint)["args"]["data"]
         spec = load_spec(data)
-        ckpt = checkpoints.load(args.checkpoint, spec, args.device)
-        filt = fit_checkpoint(ckpt, spec, batch_size=args.batch_size, device=args.device,
+        device = resolve_device(args.device)
+        ckpt = checkpoints.load(args.checkpoint, spec, device)
+        filt = fit_checkpoint(ckpt, spec, batch_size=args.batch_size, device=device,
                               progress=not args.no_progress, workers=args.workers)
     except (SpecError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -74,7 +74,8 @@ def model_flags(p):
     p.add_argument("--data", help="dataset whose val split sets the threshold when none is stored "
                                   "(default: the checkpoint's training data)")
     p.add_argument("--tpr", type=float, default=DEFAULT_TPR, help="fraction of in-distribution val images accepted")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda when visible, else cpu; cpu for --backend onnx) | cpu | cuda (default auto)")
     p.add_argument("--streams", type=int,
                    help="in-process decode -> infer streams, each decoding and inferring whole batches (default: "
                         "one per core up to 8 cores, else 1 beside DataLoader workers; pipeline.batch.default_streams)")

@@ -34,9 +34,10 @@ from models import ood
 from models.checkpoint import Checkpoint
 from models.paradigms import RANKINGS
 from models.scores import SCORERS
+from utils import resolve_device
 
 DEFAULT_TPR = 0.95
-DEFAULT_TOP2 = "coherent"  # measured against plain in REPORT.md Table 5 (README: the top-2 rule)
+DEFAULT_TOP2 = "coherent"  # measured against plain in REPORT.md Table 5 (docs/evaluation.md: the top-2 rule)
 
 
 class ThresholdError(ValueError):
@@ -87,11 +88,14 @@ class Predictor:
              backend: str = "torch", top2: str = DEFAULT_TOP2) -> "Predictor":
         """`score` None: the checkpoint's default scorer (module doc). `backend`: torch (BatchNorm
         folded, inference_mode) or onnx (ONNX Runtime on the exported graph), models/serving.py.
-        `top2`: plain (by score) or coherent (the second label can be true beside the first)."""
+        `top2`: plain (by score) or coherent (the second label can be true beside the first).
+        `device`: cpu, cuda, or auto (cuda when visible, else cpu; cpu for the onnx backend)."""
         from models.serving import build_backend
         if top2 not in RANKINGS:
             raise ValueError(f"unknown top-2 rule '{top2}'; choose one of {', '.join(RANKINGS)}")
-        dev = torch.device(device)
+        if device == "auto" and backend == "onnx":
+            device = "cpu"  # the onnx backend runs on the CPU
+        dev = resolve_device(device)
         ckpt = checkpoints.load(path, device=dev)
         # A logit score named by the caller needs no detectors: nothing to load or fit.
         filt = None if score in SCORERS else ood_filter(ckpt, dev, needed=score is not None)

@@ -1,7 +1,12 @@
 #!/bin/sh
-# The ablations a reviewer asks for, beside the main runs that run/reproduce.sh trained (same
-# --data, --output-dir and trials); each variant is trained into OUTPUT_DIR_variants/<name>/ and
-# evaluated with `evaluate.py report --variant`, which adds its ablation tables to OUT/REPORT.md:
+# usage: sh run/ablations.sh [--trials 3] [--only plain,plain_time,zeros,bn_all,steps,mix_cutmix,mix_mixup]
+#          [--jobs auto|N] [--data datasets/sofar_embedded] [--artifacts artifacts] [--out results]
+#          [--device auto] [train.py flags]
+#
+# The ablations a reviewer asks for, beside the main runs that run/reproduce.sh trained (pass the
+# same --data, --artifacts and --trials); each variant is trained into ARTIFACTS_variants/<name>/
+# and evaluated with `evaluate.py report --variant`, which adds its ablation tables to
+# OUT/REPORT.md. --only picks variants (default: all of them):
 #   plain        the efficiency-centric model by plain fine-tuning (--method plain), same epochs
 #   plain_time   plain fine-tuning for as long as PMG trained (epochs scaled by the seconds per
 #                epoch in the two runs' summary.csv: equal wall-clock)
@@ -13,13 +18,12 @@
 #   mix_cutmix   the efficiency-centric model with CutMix (reproduce.sh trains one trial of it, every
 #                trial with --variants; kept when every trial is there)
 #   mix_mixup    the efficiency-centric model with mixup
-# Variants train side by side as run/reproduce.sh's paradigms do (--jobs, the same rule), so their
-# seconds per epoch compare with the main runs' when both use the default --jobs.
-#   sh run/ablations.sh [--trials 3] [--only plain,plain_time,zeros,bn_all,steps,mix_cutmix,mix_mixup]
-#                       [--jobs auto|N] [--data DIR]
-#                       [--output-dir artifacts] [--out results] [train.py flags]
-# Cost on 2 CPU cores, quick profile, per trial: plain ~1 min, plain_time / zeros / bn_all / mix
-# ~3 min, steps ~3 min per task.
+# --trials N: trials per variant (default 3). --jobs: runs side by side, the rule of
+# run/train_trials.sh (default auto), so the variants' seconds per epoch compare with the main
+# runs' when both use the default. --data, --artifacts and --out default as in run/reproduce.sh;
+# every other flag goes to every training run (python train.py --help).
+# Paths are read from the folder you call it from.
+. "$(dirname "$0")/help.sh"
 set -e
 . "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
 only=plain,plain_time,zeros,bn_all,steps,mix_cutmix,mix_mixup
@@ -49,11 +53,22 @@ if [ ! -f "$artifacts/uni/exp1/best.pt" ]; then
 fi
 wanted() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 variant_flags=
-trial_pool "$jobs" "$device"
+runs=0  # the runs this script trains, for the pool's share of the cores
+for name in plain plain_time zeros bn_all mix_mixup; do
+  if wanted $name; then runs=$((runs + trials)); fi
+done
+if wanted steps; then
+  for task in $($PY -m data.spec "$data" --tasks); do runs=$((runs + trials)); done
+fi
+if wanted mix_cutmix && [ ! -f "${artifacts}_variants/mix_cutmix/uni/exp$trials/best.pt" ]; then
+  runs=$((runs + trials))
+fi
+[ "$runs" -gt 0 ] || runs=1
+trial_pool "$runs" "$jobs" "$device"
 train() {  # train NAME PARADIGM-FLAGS...: one variant of one paradigm, all trials
   name=$1; shift
   echo "==== $name: run/train_trials.sh $* --trials $trials"
-  sh run/train_trials.sh "$@" --trials "$trials" --output-dir "${artifacts}_variants/$name"
+  sh run/train_trials.sh "$@" --trials "$trials" --artifacts "${artifacts}_variants/$name"
 }
 plain_variants() {  # plain, then plain_time, whose epochs come from plain's seconds per epoch
   train plain --paradigm uni --data "$data" "$@" --method plain

@@ -1,17 +1,27 @@
 #!/bin/sh
-# Adding a task without retraining from scratch, measured (extend.py, issue 10): hold one class
-# out of the embedded dataset, train uni on the rest, add the class back to the data
-# (python -m data.concat add), then per trial: extend the model (imprint + replay fine-tune), the
-# imprinted model without fine-tune, the naive extension (--replay 0) and a full retrain on the
-# whole label space; evaluate them all into ROOT/EXTEND.md.
-#   sh run/extend.sh [train.py flags for both trainings, e.g. --epochs 5]
-# Environment (defaults): TRIALS (1; seeds 0..N-1), CLASS (washer_fluid), ROOT (artifacts/extend),
-# PROFILE (quick), TRAIN_IMAGES / VAL_IMAGES / TEST_IMAGES per class and EXT_IMAGES / OOD_IMAGES
-# (100 / 20 / 40 / 40 / 50, the generator's), STEPS, REPLAY, LR, TRAIN (extend.py's defaults when unset);
-# VARIANTS: more extension rows from the same parent, names of `variant_flags` below (e.g. "heads
-# replay50"); REUSE=1: keep a trial's rows that are there (best.pt and time) and run only the missing
-# ones (the data is kept too), e.g. to add VARIANTS to a finished experiment.
+# usage: [TRIALS=1] [CLASS=washer_fluid] [ROOT=artifacts/extend] [VARIANTS="heads replay50"] [REUSE=1]
+#        sh run/extend.sh [train.py flags for both trainings, e.g. --epochs 5]
+#
+# Adding a task without retraining from scratch, measured (extend.py): hold one class out of the
+# embedded dataset, train uni on the rest, add the class back to the data (python -m data.concat
+# add), then per trial: extend the model (imprint + replay fine-tune), the imprinted model without
+# fine-tune, the naive extension (--replay 0) and a full retrain on the whole label space; evaluate
+# them all into ROOT/EXTEND.md.
+# Settings are environment variables (defaults in brackets):
+#   TRIALS [1]               trials, seeds 0..N-1, in ROOT/exp1..expN
+#   CLASS [washer_fluid]     the class held out and added back
+#   ROOT [artifacts/extend]  where the data, the runs and EXTEND.md go
+#   PROFILE [quick]          train.py --profile of both trainings
+#   TRAIN_IMAGES [100], VAL_IMAGES [20], TEST_IMAGES [40] per class, EXT_IMAGES [40], OOD_IMAGES [50]:
+#                            the generated dataset's sizes (the generator's defaults)
+#   STEPS, REPLAY, LR, TRAIN extend.py's --steps, --replay, --lr, --train (its defaults when unset)
+#   VARIANTS [none]          more extension rows from the same parent, any of: all heads classifier
+#                            replay50 replay90 share10 share40 lr5e-4 lr1e-2 (each changes one default)
+#   REUSE [0]                1: keep a trial's rows that are there (best.pt and time) and run only
+#                            the missing ones (the data is kept too), e.g. to add VARIANTS to a
+#                            finished experiment
 # Paths are read from the folder you call it from.
+. "$(dirname "$0")/help.sh"
 set -e
 . "$(dirname "$0")/setup.sh"
 trials=${TRIALS:-1}
@@ -71,7 +81,7 @@ timed() {
 # retrain [train.py flags]: the full retrain of trial $i, then its detector file (python -m models.ood fit)
 retrain() {
   $PY train.py --data "$full" --paradigm uni --profile "$profile" --seed $seed --trial "exp$i" \
-      --output-dir "$dir/full" --no-progress "$@"
+      --artifacts "$dir/full" --no-progress "$@"
   $PY -m models.ood fit --checkpoint "$dir/full/uni/exp$i/best.pt" --no-progress
 }
 
@@ -84,23 +94,23 @@ while [ "$i" -le "$trials" ]; do
   parent=$dir/before/uni/exp$i/best.pt
   echo "==== trial $i/$trials (seed $seed): uni on $old"
   timed before $PY train.py --data "$old" --paradigm uni --profile "$profile" --seed $seed --trial "exp$i" \
-      --output-dir "$dir/before" --no-progress "$@"
+      --artifacts "$dir/before" --no-progress "$@"
   echo "==== extend.py: imprint + replay fine-tune"
   # shellcheck disable=SC2086  # ext_flags: flags and values, split on purpose
-  timed extended $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --output-dir "$dir/extended" $ext_flags
+  timed extended $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --artifacts "$dir/extended" $ext_flags
   echo "==== extend.py --steps 0: imprinted only"
-  timed imprint $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --output-dir "$dir/imprint" \
+  timed imprint $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --artifacts "$dir/imprint" \
       --no-progress --steps 0
   echo "==== extend.py --replay 0: naive, the new class only"
   # shellcheck disable=SC2086
-  timed naive $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --output-dir "$dir/naive" $ext_flags \
+  timed naive $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --artifacts "$dir/naive" $ext_flags \
       --replay 0
   echo "==== full retrain on $full, and its OOD detectors (extend.py refits them too: both rows end servable)"
   timed full retrain "$@"
   for v in ${VARIANTS:-}; do
     echo "==== extend.py, variant $v: $(variant_flags "$v")"
     # shellcheck disable=SC2046,SC2086  # flags and values, split on purpose
-    timed "$v" $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --output-dir "$dir/$v" $ext_flags \
+    timed "$v" $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --artifacts "$dir/$v" $ext_flags \
         $(variant_flags "$v")
   done
   i=$((i + 1))

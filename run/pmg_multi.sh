@@ -1,4 +1,11 @@
 #!/bin/sh
-# PMG, multi-task: binary heads + one softmax head.
-# sh run/pmg_multi.sh [--trials 3] [--profile paper|quick|auto] [any train.py flag]
+# usage: sh run/pmg_multi.sh [--trials 3] [--jobs auto|N] [--profile auto|quick|paper]
+#          [--data datasets/sofar_embedded] [--artifacts artifacts] [--device auto] [train.py flags]
+#
+# PMG, multi-task: binary heads + one softmax head, as the spec's 'multitask:' section lays
+# them out.
+# It is `sh run/train_trials.sh --paradigm multi` (its --help says what each flag does): --trials
+# runs (seeds 0..N-1) into ARTIFACTS/<run>/exp1..expN; every other flag goes to train.py
+# (python train.py --help).
+. "$(dirname "$0")/help.sh"
 exec sh "$(dirname "$0")/train_trials.sh" --paradigm multi "$@"

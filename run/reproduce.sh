@@ -1,26 +1,33 @@
 #!/bin/sh
-# The main job: create .venv, generate the embedded dataset if absent, check the dataset, train
-# every paradigm (--trials N, default 3): uni, multi (when the spec has a 'multitask:' section)
-# and one task-centric model per task of the spec; evaluate every trial and write OUT/REPORT.md.
-# It also trains the uni model for one trial with the other --mix setting (CutMix, or none when
-# you pass --mix cutmix|mixup), so that the report compares training with and without mixing (RQ3:
-# the top-2 on multi-label images); --variants: for every trial, --variants=N: N trials,
-# --no-variants: none (run/ablations.sh trains it too). Measured on a 2-core Intel VM, quick
-# profile, 3 trials, runs side by side (README "Training"): 26 min 47 s with the default one
-# variant trial on a fresh clone (2026-11-29, quiet; 60 s of it generating the dataset);
-# 22 min 14 s with --no-variants (2026-11-28, quiet). Later on 2026-11-28, when that VM ran each
-# training run ~30 % slower, the default took 32.1 min and --variants 38.4 min.
-# --jobs: training runs side by side, over all paradigms (auto: one per core on CPU, up to 4; one
-# on a GPU; see run/train_trials.sh); each paradigm's runs then log to OUTPUT_DIR/<run>/expN.log.
-#   sh run/reproduce.sh [--trials 3] [--jobs auto|N] [--profile auto|quick|paper] [--data DIR]
-#                       [--output-dir DIR] [--out results] [--[no-]variants[=N]] [train.py flags]
-# Paths are read from the folder you call it from. Flags other than --out go to every training
-# run (run/train_trials.sh passes unknown ones on to train.py); --device, --workers and
-# --no-progress go to evaluate.py as well.
+# usage: sh run/reproduce.sh [--trials 3] [--jobs auto|N] [--profile auto|quick|paper]
+#          [--data datasets/sofar_embedded] [--artifacts artifacts] [--out results]
+#          [--variants | --variants=N | --no-variants] [--device auto] [train.py flags]
+#
+# The main job: create .venv, generate the embedded dataset if absent, check the dataset
+# (python -m data.spec), train every paradigm --trials times (seeds 0..N-1): uni, multi (when the
+# spec has a 'multitask:' section) and one task-centric model per task of the spec; evaluate every
+# trial and write OUT/REPORT.md.
+#   --trials N     trials per paradigm (default 3)
+#   --jobs         training runs side by side, over all paradigms (default auto: as many as there
+#                  are runs, up to one per core and 4 in all, the cores shared out; one on a GPU;
+#                  see run/train_trials.sh); each paradigm's runs then log to ARTIFACTS/<run>/expN.log
+#   --data DIR     dataset folder (default datasets/sofar_embedded, generated when absent)
+#   --artifacts    the folder of training runs (default artifacts)
+#   --out DIR      where the report goes (default results)
+#   --variants     the RQ3 ablation: the uni model trained again with the other --mix setting
+#                  (CutMix, or none when you pass --mix cutmix|mixup) into ARTIFACTS_variants/, so
+#                  the report compares training with and without mixing. Default: one trial;
+#                  --variants: every trial; --variants=N: N trials; --no-variants: none
+#                  (run/ablations.sh trains it too)
+# Every other flag goes to every training run (run/train_trials.sh passes it on to train.py;
+# python train.py --help); --device, --workers and --no-progress go to evaluate.py as well.
+# Paths are read from the folder you call it from. How long it takes: docs/.
+. "$(dirname "$0")/help.sh"
 set -e
 . "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
 eval_flags=
 variant_trials='--trials 1'  # --variants: every trial (empty); --variants=N: '--trials N'; off
+trials=3
 jobs=auto
 device=auto
 mix=none  # train.py's default
@@ -37,6 +44,7 @@ while [ "$n" -gt 0 ]; do  # keep every flag but --out and --[no-]variants[=N] fo
     --no-progress|--device=*|--workers=*) eval_flags="$eval_flags $a" ;;
   esac
   case $a in
+    --trials=*) trials=${a#*=} ;;
     --jobs=*) jobs=${a#*=} ;;
     --device=*) device=${a#*=} ;;
     --mix=*) mix=${a#*=} ;;
@@ -45,6 +53,7 @@ while [ "$n" -gt 0 ]; do  # keep every flag but --out and --[no-]variants[=N] fo
     --device|--workers) eval_flags="$eval_flags $prev $a" ;;
   esac
   case $prev in
+    --trials) trials=$a ;;
     --jobs) jobs=$a ;;
     --device) device=$a ;;
     --mix) mix=$a ;;
@@ -52,16 +61,25 @@ while [ "$n" -gt 0 ]; do  # keep every flag but --out and --[no-]variants[=N] fo
   set -- "$@" "$a"
   prev=$a
 done
+check_trials --trials "$trials"
 
 # Everything that can be wrong with the dataset fails here, not after an hour of training.
 dataset_ready "$data"
-$PY -m data.spec "$data"
+$PY -m data.spec "$data" --splits train,val,test  # the report evaluates on test
 tasks=$($PY -m data.spec "$data" --tasks)
 multitask=$($PY -m data.spec "$data" --multitask)
 [ -n "$tasks" ] || echo "note: $data/dataset.yaml has no 'tasks:': no task-centric models to train"
 [ "$multitask" = yes ] || echo "note: $data/dataset.yaml has no 'multitask:' section: skipping the multi-task model"
 
-trial_pool "$jobs" "$device"
+case $variant_trials in  # the runs this script trains, for the pool's share of the cores
+  off) variant_runs=0 ;;
+  '') variant_runs=$trials ;;
+  *) variant_runs=${variant_trials#--trials } ;;
+esac
+models=1  # uni, multi when there, one per task
+[ "$multitask" = yes ] && models=2
+for task in $tasks; do models=$((models + 1)); done
+trial_pool $((models * trials + variant_runs)) "$jobs" "$device"
 train() {  # train SCRIPT FLAGS...: one paradigm's trials (beside the others when runs share the machine)
   echo "==== $*"
   launch sh "$@"
@@ -78,7 +96,7 @@ if [ "$variant_trials" != off ]; then  # the RQ3 ablation: the other --mix setti
   [ "$mix" = none ] && other=cutmix || other=none
   name=mix_$other
   # shellcheck disable=SC2086  # variant_trials: a flag and its value, or nothing
-  train run/pmg_uni.sh "$@" --mix "$other" $variant_trials --output-dir "${artifacts}_variants/$name"
+  train run/pmg_uni.sh "$@" --mix "$other" $variant_trials --artifacts "${artifacts}_variants/$name"
   eval_flags="$eval_flags --variant $name=${artifacts}_variants/$name"
 fi
 wait_children "paradigm(s)' training"
@@ -86,5 +104,7 @@ trained=$(date +%s)
 echo "==== evaluate.py report --artifacts $artifacts --data $data --out $results$eval_flags"
 # shellcheck disable=SC2086  # eval_flags: flags and plain values, split on purpose
 $PY evaluate.py report --artifacts "$artifacts" --data "$data" --out "$results" $eval_flags
+echo "==== python -m evaluation.notebooks --out $results/notebooks"  # the notebooks with their outputs, as HTML
+$PY -m evaluation.notebooks --artifacts "$artifacts" --data "$data" --cache-dir "$results/cache" --out "$results/notebooks"
 end=$(date +%s)
 echo "==== done in $((end - start)) s (training $((trained - start)) s, evaluation $((end - trained)) s): $results/REPORT.md"

@@ -1,9 +1,10 @@
-# Sourced first by run/reproduce.sh, run/ablations.sh and run/train_trials.sh. Paths the caller
-# gave relative to the folder they stand in (--data, --output-dir, --out; --pretrained and --resume
-# when they name a file there) are made absolute in "$@" and the last --data, --output-dir and
-# --out are kept in $data, $artifacts and $results (defaults: the embedded dataset, artifacts,
-# results); then the shell moves to the repository root, sources run/venv.sh (sets PY) and defines
-# dataset_ready.
+# Sourced by run/reproduce.sh, run/ablations.sh, run/train_trials.sh and run/extend.sh (after
+# run/help.sh). Paths the caller gave relative to the folder they stand in (--data, --artifacts,
+# --out; --pretrained and --resume when they name a file there) are made absolute in "$@" and the
+# last --data, --artifacts and --out are kept in $data, $artifacts and $results (defaults: the
+# embedded dataset, artifacts, results); --output-dir, the old name of --artifacts, is taken as it
+# with a note. Then the shell moves to the repository root, sources run/venv.sh (sets PY) and
+# defines the helpers below.
 here=$(pwd)
 from_caller() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "${here%/}/$1" ;; esac; }
 data=datasets/sofar_embedded
@@ -13,22 +14,27 @@ n=$#
 prev=
 while [ "$n" -gt 0 ]; do
   a=$1; shift; n=$((n - 1))
+  case $a in
+    --output-dir|--output-dir=*)
+      echo "note: --output-dir is now --artifacts" >&2
+      a=--artifacts${a#--output-dir} ;;
+  esac
   case $prev in
-    --data|--output-dir|--out) a=$(from_caller "$a") ;;
+    --data|--artifacts|--out) a=$(from_caller "$a") ;;
     --pretrained|--resume) if [ -e "$a" ]; then a=$(from_caller "$a"); fi ;;
   esac
   case $a in
-    --data=*|--output-dir=*|--out=*) a=${a%%=*}=$(from_caller "${a#*=}") ;;
+    --data=*|--artifacts=*|--out=*) a=${a%%=*}=$(from_caller "${a#*=}") ;;
     --pretrained=*|--resume=*) if [ -e "${a#*=}" ]; then a=${a%%=*}=$(from_caller "${a#*=}"); fi ;;
   esac
   case $prev in
     --data) data=$a ;;
-    --output-dir) artifacts=$a ;;
+    --artifacts) artifacts=$a ;;
     --out) results=$a ;;
   esac
   case $a in
     --data=*) data=${a#*=} ;;
-    --output-dir=*) artifacts=${a#*=} ;;
+    --artifacts=*) artifacts=${a#*=} ;;
     --out=*) results=${a#*=} ;;
   esac
   set -- "$@" "$a"
@@ -60,17 +66,19 @@ check_trials() {
   exit 2
 }
 
-# trial_pool JOBS|auto DEVICE: how many training runs share the machine (TRIAL_JOBS) and torch
-# threads for each (TRIAL_THREADS), from `python -m utils trial-jobs` (one run per core on CPU, up
-# to 4; one on a GPU). Runs take a token from a pool of TRIAL_JOBS tokens (a FIFO, as make's
-# jobserver) and give it back when they end. A script that starts several run/train_trials.sh at
-# once (run/reproduce.sh) opens the pool first; they find it in TRIAL_POOL and share it.
+# trial_pool RUNS JOBS|auto DEVICE: how many of the RUNS training runs share the machine at a time
+# (TRIAL_JOBS) and torch threads for each (TRIAL_THREADS), from `python -m utils trial-jobs`: as
+# many at a time as there are runs, up to one per core and 4 in all, the cores shared among them
+# (one run gets every core); one at a time on a GPU. Runs take a token from a pool of TRIAL_JOBS
+# tokens (a FIFO, as make's jobserver) and give it back when they end. A script that starts several
+# run/train_trials.sh at once (run/reproduce.sh, run/ablations.sh) opens the pool first, for the
+# runs of them all; they find it in TRIAL_POOL and share it.
 trial_pool() {
   if [ -n "${TRIAL_POOL:-}" ] && [ -p "$TRIAL_POOL" ]; then
     exec 9<>"$TRIAL_POOL"
     return 0
   fi
-  jt=$($PY -m utils trial-jobs --jobs "$1" --device "$2") || exit 2
+  jt=$($PY -m utils trial-jobs --runs "$1" --jobs "$2" --device "$3") || exit 2
   set -- $jt
   TRIAL_JOBS=$1 TRIAL_THREADS=$2
   TRIAL_POOL=$(mktemp -d)/tokens

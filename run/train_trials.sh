@@ -1,13 +1,23 @@
 #!/bin/sh
-# train.py for --trials N (default 3; seeds 0..N-1, runs exp1..expN) in any paradigm, after
-# generating the embedded dataset when the default --data folder has none. run/pmg_*.sh and
-# run/reproduce.sh call it; call it yourself for a task of your own dataset:
-#   sh run/train_trials.sh --paradigm uni|multi|task [--task NAME] [--trials 3] [--jobs auto|N]
-#                          [--profile paper|quick|auto] [--data DIR] [train.py flags]
-# --jobs: trials trained side by side (auto: one per core on CPU, up to 4, each with an even share
-# of the cores as torch threads; one on a GPU; see utils.trial_jobs). Side by side, each trial's
-# output goes to OUTPUT_DIR/<run>/expN.log and the console gets a line when it starts and ends.
+# usage: sh run/train_trials.sh [--paradigm uni|multi|task] [--task NAME] [--trials 3] [--jobs auto|N]
+#          [--profile auto|quick|paper] [--data datasets/sofar_embedded] [--artifacts artifacts]
+#          [--device auto] [train.py flags]
+#
+# train.py for --trials N runs of one paradigm (seeds 0..N-1, run folders
+# ARTIFACTS/<run>/exp1..expN, <run> = uni, multi or task_NAME). run/pmg_*.sh and
+# run/reproduce.sh call it; call it yourself for a task of your own dataset.
+#   --paradigm    uni (default), multi, or task with --task NAME (a task of the spec's 'tasks:')
+#   --trials N    runs to train (default 3)
+#   --jobs        runs trained side by side (default auto: as many as there are runs, up to one per
+#                 core and 4 in all, the cores shared out as torch threads; one on a GPU; see
+#                 utils.trial_jobs). Side by side, each run's output goes to ARTIFACTS/<run>/expN.log
+#                 and the console gets a line when it starts and ends; one at a time, train.py
+#                 prints to the console and gets every core.
+#   --data DIR    dataset folder (default datasets/sofar_embedded, generated when absent)
+#   --artifacts   the folder of training runs (default artifacts)
+# Every other flag goes to train.py (python train.py --help: --profile, --epochs, --device, ...).
 # Paths are read from the folder you call it from.
+. "$(dirname "$0")/help.sh"
 set -e
 . "$(dirname "$0")/setup.sh"  # sets data, artifacts from the flags
 trials=3
@@ -41,13 +51,14 @@ dataset_ready "$data"
 extra=$(i=$((trials + 1)); while [ -f "$artifacts/$run/exp$i/best.pt" ]; do printf ' exp%s' "$i"; i=$((i + 1)); done)
 [ -z "$extra" ] || echo "note: $artifacts/$run also holds$extra from an earlier run, which evaluate.py reports" \
   "with these $trials trial(s); move them away for a report of these alone"
-trial_pool "$jobs" "$device"
+trial_pool "$trials" "$jobs" "$device"
 
-if [ "$TRIAL_JOBS" -eq 1 ]; then  # one at a time: train.py's own output and progress bars
+if [ "$TRIAL_JOBS" -eq 1 ]; then  # one at a time: train.py's own output and progress bars, every core
   i=1
   while [ "$i" -le "$trials" ]; do
     echo "== trial $i/$trials (seed $((i - 1)))"
-    $PY train.py --data "$data" --seed $((i - 1)) --trial "exp$i" "$@"  # "$@" may name --data again: the same
+    # "$@" may name --data again (the same) or --threads (the caller's choice wins)
+    $PY train.py --data "$data" --seed $((i - 1)) --trial "exp$i" --threads "$TRIAL_THREADS" "$@"
     i=$((i + 1))
   done
   exit 0

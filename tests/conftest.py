@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # Small enough for a 1-epoch PMG run in seconds on 2 CPU cores.
 TINY_TRAIN = ["--backbone", "resnet18", "--pretrained", "none", "--resize", "36", "--crop", "32",
@@ -38,7 +37,7 @@ def artifacts(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifacts")
     for flags in (["--paradigm", "uni"], ["--paradigm", "task", "--task", "defect"],
                   ["--paradigm", "task", "--task", "dirt"], ["--paradigm", "multi"]):
-        run_cli("train.py", "--data", tiny_data, *flags, "--epochs", "1", "--output-dir", out, *TINY_TRAIN)
+        run_cli("train.py", "--data", tiny_data, *flags, "--epochs", "1", "--artifacts", out, *TINY_TRAIN)
     (out / "uni" / "exp2").mkdir()
     shutil.copy(out / "uni" / "exp1" / "best.pt", out / "uni" / "exp2" / "best.pt")
     return out

@@ -3,7 +3,8 @@ devices, and `pipeline predict` on a GPU.
 
 Every test runs on the CPU here (AMP there is bf16) and again on CUDA where a GPU is (fp16 with a
 GradScaler): those are marked `cuda` and skipped without one. `bench/bench_gpu.py` runs them
-(`pytest -m cuda`) on a lent GPU machine; the README's "GPU profile" gives what they gave."""
+(`pytest -m cuda`) on a lent GPU machine; docs/performance.md, "The GPU profile", gives what they
+gave."""
 from __future__ import annotations
 
 import copy
@@ -99,7 +100,7 @@ def test_a_channels_last_step_computes_what_the_nchw_step_does(device):
 
 
 def train(data, out, device: str, epochs: int, *extra):
-    return run_cli("train.py", "--data", data, "--paradigm", "uni", "--epochs", epochs, "--output-dir", out,
+    return run_cli("train.py", "--data", data, "--paradigm", "uni", "--epochs", epochs, "--artifacts", out,
                    *TINY_TRAIN, "--device", device, "--amp", *extra)  # the last --device wins
 
 
@@ -158,7 +159,7 @@ def test_pipeline_predict_on_cuda_writes_the_rows_of_the_cpu(models, tmp_path):
 
 
 def test_the_gpu_profile_script_runs_its_whole_path_on_a_cpu(tiny_data, tmp_path):
-    """bench/bench_gpu.py, the one command a lent GPU machine runs (README "GPU profile"), on a CPU
+    """bench/bench_gpu.py, the one command a lent GPU machine runs (docs/performance.md, "The GPU profile"), on a CPU
     with --smoke: every step runs and is recorded; without a GPU its default device says so."""
     out = tmp_path / "gpu"
     run_cli("bench/bench_gpu.py", "--out", out, "--data", tiny_data, "--device", "cpu", "--smoke")

@@ -35,7 +35,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def parent(data):
     """A one-epoch uni model of the dataset without the new class."""
-    run_cli("train.py", "--data", data / "old", "--paradigm", "uni", "--epochs", "1", "--output-dir",
+    run_cli("train.py", "--data", data / "old", "--paradigm", "uni", "--epochs", "1", "--artifacts",
             data / "runs", *TINY_TRAIN)
     return data / "runs" / "uni" / "exp1" / "best.pt"
 
@@ -176,7 +176,7 @@ def test_extended_checkpoint_round_trips_and_is_served_as_a_new_version(parent, 
     from tests.test_pipeline_support import pipeline_cli
     out = tmp_path / "ext"
     proc = run_cli("extend.py", "--checkpoint", parent, "--data", data / "full", "--steps", "2", "--batch-size", "8",
-                   "--workers", "0", "--no-progress", "--output-dir", out)
+                   "--workers", "0", "--no-progress", "--artifacts", out)
     child = out / "uni" / "exp1" / "best.pt"
     assert f"wrote {child}" in proc.stdout and (out / "uni" / "exp1" / "best.pt.detectors.pt").is_file()
     ck = checkpoints.load(child)  # serving: the spec stored in the checkpoint
@@ -209,11 +209,11 @@ def test_a_task_centric_checkpoint_is_extended_by_one_more_task_model(data, tmp_
     """The task-centric way adds a model for the new task, trained with the parent's own flags;
     the parent is left as it was."""
     run_cli("train.py", "--data", data / "old", "--paradigm", "task", "--task", "defect", "--epochs", "1",
-            "--output-dir", tmp_path / "runs", *TINY_TRAIN)
+            "--artifacts", tmp_path / "runs", *TINY_TRAIN)
     parent_path = tmp_path / "runs" / "task_defect" / "exp1" / "best.pt"
     before = parent_path.read_bytes()
     proc = run_cli("extend.py", "--checkpoint", parent_path, "--data", data / "full", "--no-progress",
-                   "--output-dir", tmp_path / "ext")
+                   "--artifacts", tmp_path / "ext")
     child = tmp_path / "ext" / f"task_{NEW}" / "exp1" / "best.pt"
     assert str(child) in proc.stdout and child.is_file()
     ck, parent = checkpoints.load(child), checkpoints.load(parent_path)

@@ -81,7 +81,7 @@ def test_unmixed_batches_are_untouched_and_draw_nothing():
 def test_train_flags(tiny_data, tmp_path):
     flags = ["--data", tiny_data, "--backbone", "resnet18", "--pretrained", "none", "--resize", "40", "--crop", "32",
              "--epochs", "1", "--batch-size", "8", "--workers", "0", "--branch-mid", "8", "--branch-out", "16",
-             "--hidden", "16", "--output-dir", tmp_path, "--no-progress"]
+             "--hidden", "16", "--artifacts", tmp_path, "--no-progress"]
     run_cli("train.py", "--paradigm", "uni", "--mix", "cutmix", "--mix-prob", "1", *flags)
     args = yaml.safe_load((tmp_path / "uni" / "exp1" / "args.yaml").read_text())
     assert (args["mix"], args["mix_prob"], args["mix_alpha"]) == ("cutmix", 1.0, 1.0)

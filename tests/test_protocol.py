@@ -105,7 +105,7 @@ def test_model_selection_breaks_ties_by_val_loss_and_never_picks_nan():
 
 def test_divergence_stops_with_one_line_and_no_nan_model_is_written(tiny_data, tmp_path):
     proc = run_cli("train.py", "--data", tiny_data, "--paradigm", "task", "--task", "dirt", "--epochs", "2",
-                   "--output-dir", tmp_path, *TINY_TRAIN, "--lr", "1e12", check=False)
+                   "--artifacts", tmp_path, *TINY_TRAIN, "--lr", "1e12", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: training diverged in epoch 1, batch")
     assert "--lr" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -144,7 +144,7 @@ def summary_rows(run_dir):
 def test_step_budget_gives_every_paradigm_the_efficiency_centric_batches(tiny_data, tmp_path):
     """--budget steps: a task model (2 of 10 classes) takes as many batches as the uni model in
     --epochs; --budget epochs (the paper) gives it 1/5 of them."""
-    flags = [*TINY_TRAIN, "--epochs", "1", "--output-dir", tmp_path]
+    flags = [*TINY_TRAIN, "--epochs", "1", "--artifacts", tmp_path]
     run_cli("train.py", "--data", tiny_data, "--paradigm", "uni", "--budget", "steps", *flags)
     run_cli("train.py", "--data", tiny_data, "--paradigm", "task", "--task", "dirt", "--budget", "steps", *flags)
     run_cli("train.py", "--data", tiny_data, "--paradigm", "task", "--task", "defect", "--budget", "epochs", *flags)
@@ -174,8 +174,7 @@ def test_plain_fine_tuning_is_one_step_per_batch():
 
 
 KILL = """
-import os, sys
-sys.path.insert(0, {root!r})
+import os
 import models.checkpoint as checkpoint
 import train
 save, append = checkpoint.save, train.append_summary
@@ -199,7 +198,7 @@ def crash_argv(tiny_data):
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    run_cli("train.py", *crash_argv(tiny_data), "--output-dir", out)
+    run_cli("train.py", *crash_argv(tiny_data), "--artifacts", out)
     return out
 
 
@@ -208,15 +207,14 @@ def test_kill_at_any_write_of_an_epoch_then_resume_gives_the_uninterrupted_run(a
     """kill -9 just before each write of epoch 2 (of 2), then --resume: the same run folder as an
     uninterrupted run: summary rows, best.pt and last.pt (weights and epoch), no temp file."""
     from models.checkpoint import read
-    from tests.conftest import ROOT
     argv = crash_argv(tiny_data)
-    killed = run_cli("-c", KILL.format(root=str(ROOT), at=at, argv=[*argv, "--output-dir", str(tmp_path / "k")]),
+    killed = run_cli("-c", KILL.format(at=at, argv=[*argv, "--artifacts", str(tmp_path / "k")]),
                      check=False)
     ref, run = uninterrupted / "task_dirt" / "exp1", tmp_path / "k" / "task_dirt" / "exp1"
     if killed.returncode == 0:
         pytest.skip(f"epoch 2 wrote no {at} in this run")  # best.pt only when val improved
     assert killed.returncode == 9
-    run_cli("train.py", *argv, "--output-dir", tmp_path / "k", "--resume")
+    run_cli("train.py", *argv, "--artifacts", tmp_path / "k", "--resume")
     drop = ("train_seconds", "train_images_per_s")
     rows = lambda d: [{k: v for k, v in r.items() if k not in drop} for r in summary_rows(d)]  # noqa: E731
     assert rows(run) == rows(ref)  # no epoch twice, none missing
@@ -246,7 +244,7 @@ def test_broken_checkpoints_and_a_resume_into_other_widths_give_one_line_errors(
     proc = run_cli("evaluate.py", "run", "--checkpoint", empty, "--data", tiny_data, "--out", tmp_path / "r",
                    "--device", "cpu", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(empty) in proc.stderr
-    argv = ["--data", tiny_data, "--paradigm", "task", "--task", "dirt", "--epochs", "1", "--output-dir", tmp_path,
+    argv = ["--data", tiny_data, "--paradigm", "task", "--task", "dirt", "--epochs", "1", "--artifacts", tmp_path,
             *TINY_TRAIN]
     run_cli("train.py", *argv)
     proc = run_cli("train.py", *argv, "--branch-out", "48", "--epochs", "2", "--resume", check=False)

@@ -1,9 +1,12 @@
-"""run/reproduce.sh on a dataset of one's own, the way a new user runs it: tasks named other than
-SOFAR's, no 'multitask:' section, called from another folder with relative paths."""
+"""The run/ scripts as a new user meets them: --help on each, and run/reproduce.sh on a dataset of
+one's own (tasks named other than SOFAR's, no 'multitask:' section), called from another folder with
+relative paths."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,30 @@ import yaml
 from tests.conftest import ROOT, TINY_TRAIN
 
 RENAME = {"defect": "scratch", "dirt": "stain"}  # task names that no script knows
+SCRIPTS = sorted(p.name for p in (ROOT / "run").glob("*.sh") if p.read_text().startswith("#!"))  # not the sourced
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_answers_help_without_starting_anything(tmp_path, script, flag):
+    """--help prints the script's usage (every flag it reads itself) and exits at once: no .venv, no
+    dataset, no training, in the repository (a copy of run/ here) or in the folder it is called from."""
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "run", copy / "run")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    before = sorted(copy.rglob("*"))
+    start = time.monotonic()
+    proc = subprocess.run(["sh", str(copy / "run" / script), "--data", "mine", "--trials", "1", flag], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - start < 10
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("usage: ") and f"sh run/{script}" in proc.stdout
+    assert sorted(copy.rglob("*")) == before and not list(cwd.iterdir())
+    body = (ROOT / "run" / script).read_text().split("help.sh", 1)[1]
+    patterns = re.findall(r"^\s*(--[^\s)]*)\)", body, re.MULTILINE)  # the flags of its `case` branches
+    for own in {p.removesuffix("=*") for alternatives in patterns for p in alternatives.split("|")}:
+        assert own in proc.stdout, f"{script} --help does not name {own}"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +63,7 @@ def reproduce(cwd: Path, *flags) -> subprocess.CompletedProcess:
 
 def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_data, tmp_path):
     shutil.copytree(own_data, tmp_path / "mine")
-    proc = reproduce(tmp_path, "--data", "mine", "--output-dir", "art", "--out=res", "--trials", "2",
+    proc = reproduce(tmp_path, "--data", "mine", "--artifacts", "art", "--out=res", "--trials", "2",
                      "--epochs", "1", *TINY_TRAIN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no 'multitask:' section: skipping the multi-task model" in proc.stdout
@@ -45,6 +72,8 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
         assert sorted(p.name for p in (tmp_path / "art" / run).glob("exp*/best.pt")) == ["best.pt"] * 2
     report = (tmp_path / "res" / "REPORT.md").read_text()
     assert "scratch" in report and "stain" in report
+    notebooks = ["test_ext_val.html", "test_multilabel.html", "test_ood.html", "test_sofar.html"]
+    assert sorted(p.name for p in (tmp_path / "res" / "notebooks").glob("*.html")) == notebooks
     # by default the RQ3 ablation: the uni model once more with the other --mix setting, one trial
     variant = tmp_path / "art_variants" / "mix_cutmix" / "uni"
     assert [p.parent.name for p in variant.glob("exp*/best.pt")] == ["exp1"]
@@ -55,13 +84,13 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
     # trials of an earlier run in the same folder are named before training (here train.py then
     # refuses a bad flag: nothing trains)
     proc = subprocess.run(["sh", str(ROOT / "run" / "train_trials.sh"), "--paradigm", "uni", "--data", "mine",
-                           "--output-dir", "art", "--trials", "1", "--jobs", "1", "--no-such-flag"],
+                           "--artifacts", "art", "--trials", "1", "--jobs", "1", "--no-such-flag"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and "unrecognized arguments: --no-such-flag" in proc.stderr
     assert f"note: {tmp_path / 'art' / 'uni'} also holds exp2 from an earlier run" in proc.stdout
     # run/ablations.sh beside those runs: plain fine-tuning at equal epochs and at equal wall-clock,
     # and the reference's BatchNorm statistics
-    proc = subprocess.run(["sh", str(ROOT / "run" / "ablations.sh"), "--data", "mine", "--output-dir", "art",
+    proc = subprocess.run(["sh", str(ROOT / "run" / "ablations.sh"), "--data", "mine", "--artifacts", "art",
                            "--out", "res", "--trials", "1", "--only", "plain,plain_time,bn_all", "--epochs", "1",
                            *TINY_TRAIN],
                           cwd=tmp_path, capture_output=True, text=True)
@@ -81,7 +110,7 @@ def test_reproduce_checks_the_dataset_before_training(own_data, tmp_path):
     data = tmp_path / "mine"
     shutil.copytree(own_data, data)
     shutil.rmtree(data / "val" / "2_DIRT")
-    proc = reproduce(tmp_path, "--data", "mine", "--output-dir", "art", *TINY_TRAIN)
+    proc = reproduce(tmp_path, "--data", "mine", "--artifacts", "art", *TINY_TRAIN)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "class 'dirt' has no images" in proc.stderr
     assert not (tmp_path / "art").exists() and "trial" not in proc.stdout
@@ -91,11 +120,22 @@ def test_reproduce_checks_the_dataset_before_training(own_data, tmp_path):
                                                 ("train_trials.sh", "--trials", "0"),
                                                 ("ablations.sh", "--trials", "-1")])
 def test_a_bad_number_of_trials_stops_a_script_before_anything_trains(own_data, tmp_path, script, flag, value):
-    proc = subprocess.run(["sh", str(ROOT / "run" / script), "--data", str(own_data), "--output-dir", "art",
+    proc = subprocess.run(["sh", str(ROOT / "run" / script), "--data", str(own_data), "--artifacts", "art",
                            f"{flag}={value}"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr == f"error: {flag} takes a number of trials of at least 1, not '{value}'\n"
     assert not (tmp_path / "art").exists()
+
+
+def test_output_dir_is_the_old_name_of_artifacts(own_data, tmp_path):
+    (tmp_path / "art" / "uni" / "exp2").mkdir(parents=True)
+    (tmp_path / "art" / "uni" / "exp2" / "best.pt").touch()
+    proc = subprocess.run(["sh", str(ROOT / "run" / "train_trials.sh"), "--paradigm", "uni", "--data", str(own_data),
+                           "--output-dir=art", "--trials", "1", "--no-such-flag"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("note: --output-dir is now --artifacts\n")
+    assert f"note: {tmp_path / 'art' / 'uni'} also holds exp2 from an earlier run" in proc.stdout
+    assert "unrecognized arguments: --no-such-flag" in proc.stderr  # train.py got --artifacts
 
 
 def test_extend_script_runs_the_hold_out_experiment_end_to_end(tmp_path):

@@ -19,7 +19,7 @@ NOT_FOR_SERVING = ("evaluation", "sklearn", "matplotlib", "notebook", "nbclient"
 
 
 def imported_modules() -> set[str]:
-    code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r})\n"
+    code = ("import sys, json\n"
             + "".join(f"import {m}\n" for m in SERVING_MODULES)
             + "print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

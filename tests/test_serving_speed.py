@@ -22,7 +22,7 @@ from tests.conftest import TINY_TRAIN, run_cli
 def uni(tiny_data, tmp_path_factory) -> Path:
     """A uni checkpoint trained by train.py for one epoch on the tiny embedded dataset."""
     out = tmp_path_factory.mktemp("serving_speed")
-    run_cli("train.py", "--data", tiny_data, "--paradigm", "uni", "--epochs", "1", "--output-dir", out, *TINY_TRAIN)
+    run_cli("train.py", "--data", tiny_data, "--paradigm", "uni", "--epochs", "1", "--artifacts", out, *TINY_TRAIN)
     return out / "uni" / "exp1" / "best.pt"
 
 
@@ -208,15 +208,16 @@ def test_cores_and_the_thread_rules_follow_the_cpu_quota(monkeypatch, tmp_path, 
     is in-process, one stream per core at one torch thread each (one stream: the forward and the
     decoders each get every core), above that the DataLoader worker processes take a quarter and
     one stream the rest; a queue consumer (in-process) has at most 8 streams sharing the cores."""
+    import provenance
     import utils
     from pipeline import batch
     f = tmp_path / "cpu.max"
     if cpu_max is not None:
         f.write_text(cpu_max)
-    monkeypatch.setattr(utils, "CPU_MAX", f)
+    monkeypatch.setattr(provenance, "CPU_MAX", f)
     monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: set(range(affinity)))
     assert batch.cores() == expected
-    assert utils.trial_jobs(cuda=False) == (min(expected, 4), expected // min(expected, 4))  # training runs too
+    assert utils.trial_jobs(4, cuda=False) == (min(expected, 4), expected // min(expected, 4))  # training runs too
     if expected <= 8:
         assert batch.default_workers() == 0 and batch.default_streams() == expected
         assert batch.default_torch_threads() == 1

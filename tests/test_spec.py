@@ -108,6 +108,39 @@ def test_spec_cli_checks_a_dataset_and_prints_what_run_reproduce_needs(tmp_path)
     assert proc.returncode == 2 and proc.stdout == "" and "class 'dirt' has no images" in proc.stderr
 
 
+@pytest.mark.parametrize("splits,flags,missing,needs", [
+    ({"train": "train"}, [], "val", "train.py chooses the best epoch (best.pt) on it"),
+    ({"val": "val", "test": "test", "train": "train"}, ["--splits", "train,val,test,holdout"], "holdout", ""),
+    ({"train": "train", "val": "val"}, ["--splits", "train,val,test"], "test", "evaluate.py reports on it"),
+])
+def test_spec_cli_refuses_a_spec_without_the_splits_a_step_needs(tmp_path, splits, flags, missing, needs):
+    """Training needs train and val (run/reproduce.sh's report: test too): `python -m data.spec`
+    says which split is missing and what to add, in one line, before anything trains."""
+    root = make_dataset(tmp_path, {**BASE, "splits": splits})
+    proc = run_cli("-m", "data.spec", root, *flags, check=False)
+    assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith(f"error: {root / 'dataset.yaml'}: no '{missing}' split")
+    assert needs in proc.stderr and f"add it under 'splits:' (e.g. '{missing}: {missing}'" in proc.stderr
+
+
+def test_generated_held_out_and_concatenated_specs_pass_the_spec_cli(tmp_path, capsys):
+    """What data.generate (with --hold-out) and data.concat (and its add) write is ready to train."""
+    from data.concat import concat
+    from data.concat_add import add_task
+    from data.generate import generate
+    from data.spec import main
+    generate(tmp_path / "old", seed=0, size=16, train=1, val=1, test=1, ext=1, ood=1, multilabel=1, workers=1,
+             montage=False, hold_out="seat", hold_out_dir=tmp_path / "seat")
+    add_task(tmp_path / "old", tmp_path / "seat", tmp_path / "plus")
+    dirt = make_dataset(tmp_path / "dirt", BASE)
+    defect = make_dataset(tmp_path / "defect", {**BASE, "classes": {"normal": "0_NORMAL", "defect": "1_DEFECT"},
+                                                "tasks": {"defect": ["normal", "defect"]}}, size=20)  # no duplicates
+    concat({"dirt": dirt, "defect": defect}, tmp_path / "merged", {})
+    for root in ("old", "plus", "merged"):
+        assert main([str(tmp_path / root), "--splits", "train,val"]) == 0, capsys.readouterr().err
+    assert main([str(tmp_path / "plus"), "--splits", "train,val,test"]) == 0, capsys.readouterr().err
+
+
 def test_empty_class_folder_and_unknown_folder(tmp_path):
     root = make_dataset(tmp_path, BASE)
     for f in (root / "train" / "2_DIRT").iterdir():
@@ -147,7 +180,7 @@ def test_training_skips_counts_and_lists_a_corrupt_image(tmp_path):
     root = make_dataset(tmp_path / "ds", BASE, n=4)
     bad = root / "train" / "2_DIRT" / "broken.jpg"
     bad.write_bytes(b"not an image")
-    proc = run_cli("train.py", "--data", root, "--paradigm", "uni", "--epochs", "1", "--output-dir",
+    proc = run_cli("train.py", "--data", root, "--paradigm", "uni", "--epochs", "1", "--artifacts",
                    tmp_path / "art", *TINY_TRAIN)
     listed = (tmp_path / "art" / "uni" / "exp1" / "skipped.txt").read_text()
     assert "broken.jpg" in listed and "skipped 1 unreadable image" in proc.stderr

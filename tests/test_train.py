@@ -21,16 +21,20 @@ from tests.conftest import ROOT, TINY_TRAIN, run_cli
     (["--paradigm", "multi"], "multi"),
 ])
 def test_one_epoch_per_paradigm(tiny_data, tmp_path, flags, run):
-    proc = run_cli("train.py", "--data", tiny_data, *flags, "--epochs", "1", "--output-dir", tmp_path, *TINY_TRAIN)
+    proc = run_cli("train.py", "--data", tiny_data, *flags, "--epochs", "1", "--artifacts", tmp_path, *TINY_TRAIN)
     assert "profile quick" in proc.stdout and "epoch 1/1" in proc.stdout
     run_dir = tmp_path / run / "exp1"
     rows = list(csv.DictReader(open(run_dir / "summary.csv")))
     assert len(rows) == 1 and 0.0 <= float(rows[0]["val_acc"]) <= 1.0
     if run == "uni":  # a fresh run into the same folder replaces the old run's rows, never adds to them
-        run_cli("train.py", "--data", tiny_data, *flags, "--epochs", "1", "--output-dir", tmp_path, *TINY_TRAIN)
+        # (--output-dir: the old name of --artifacts, still taken, with a note)
+        proc = run_cli("train.py", "--data", tiny_data, *flags, "--epochs", "1", "--output-dir", tmp_path,
+                       *TINY_TRAIN)
+        assert proc.stderr.count("note: --output-dir is now --artifacts\n") == 1
         assert [r["epoch"] for r in csv.DictReader(open(run_dir / "summary.csv"))] == ["1"]
     args = yaml.safe_load((run_dir / "args.yaml").read_text())
     assert args["paradigm"] == flags[1] and args["crop"] == 32 and args["seed"] == 0
+    assert args["artifacts"] == str(tmp_path) and "output_dir" not in args
     ckpt = checkpoint.read(run_dir / "best.pt")
     spec_classes = list(ckpt["spec"]["classes"])
     expected = {"uni": spec_classes, "task_defect": ["normal", "defect"], "task_dirt": ["normal", "dirt"],
@@ -44,13 +48,13 @@ def test_one_epoch_per_paradigm(tiny_data, tmp_path, flags, run):
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_data, tmp_path):
     common = ["--data", tiny_data, "--paradigm", "multi", "--epochs", "2", *TINY_TRAIN]
-    run_cli("train.py", *common, "--output-dir", tmp_path / "a", "--keep-epochs")
+    run_cli("train.py", *common, "--artifacts", tmp_path / "a", "--keep-epochs")
     a = tmp_path / "a" / "multi" / "exp1"
     # The interrupted run: its last checkpoint is the one written after epoch 1.
     b = tmp_path / "b" / "multi" / "exp1"
     b.mkdir(parents=True)
     (b / "last.pt").write_bytes((a / "epoch_1.pt").read_bytes())
-    proc = run_cli("train.py", *common, "--output-dir", tmp_path / "b", "--resume")
+    proc = run_cli("train.py", *common, "--artifacts", tmp_path / "b", "--resume")
     assert "resumed from" in proc.stdout and "epoch 1/2" not in proc.stdout
     final_a, final_b = checkpoint.read(a / "last.pt"), checkpoint.read(b / "last.pt")
     assert final_b["epoch"] == 2
@@ -61,9 +65,9 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_data, tmp_path)
 
 def test_resume_refuses_a_checkpoint_of_another_model(tiny_data, tmp_path):
     run_cli("train.py", "--data", tiny_data, "--paradigm", "task", "--task", "dirt", "--epochs", "1",
-            "--output-dir", tmp_path, *TINY_TRAIN)
+            "--artifacts", tmp_path, *TINY_TRAIN)
     ckpt = tmp_path / "task_dirt" / "exp1" / "last.pt"
-    proc = run_cli("train.py", "--data", tiny_data, "--paradigm", "uni", "--epochs", "1", "--output-dir", tmp_path,
+    proc = run_cli("train.py", "--data", tiny_data, "--paradigm", "uni", "--epochs", "1", "--artifacts", tmp_path,
                    "--resume", ckpt, *TINY_TRAIN, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "trained as task dirt" in proc.stderr and str(ckpt) in proc.stderr
@@ -100,12 +104,27 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 def test_run_script_trains_n_trials_with_different_seeds(tiny_data, tmp_path):
     proc = subprocess.run(["sh", "run/pmg_baseline_dirt.sh", "--trials", "2", "--data", str(tiny_data),
-                           "--epochs", "1", "--output-dir", str(tmp_path), *TINY_TRAIN],
+                           "--epochs", "1", "--artifacts", str(tmp_path), *TINY_TRAIN],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "trial 2/2 (seed 1)" in proc.stdout
     seeds = [yaml.safe_load((tmp_path / "task_dirt" / t / "args.yaml").read_text())["seed"] for t in ("exp1", "exp2")]
     assert seeds == [0, 1]
+
+
+@pytest.mark.parametrize("cli", [["train.py"], ["extend.py"], ["evaluate.py", "report"], ["-m", "pipeline", "predict"],
+                                 ["-m", "models.ood", "fit"]])
+def test_every_cli_names_the_runs_folder_artifacts_and_defaults_to_device_auto(cli):
+    """One name per concept: --artifacts is the folder of training runs (--output-dir, its old name,
+    is taken but not shown) and --device defaults to auto, in every command that has them."""
+    text = " ".join(run_cli(*cli, "--help").stdout.split())  # argparse wraps help text
+    if cli[0] in ("train.py", "extend.py", "evaluate.py"):
+        assert "--artifacts" in text and "--output-dir" not in text
+    if cli[0] == "evaluate.py":  # its defaults are not in its help text
+        from evaluate import get_args_parser
+        assert get_args_parser().parse_args(cli[1:]).device == "auto"
+    else:
+        assert "--device" in text and ("default: auto" in text or "default auto" in text), text
 
 
 def test_run_script_rejects_a_folder_without_spec(tmp_path):
@@ -118,7 +137,7 @@ def test_torchrun_two_processes_on_cpu(tiny_data, tmp_path):
     torchrun = ROOT / ".venv" / "bin" / "torchrun"
     cmd = [str(torchrun)] if torchrun.exists() else [__import__("sys").executable, "-m", "torch.distributed.run"]
     proc = subprocess.run([*cmd, "--nproc_per_node", "2", "train.py", "--data", str(tiny_data), "--paradigm", "multi",
-                           "--epochs", "1", "--output-dir", str(tmp_path), *TINY_TRAIN],
+                           "--epochs", "1", "--artifacts", str(tmp_path), *TINY_TRAIN],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "x2" in proc.stdout

@@ -16,30 +16,37 @@ import utils
 from tests.conftest import ROOT, TINY_TRAIN
 
 
-@pytest.mark.parametrize("cuda,n_cores,jobs,expected", [
-    (False, 1, None, (1, 1)),    # one core: one run, as before
-    (False, 2, None, (2, 1)),    # one 1-thread run per core
-    (False, 3, None, (3, 1)),
-    (False, 8, None, (4, 2)),    # at most 4 runs, the cores shared out
-    (False, 64, None, (4, 16)),
-    (True, 16, None, (1, 0)),    # a GPU: one run, torch's default threads
-    (False, 8, 3, (3, 2)),       # --jobs N: N runs, the cores shared out
-    (False, 2, 4, (4, 1)),       # never fewer than 1 thread
-    (True, 16, 2, (2, 0)),
+@pytest.mark.parametrize("runs,cuda,n_cores,jobs,expected", [
+    (1, False, 2, None, (1, 2)),     # one run: every core
+    (4, False, 2, None, (2, 1)),     # one 1-thread run per core
+    (3, False, 8, None, (3, 2)),     # as many at a time as there are runs, the cores shared among them
+    (12, False, 1, None, (1, 1)),    # one core: one run
+    (12, False, 8, None, (4, 2)),    # at most 4 runs, the cores shared out
+    (12, False, 64, None, (4, 16)),
+    (1, True, 16, None, (1, 0)),     # a GPU: one run, torch's default threads
+    (12, True, 16, None, (1, 0)),
+    (12, False, 8, 3, (3, 2)),       # --jobs N: N runs, the cores shared out
+    (1, False, 2, 1, (1, 2)),        # --jobs 1: every core too
+    (2, False, 8, 4, (2, 4)),        # never more at a time than there are runs
+    (12, False, 2, 4, (4, 1)),       # never fewer than 1 thread
+    (12, True, 16, 2, (2, 0)),
 ])
-def test_trial_jobs_rule(cuda, n_cores, jobs, expected):
-    assert utils.trial_jobs(cuda, n_cores, jobs) == expected
+def test_trial_jobs_rule(runs, cuda, n_cores, jobs, expected):
+    assert utils.trial_jobs(runs, cuda, n_cores, jobs) == expected
 
 
 def test_trial_jobs_command_rejects_a_bad_count():
-    proc = subprocess.run([".venv/bin/python", "-m", "utils", "trial-jobs", "--jobs", "two"], cwd=ROOT,
+    proc = subprocess.run([".venv/bin/python", "-m", "utils", "trial-jobs", "--runs", "2", "--jobs", "two"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--jobs two: a positive whole number or auto" in proc.stderr
+    proc = subprocess.run([".venv/bin/python", "-m", "utils", "trial-jobs", "--runs", "1", "--device", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == f"1 {utils.cores()}\n"  # one run: every core
 
 
 def trials(data: Path, out: Path, *flags) -> list[str]:
     return ["sh", "run/train_trials.sh", "--paradigm", "task", "--task", "dirt", "--data", str(data),
-            "--output-dir", str(out), *TINY_TRAIN, *flags]
+            "--artifacts", str(out), *TINY_TRAIN, *flags]
 
 
 def test_trials_side_by_side_log_each_run_and_share_the_cores(tiny_data, tmp_path):
@@ -55,12 +62,13 @@ def test_trials_side_by_side_log_each_run_and_share_the_cores(tiny_data, tmp_pat
         assert f"trial {i}/3 (seed {i - 1}): task_dirt/exp{i} started, {threads} torch thread(s)" in proc.stdout
         assert f"== task_dirt/exp{i} done in " in proc.stdout
         assert "epoch 1/1:" in (run / f"exp{i}.log").read_text()
-    # one at a time: train.py's own output on the console, torch's default threads, no log files
+    # one at a time: train.py's own output on the console, every core, no log files
     out = tmp_path / "serial"
-    proc = subprocess.run(trials(tiny_data, out, "--trials", "1", "--jobs", "1", "--epochs", "1"), cwd=ROOT,
+    proc = subprocess.run(trials(tiny_data, out, "--trials", "1", "--epochs", "1"), cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "epoch 1/1:" in proc.stdout and not list((out / "task_dirt").glob("*.log"))
+    assert yaml.safe_load((out / "task_dirt" / "exp1" / "args.yaml").read_text())["threads"] == utils.cores()
 
 
 def test_a_failed_trial_names_its_log_and_the_others_finish(tiny_data, tmp_path):
