@@ -2,5 +2,6 @@
 multi-label images, calibration and efficiency, and the report over every trial.
 
 `evaluate.py` is the command line; `evaluation.checkpoint.evaluate_checkpoint` evaluates one
-checkpoint and `evaluation.report.build_report` collects a whole artifacts folder.
+checkpoint and `evaluation.report.build_report` collects a whole artifacts folder;
+`python -m evaluation.notebooks` renders the notebooks with their outputs as HTML.
 """

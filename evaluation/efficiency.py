@@ -1,51 +1,95 @@
-"""Serving cost of each system, measured in one run on the same images.
+"""Serving cost of each system, timed in interleaved repeats on the same images.
 
 A system is the set of models needed to answer every task of the spec: efficiency-centric = the
 one uni model, multi-task = the one multi model, task-centric = one model per task. Per system:
 number of models, forward passes per image (= models), parameters (summed), and the wall-clock
-milliseconds per image to run every model of the system over the same preloaded images
-(batched, after one warm-up batch, best of `repeats`).
+milliseconds per image to run every model of the system over the same preloaded images (batched).
+
+Timing protocol: one untimed warm-up round of every system, then `repeats` rounds; in each round
+every system is timed once, in an order rotated by one place per round, so that a load that comes
+and goes (another job on the cores) falls on every system alike. Two systems timed in the same
+round form a pair: their per-round ratio is what claim C6 judges (evaluation.claims), with an
+order-statistic interval of the median over the rounds (evaluation.stats.median_interval).
 """
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from data.images import load_rgb
 from data.loading import eval_transform
+
+REPEATS = 9  # the fewest rounds whose 95 % median interval leaves out the lowest and the highest
+# One thread on the CPU: the time is then the models' compute, shared fairly by the scheduler when other
+# processes want the cores; several threads wait on each other at every layer once one of them is
+# descheduled, which made the timing of the same model vary tenfold under load.
+THREADS = 1
 
 
 def _batches(x: torch.Tensor, batch_size: int):
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
 
 
+def _sync(device) -> None:
+    if torch.cuda.is_available() and str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def round_orders(names: list[str], repeats: int) -> list[list[str]]:
+    """The order of the systems in each timed round: `names` rotated by one place per round."""
+    k = max(len(names), 1)
+    return [names[r % k:] + names[:r % k] for r in range(repeats)]
+
+
+def measure(systems: dict[str, list], paths: list, batch_size: int = 16, device="cpu",
+            repeats: int = REPEATS, threads: int | None = THREADS) -> dict:
+    """`systems`: name -> list of (model, (resize, crop)). Returns name -> {models,
+    forward_passes_per_image, params, images, ms_per_image_repeats (one per round, in round order),
+    ms_per_image (their median)}. On the CPU the models run on `threads` torch threads (None: torch's
+    setting)."""
+    before = torch.get_num_threads()
+    if threads and not str(device).startswith("cuda"):
+        torch.set_num_threads(threads)
+    try:
+        return _measure(systems, paths, batch_size, device, repeats)
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.no_grad()
-def measure(systems: dict[str, list], paths: list, batch_size: int = 16, device="cpu", repeats: int = 2) -> dict:
-    """`systems`: name -> list of (model, (resize, crop)). Returns name -> {models, forward_passes_per_image,
-    params, ms_per_image, images}."""
+def _measure(systems, paths, batch_size, device, repeats) -> dict:
     tensors: dict[tuple[int, int], torch.Tensor] = {}
     for models in systems.values():
         for _, size in models:
             if size not in tensors:
                 tf = eval_transform(*size)
                 tensors[size] = torch.stack([tf(load_rgb(p)) for p in paths]).to(device)
+
+    def run(models) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for model, size in models:
+            for b in _batches(tensors[size], batch_size):
+                model(b)
+        _sync(device)
+        return time.perf_counter() - start
+
+    for models in systems.values():
+        for model, _ in models:
+            model.eval()
+        run(models)  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in systems}
+    for order in round_orders(list(systems), repeats):
+        for name in order:
+            seconds[name].append(run(systems[name]))
+    n = max(len(paths), 1)
     out = {}
     for name, models in systems.items():
-        for model, size in models:  # warm-up
-            model.eval()(tensors[size][:batch_size])
-        best = float("inf")
-        for _ in range(repeats):
-            if torch.cuda.is_available() and str(device).startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for model, size in models:
-                for b in _batches(tensors[size], batch_size):
-                    model(b)
-            if torch.cuda.is_available() and str(device).startswith("cuda"):
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
+        ms = [1000 * s / n for s in seconds[name]]
         out[name] = {"models": len(models), "forward_passes_per_image": len(models),
                      "params": sum(sum(p.numel() for p in m.parameters()) for m, _ in models),
-                     "ms_per_image": 1000 * best / max(len(paths), 1), "images": len(paths)}
+                     "images": len(paths), "ms_per_image_repeats": ms,
+                     "ms_per_image": float(np.median(ms)) if ms else float("nan")}
     return out

@@ -141,3 +141,15 @@ def ece_stat(groups, n_bins: int = 15):
     bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1) + n_bins * np.arange(r)[:, None]
     gap = np.bincount(bins.ravel(), weights=(corr - conf).ravel(), minlength=r * n_bins).reshape(r, n_bins)
     return np.abs(gap).sum(axis=1) / n
+
+
+def median_interval(values, confidence: float = 0.95) -> dict:
+    """The median of repeated measurements with its distribution-free interval: the order
+    statistics that cover the population median with at least `confidence` (scipy's quantile_test;
+    NaN ends when there are too few values, e.g. fewer than 6 for 95 %). {value, lo, hi, n}."""
+    from scipy.stats import quantile_test
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    if v.size == 0:
+        return {"value": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+    ci = quantile_test(v, q=float(np.median(v)), p=0.5).confidence_interval(confidence)
+    return {"value": float(np.median(v)), "lo": float(ci.low), "hi": float(ci.high), "n": int(v.size)}

@@ -50,6 +50,12 @@ def trial(correct, id_s, ood_s, ranked, conf_correct):
     return {"rejection": {"paper_scorer": "max_logit"}}, raw
 
 
+def rounds(uni_ms: float, task_ms: float, n: int = 9) -> dict:
+    """Per-round timings of two systems that both slow down alike in some rounds (other load)."""
+    load = np.r_[1.0, 3.0, 1.0, 10.0, 1.0, 1.5, 1.0, 1.0, 2.0][:n]
+    return {"uni": list(uni_ms * load), "task": list(task_ms * load)}
+
+
 def results(uni, multi, task):
     return {"uni": {"exp1": uni}, "multi": {"exp1": multi}, "task_defect": {"exp1": task}, "task_dirt": {"exp1": task}}
 
@@ -61,7 +67,7 @@ def test_every_claim_holds_on_a_clear_case():
     uni = trial(np.ones(n), np.arange(n) + 1000, np.arange(n), ranked_both, calibrated)
     task = trial(np.ones(n), np.arange(n) + 100, np.arange(n), ranked_both, calibrated)
     multi = trial(np.ones(n), np.arange(n), np.arange(n) + 100, ranked_one, calibrated)
-    rows = claims.claims(results(uni, multi, task), SPEC, task_run, {"uni": 1.0, "task": 2.0})  # T = 2
+    rows = claims.claims(results(uni, multi, task), SPEC, task_run, rounds(1.0, 2.0))  # T = 2
     assert [r["id"] for r in rows] == ["C1", "C2", "C3", "C4", "C5", "C6"]
     assert [r["verdict"] for r in rows] == [claims.HOLDS] * 6, rows
 
@@ -73,7 +79,7 @@ def test_every_claim_fails_on_the_opposite_case():
     uni = trial(np.zeros(n), np.arange(n), np.arange(n) + 100, ranked_one, overconfident)
     task = trial(np.ones(n), np.arange(n) + 100, np.arange(n), ranked_one, overconfident)
     multi = trial(np.ones(n), np.arange(n) + 1000, np.arange(n), [["defect", "dirt", "normal"]] * n, overconfident)
-    rows = claims.claims(results(uni, multi, task), SPEC, task_run, {"uni": 2.0, "task": 2.0})
+    rows = claims.claims(results(uni, multi, task), SPEC, task_run, rounds(2.0, 2.0))
     assert [r["verdict"] for r in rows] == [claims.FAILS] * 6, rows
 
 
@@ -94,6 +100,43 @@ def test_small_noisy_samples_are_inconclusive():
         ranked = [["defect", "dirt"] if rng.random() < 0.5 else ["defect", "normal"] for _ in range(n)]
         return trial(rng.integers(0, 2, n), rng.normal(0.3, 1, n), rng.normal(0, 1, n), ranked,
                      (np.full(n, 0.6), rng.integers(0, 2, n).astype(bool)))
-    rows = claims.claims(results(noisy(), noisy(), noisy()), SPEC, task_run, {"uni": 1.8, "task": 2.0})
+    rows = claims.claims(results(noisy(), noisy(), noisy()), SPEC, task_run, rounds(1.8, 2.0))
     assert [r["verdict"] for r in rows] == [claims.UNSURE] * 6, rows
     assert "| C1 |" in claims.markdown(rows)
+
+
+def c6(ratios, n_tasks=2, task_ms=10.0):
+    return claims.c6_cost({"uni": [r * task_ms for r in ratios], "task": [task_ms] * len(ratios)}, n_tasks)
+
+
+def test_c6_verdict_from_the_interval_of_the_median_ratio():
+    bound = 1.5 / 2
+    # one wild round either way does not move the interval (the 2nd and 8th of 9 ordered ratios)
+    assert c6([0.5, 0.52, 0.48, 0.51, 3.0, 0.49, 0.5, 0.02, 0.53])["verdict"] == claims.HOLDS
+    assert c6([0.7, 0.72, 0.68, 0.74, 0.71, 0.69, 0.73, 0.7, 0.72])["verdict"] == claims.HOLDS
+    # rounds on both sides of the bound: the median alone would say holds, the interval cannot tell
+    spread = [0.6, 0.65, 0.7, 0.72, 0.74, 0.78, 0.8, 0.85, 0.9]
+    assert sorted(spread)[4] < bound and c6(spread)["verdict"] == claims.UNSURE
+    assert c6([1.0, 1.1, 1.05, 0.98, 1.2, 1.02, 1.01, 1.3, 1.04])["verdict"] == claims.FAILS
+    # with 4 tasks a clear 0.5 is above the bound 1.5/4, yet below 1: inconclusive
+    assert c6([0.5, 0.52, 0.48, 0.51, 0.5, 0.49, 0.5, 0.47, 0.53], n_tasks=4)["verdict"] == claims.UNSURE
+    # five rounds are too few for a 95 % interval of a median: never a verdict
+    assert c6([0.5] * 5)["verdict"] == claims.UNSURE
+    assert claims.c6_cost({"uni": None, "task": [1.0] * 9}, 2) == {**c6([0.5] * 9), "this run": "n/a",
+                                                                   "verdict": claims.UNSURE}
+    row = c6([0.5, 0.52, 0.48, 0.51, 3.0, 0.49, 0.5, 0.02, 0.53])
+    assert "ratio 0.50 [0.48, 0.53] over 9 interleaved rounds" in row["this run"]
+
+
+def test_c6_pairs_the_rounds():
+    # a load that slows both systems tenfold in a round changes no ratio
+    assert claims.c6_cost(rounds(1.0, 2.0), 2)["verdict"] == claims.HOLDS
+    # unpaired, the same numbers would overlap: uni's slow rounds are slower than task's quick ones
+    t = rounds(1.0, 2.0)
+    assert max(t["uni"]) > min(t["task"])
+
+
+def test_median_interval_uses_order_statistics():
+    r = stats.median_interval([5, 1, 9, 2, 8, 3, 7, 4, 6])
+    assert (r["value"], r["lo"], r["hi"], r["n"]) == (5.0, 2.0, 8.0, 9)
+    assert np.isnan(stats.median_interval([1, 2, 3, 4, 5])["lo"])

@@ -171,6 +171,38 @@ OTHER = {"name": "other", "classes": {c: c for c in ("cat", "dog", "bird")},
          "splits": {"train": "train", "val": "val", "test": "test"}, "tasks": {"dog": ["cat", "dog"]}}
 
 
+def test_efficiency_rounds_are_interleaved(tmp_path):
+    from PIL import Image
+    from evaluation import efficiency
+    calls = []
+
+    class Logged(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name, self.w = name, torch.nn.Linear(2, 2)
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x.mean()
+
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(paths[-1])
+    systems = {"a": [(Logged("a"), (20, 16))], "b": [(Logged("b"), (20, 16))],
+               "c": [(Logged("c1"), (20, 16)), (Logged("c2"), (24, 20))]}
+    threads = torch.get_num_threads()
+    out = efficiency.measure(systems, paths, batch_size=2, repeats=4)
+    assert torch.get_num_threads() == threads  # one thread while timing, then torch's setting again
+    assert all(len(m["ms_per_image_repeats"]) == 4 for m in out.values())
+    assert out["c"]["ms_per_image"] == pytest.approx(np.median(out["c"]["ms_per_image_repeats"]))
+    assert (out["c"]["models"], out["c"]["params"], out["a"]["images"]) == (2, 12, 5)
+    # each system runs whole (3 batches per model), once in the warm-up and once per round, the
+    # order rotating from round to round
+    assert calls == [m for system in "a b c  a b c  b c a  c a b  a b c".split()
+                     for m in {"a": ["a"] * 3, "b": ["b"] * 3, "c": ["c1"] * 3 + ["c2"] * 3}[system]]
+
+
 def test_run_one_checkpoint_and_cache(tiny_data, artifacts, tmp_path):
     import evaluate
     ckpt = artifacts / "multi" / "exp1" / "best.pt"
@@ -234,6 +266,11 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
                   "Table 4: irrelevant-sample rejection", "Table 6: calibration", "Table 7: efficiency"):
         assert f"## {title}" in report
     assert f"dataset {spec.name}; profile quick" in report and "trials: uni 2, multi 1" in report
+    import provenance  # the header names the commit of this report and of the runs (main and --variant)
+    commit = provenance.git_state()["commit"] or "unknown"
+    head = report[:report.index("## The paper's claims")]
+    assert f"- this report: commit {commit}" in head and f"- all runs: commit {commit}" in head
+    assert json.loads((out / "runs" / "uni" / "exp1.json").read_text())["provenance"]["commit"] == provenance.git_state()["commit"]
 
     def rows(name):
         with open(out / name, newline="") as f:
@@ -274,10 +311,13 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
             assert all(0 <= float(r["test split: label in top-2 mean"]) <= 1 for r in (plain, coherent))
     eff = rows("table7_efficiency.csv")
     assert [r["models mean"] for r in eff] == ["1", "1", str(len(spec.tasks))]
+    assert all(r["timed rounds mean"] == "9" and float(r["ms 95 % low mean"]) <= float(r["ms per image (median) mean"])
+               <= float(r["ms 95 % high mean"]) for r in eff)
     assert "**" in report  # best per column in bold
     claim_rows = rows("claims.csv")
     assert [r["id"] for r in claim_rows] == ["C1", "C2", "C3", "C4", "C5", "C6"]
     assert {r["verdict"] for r in claim_rows} <= {"holds", "does not hold", "inconclusive"}
+    assert "over 9 interleaved rounds" in claim_rows[-1]["this run"]
     assert report.index("## The paper's claims") < report.index("## Table 1")
     for png in ("top2.png", "roc.png", "reliability.png"):
         assert (out / png).stat().st_size > 1000 and f"]({png})" in report

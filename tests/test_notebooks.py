@@ -1,6 +1,7 @@
-"""Every notebook runs headless (nbclient, the venv's python3 kernel) on tiny checkpoints and shows
-its own subject; evaluation.views and every figure of evaluation.figures are checked directly too
-(figures on hand-made results, so that the plotted numbers are known)."""
+"""Every notebook runs headless through `python -m evaluation.notebooks` (nbclient, the venv's python3
+kernel) on tiny checkpoints, shows its own subject and is written as HTML with its outputs;
+evaluation.views and every figure of evaluation.figures are checked directly too (figures on
+hand-made results, so that the plotted numbers are known)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -8,9 +9,9 @@ from types import SimpleNamespace
 import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 
-from tests.conftest import ROOT
+from evaluation.notebooks import NOTEBOOKS
+from tests.conftest import ROOT, run_cli
 
 RUNS = ["uni", "multi", "task_defect", "task_dirt"]
 
@@ -35,11 +36,20 @@ def test_views_setup_defaults_to_the_training_data(tiny_data, artifacts, cache, 
     assert ev.results.keys() == evaluation.results.keys()
 
 
-def test_report_figures(evaluation):
+def test_report_figures(evaluation, drawn):
+    from evaluation.figures import MAX_COLUMNS
     from evaluation.report import draw_figures
-    names = [p.name for p in draw_figures(evaluation.results, evaluation.spec, evaluation.figures)]
-    assert names == ["top2.png", "roc.png", "score_histograms.png", "reliability.png",
-                     *[f"confusion_{r}.png" for r in RUNS], "ext_val.png"]
+    paths = draw_figures(evaluation.results, evaluation.spec, evaluation.figures)
+    assert [p.name for p in paths] == ["top2.png", "roc.png", *[f"score_histograms_{r}.png" for r in RUNS],
+                                       "reliability.png", *[f"confusion_{r}.png" for r in RUNS], "ext_val.png"]
+    for path in paths:  # a vector copy beside every PNG
+        assert written(path) and path.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
+    assert len(drawn) == len(paths)
+    for fig in drawn:  # at most 3 panels side by side, at most a page wide, text of 9 pt or more
+        columns = {round(ax.get_position().x0, 3) for ax in fig.axes}
+        assert 1 <= len(columns) <= MAX_COLUMNS and fig.get_figwidth() <= 7.5
+        sizes = [t.get_fontsize() for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and a.get_text())]
+        assert min(sizes) >= 9
 
 
 def shown(spec):
@@ -53,25 +63,39 @@ def shown(spec):
         "test_ext_val": (["Table 1: accuracy (RQ1), external-validation sets",
                           "Table 2: macro F1 (RQ1), external-validation sets", *ext_cols], test_cols, ["ext_val.png"]),
         "test_ood": (["Table 3: one-class", "Table 4: irrelevant-sample rejection", "Table 4b"], ["Table 1"],
-                     ["roc.png", "score_histograms.png"]),
+                     ["roc.png", *[f"score_histograms_{r}.png" for r in RUNS]]),
         "test_multilabel": ([f"Table 5: multi-label set '{n}'" for n in spec.multilabel], ["Table 1"],
                             ["top2.png", *[f"multilabel_{n}.png" for n in spec.multilabel]]),
     }
 
 
-@pytest.mark.parametrize("name", ["test_sofar", "test_ext_val", "test_ood", "test_multilabel"])
-def test_notebook_runs(name, tiny_data, artifacts, cache, tmp_path):
+@pytest.fixture(scope="module")
+def rendered(tiny_data, artifacts, cache, tmp_path_factory):
+    """The four notebooks, executed and written by the command that run/reproduce.sh runs."""
+    out = tmp_path_factory.mktemp("notebooks")
+    proc = run_cli("-m", "evaluation.notebooks", "--artifacts", artifacts, "--data", tiny_data, "--cache-dir", cache,
+                   "--out", out)
+    assert proc.stdout.split() == [str(out / f"{n}.html") for n in NOTEBOOKS]
+    return out
+
+
+def test_notebooks_render_as_html(tiny_data, rendered):
+    import re
     from data.spec import load_spec
-    folder = ROOT / name
-    nb = nbformat.read(folder / f"{name}.ipynb", as_version=4)
-    assert {"kernelspec", "language_info"} <= set(nb.metadata)
-    assert not any(c.get("outputs") or c.get("execution_count") for c in nb.cells if c.cell_type == "code")
-    params = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    figures = tmp_path / "figures"
-    nb.cells.insert(params + 1, nbformat.v4.new_code_cell(
-        f"ARTIFACTS = {str(artifacts)!r}\nDATA = {str(tiny_data)!r}\nCACHE = {str(cache)!r}\n"
-        f"FIGURES = {str(figures)!r}"))
-    NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(folder)}}).execute()
+    assert sorted(p.name for p in rendered.glob("*.html")) == sorted(f"{n}.html" for n in NOTEBOOKS)
+    for name, (_, _, pngs) in shown(load_spec(tiny_data)).items():  # its tables and figures, embedded
+        html = (rendered / f"{name}.html").read_text()
+        assert "<th>method</th>" in html, name
+        assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == len(pngs), name
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs(name, tiny_data, rendered):
+    from data.spec import load_spec
+    committed = nbformat.read(ROOT / name / f"{name}.ipynb", as_version=4)
+    assert {"kernelspec", "language_info"} <= set(committed.metadata)
+    assert not any(c.get("outputs") or c.get("execution_count") for c in committed.cells if c.cell_type == "code")
+    nb = nbformat.read(rendered / f"{name}.ipynb", as_version=4)
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "\n".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
@@ -80,8 +104,14 @@ def test_notebook_runs(name, tiny_data, artifacts, cache, tmp_path):
         assert expected in text, expected
     for unexpected in must_not:
         assert unexpected not in text, unexpected
-    assert sorted(p.name for p in figures.glob("*.png")) == sorted(pngs)
+    assert all((rendered / "figures" / png).is_file() for png in pngs)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == len(pngs)
+
+
+def test_rendered_figures_are_those_of_the_notebooks(tiny_data, rendered):
+    from data.spec import load_spec
+    pngs = {png for *_, figs in shown(load_spec(tiny_data)).values() for png in figs}
+    assert {p.name for p in (rendered / "figures").glob("*.png")} == pngs
 
 
 # --- evaluation.figures on hand-made results -------------------------------------------------------
@@ -153,11 +183,13 @@ def test_plot_score_histograms(drawn, tmp_path):
     rng = np.random.default_rng(0)
     rejection = {"receipts": {"max_logit": (rng.normal(3, 1, 50), rng.normal(0, 1, 20))}}
     results = {r: {"exp1": trial("uni", rejection=rejection)} for r in ("uni", "multi")}
-    path = plot_score_histograms(results, SPEC, tmp_path)
-    assert path.name == "score_histograms.png" and written(path)
-    assert len(drawn[0].axes) == 2  # one run per row, one OOD set per column
-    assert [t.get_text() for t in drawn[0].axes[0].get_legend().get_texts()] == ["test split (50)", "receipts (20)"]
-    assert drawn[0].axes[0].get_title().endswith("test v receipts (far)")
+    paths = plot_score_histograms(results, SPEC, tmp_path)
+    assert [p.name for p in paths] == ["score_histograms_uni.png", "score_histograms_multi.png"]
+    assert all(map(written, paths))
+    assert len(drawn[0].axes) == 1  # one figure per run, one panel per OOD set
+    [legend] = drawn[0].legends  # one legend under the panels
+    assert [t.get_text() for t in legend.get_texts()] == ["test split (50 images)", "the panel's OOD set"]
+    assert drawn[0].axes[0].get_title() == "receipts (far): 20 images"
 
 
 def test_plot_multilabel_examples(drawn, tiny_data, tmp_path):
