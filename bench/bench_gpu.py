@@ -1,11 +1,11 @@
-"""The GPU profile in one run (issue 11 §4): the paper's configuration (ResNet-50, 550 -> 448 px,
+"""The GPU profile in one run: the paper's configuration (ResNet-50, 550 -> 448 px,
 AMP fp16 with a GradScaler, channels_last, batch 16) on a CUDA GPU, measured end to end.
 
     python bench/bench_gpu.py --out results/gpu                   # on a machine with a GPU
     python bench/bench_gpu.py --out /tmp/gpu --device cpu --smoke  # the same path, tiny, on a CPU
 
-It runs, each as a user would, and writes what they gave to OUT/summary.md (a table for the README)
-and OUT/summary.json:
+It runs, each as a user would, and writes what they gave to OUT/summary.md (the table for
+docs/performance.md, "The GPU profile") and OUT/summary.json:
 1. bench/bench_step.py's comparison at the paper's size: images/s of the reference's PMG step
    (whole network in each of the four passes, fp32, NCHW) and of the step-skipping step (fp32,
    AMP, AMP + channels_last), peak GPU memory of each, and that every AMP loss was finite;
@@ -29,10 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+from utils import read_summary
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from utils import read_summary  # noqa: E402
 
 PAPER_STEP = ["--backbone", "resnet50", "--size", "448", "--batch-size", "16", "--steps", "10", "--warmup", "3",
               "--repeats", "3", "--zero-grad", "zeros", "--bn-stats", "all"]
@@ -91,7 +90,7 @@ def step_benchmark(a, log) -> dict:
 def train(a, data: Path, artifacts: Path, log) -> dict:
     workers = min(8, os.cpu_count() or 1)
     cmd = [sys.executable, "train.py", "--data", data, "--paradigm", "uni", "--profile", "paper",
-           "--pretrained", "none", "--epochs", a.epochs, "--output-dir", artifacts, "--device", a.device,
+           "--pretrained", "none", "--epochs", a.epochs, "--artifacts", artifacts, "--device", a.device,
            "--workers", workers, "--no-progress", *(SMOKE_TRAIN if a.smoke else [])]
     rc, out, seconds = run(cmd, log, a.timeout)
     if rc != 0:

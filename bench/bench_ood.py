@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models import ood  # noqa: E402
-from models.detectors import fit_all  # noqa: E402
+from models import ood
+from models.detectors import fit_all
 
 
 def build(args):

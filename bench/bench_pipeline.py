@@ -1,15 +1,16 @@
 """Benchmark of the deployed pipeline, one run, same images (not a test: it prints what it measured).
 
-1. speed (issue 11 §2): the batch pipeline (`run_batch`: decode + transform + model + OOD score +
-   top-2 + SQLite upsert) and the queue consumer's path (message batches of
-   `pipeline.queue_defaults.MESSAGE_BATCH`, the consumer's default, and of 32, the default before, through the same `predicted` as
-   one batch, upsert per batch, no broker; `--sweep`: also in parts) vs the bare model forward on the same
-   images decoded beforehand: img/s, ms/image and the ratio to the forward (target >= 0.85x), at
-   64 px and 224 px model input, for the embedded 96 px files and for phone-size photos (the same
-   images re-encoded at 1600 x 1200, made here in a temporary folder). `before` is the
-   configuration this replaced (2 DataLoader worker processes, full-size JPEG decode). The bound
-   row is what the cores allow at best: each image costs at least its 1-thread decode + its
-   1-thread forward of CPU time (both measured here), spread over every core with none idle.
+1. speed: the batch pipeline (`run_batch`: decode + transform + model + OOD score + top-2 +
+   SQLite upsert) and the queue consumer's path (message batches of
+   `pipeline.queue_defaults.MESSAGE_BATCH`, the consumer's default, and of 32, through the same
+   `predicted` as one batch, upsert per batch, no broker; `--sweep`: also in parts) vs the bare
+   model forward on the same images decoded beforehand: img/s, ms/image and the ratio to the
+   forward (target >= 0.85x), at 64 px and 224 px model input, for the embedded 96 px files and
+   for phone-size photos (the same images re-encoded at 1600 x 1200, made here in a temporary
+   folder). `before` is a baseline layout for comparison (2 DataLoader worker processes,
+   full-size JPEG decode). The bound row is what the cores allow at best: each image costs at
+   least its 1-thread decode + its 1-thread forward of CPU time (both measured here), spread
+   over every core with none idle.
    Interleaved, median of --repeats. `--checkpoint` measures a given (deployed) model instead of
    the tiny one this script trains;
 2. efficiency-centric (1 model, 1 table) vs task-centric (2 and 3 models, one table each):
@@ -39,17 +40,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import data.loading  # noqa: E402
-from data.loading import ImageSet, collate_skip_bad  # noqa: E402
-from models import checkpoint as checkpoints  # noqa: E402
-from pipeline.batch import (cores, decode_threads, default_streams, default_torch_threads, default_workers,  # noqa: E402
+import data.loading
+from data.loading import ImageSet, collate_skip_bad
+from models import checkpoint as checkpoints
+from pipeline.batch import (cores, decode_threads, default_streams, default_torch_threads, default_workers,
                             predicted, run_batch)
-from pipeline.model import Predictor  # noqa: E402
-from pipeline.sources import list_source  # noqa: E402
-from pipeline.queue_defaults import MESSAGE_BATCH  # noqa: E402
-from pipeline.table import PredictionTable  # noqa: E402
+from pipeline.model import Predictor
+from pipeline.sources import list_source
+from pipeline.queue_defaults import MESSAGE_BATCH
+from pipeline.table import PredictionTable
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CLASSES = {"normal": (90, 90, 90), "defect": (200, 40, 40), "dirt": (120, 90, 30), "bubble": (60, 160, 220)}
 SPEC = """name: bench
@@ -81,7 +82,7 @@ def train_models(work: Path, args, runs=RUNS) -> dict[str, Path]:
     out = {}
     for paradigm, task in runs:
         subprocess.run([sys.executable, "train.py", "--data", str(work / "data"), "--paradigm", paradigm,
-                        *(["--task", task] if task else []), "--output-dir", str(work / "runs"), *flags],
+                        *(["--task", task] if task else []), "--artifacts", str(work / "runs"), *flags],
                        cwd=ROOT, check=True, capture_output=True)
         name = f"{paradigm}_{task}" if task else paradigm
         out[name] = work / "runs" / name / "exp1" / "best.pt"
@@ -158,7 +159,7 @@ def at_crop(ckpt: Path, crop: int, out: Path) -> Path:
 
 @contextlib.contextmanager
 def full_decode():
-    """The decoder as it was before DCT scaling: every JPEG decoded at its stored size."""
+    """The baseline decoder without DCT scaling: every JPEG decoded at its stored size."""
     saved = data.loading.decode_size
     data.loading.decode_size = lambda transform: None
     try:

@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import build_model  # noqa: E402
-from models.paradigms import Head, Paradigm  # noqa: E402
-from models.serving import Features, OnnxBackend, TorchBackend, onnx_available  # noqa: E402
+from models import build_model
+from models.paradigms import Head, Paradigm
+from models.serving import Features, OnnxBackend, TorchBackend, onnx_available
 
 
 def random_model(spec: str, classes: int = 10):

@@ -23,17 +23,14 @@ import argparse
 import copy
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine import pmg_step  # noqa: E402
-from models import BACKBONES, build_model  # noqa: E402
-from models.paradigms import Head, Paradigm  # noqa: E402
-from utils import replace_module  # noqa: E402
+from engine import pmg_step
+from models import BACKBONES, build_model
+from models.paradigms import Head, Paradigm
+from utils import replace_module
 
 LEVERS = {"base": {}, "channels_last": {"channels_last": True}, "amp": {"amp": True},
           "channels_last+amp": {"channels_last": True, "amp": True}, "compile": {"compile": True},

@@ -6,9 +6,10 @@
 
 With a command, the burners run until the last run has finished; one line per run (exit status,
 seconds) goes to stderr, and a JSON summary `{"runs", "passed", "failed"}` to stdout. The exit
-status is 0 only if every run passed. The soak of issue 12 §7 (pipeline/README.md): the Redis
-restart test 20 times in a row, in one pytest session (PIPELINE_SOAK repeats it; the tiny models
-are trained once) or in 20 fresh sessions (--repeat 20; each trains them again):
+status is 0 only if every run passed. It measures nothing itself: it is the load under which a
+result must still hold. The soak (pipeline/README.md, docs/reliability.md) is the Redis restart
+test 20 times in a row, in one pytest session (PIPELINE_SOAK repeats it; the tiny models are
+trained once) or in 20 fresh sessions (--repeat 20; each trains them again):
 
     PIPELINE_SOAK=20 python bench/cpu_burner.py --procs 2 -- \\
         python -m pytest -q tests/test_pipeline_queue.py::test_consumers_reconnect_when_redis_restarts

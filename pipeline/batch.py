@@ -5,17 +5,17 @@ transaction per batch), with a progress bar and a summary.
 A file that cannot be decoded becomes an `error` row carrying the decoder's message; nothing a
 single file contains stops the run.
 
-How decoding shares the machine with the model (measured by bench/bench_pipeline.py, see
-pipeline/README.md "Performance"): by default (`workers=None`) up to 8 cores images are decoded
-in-process by `default_streams()` streams, one per core (`in_streams`): each thread decodes a whole
-batch and runs the forward on it at one torch thread (`default_torch_threads()`; the CLI's
---streams and --threads), so every core works decode -> forward -> decode with no OpenMP barrier
-that a decoder can stall, and no worker processes' start-up, pickling and memory. Batches are
-evened out so that no stream idles at the end (`stream_batch`). The other in-process layout, one
-stream (`--streams 1`), gives the forward every core while `decode_threads()` background threads
-decode the next batches (`prefetched`). Queue consumers use the same path (`predicted`), one
-message batch at a time, shared out over the streams. With more than 8 cores DataLoader worker
-processes decode (`default_workers()`) beside one stream that gets the cores they leave.
+How decoding shares the machine with the model: by default (`workers=None`) up to 8 cores images
+are decoded in-process by `default_streams()` streams, one per core (`in_streams`): each thread
+decodes a whole batch and runs the forward on it at one torch thread (`default_torch_threads()`;
+the CLI's --streams and --threads), so every core works decode -> forward -> decode with no OpenMP
+barrier that a decoder can stall, and with no worker processes to start, feed and pickle back.
+Batches are evened out so that no stream idles at the end (`stream_batch`). The other in-process
+layout, one stream (`--streams 1`), gives the forward every core while `decode_threads()`
+background threads decode the next batches (`prefetched`). Queue consumers use the same path
+(`predicted`), one message batch at a time, shared out over the streams. With more than 8 cores
+DataLoader worker processes decode (`default_workers()`) beside one stream that gets the cores
+they leave. bench/bench_pipeline.py measures every layout (pipeline/README.md "Performance").
 """
 from __future__ import annotations
 
@@ -38,9 +38,8 @@ MAX_STREAMS = 8  # in-process streams at most (a queue consumer on a large machi
 
 
 def decode_threads() -> int:
-    """In-process decode threads: one per core. Decoding the next batch and the forward on this
-    one take turns on every core: on an idle 2-core machine 2 decode threads beside a 2-thread
-    forward gave 0.87x the bare forward, 1 decode thread 0.79x (pipeline/README.md)."""
+    """In-process decode threads of the one-stream layout: one per core, so decoding the next
+    batch and the forward on this one take turns on every core (pipeline/README.md "Performance")."""
     return cores()
 
 

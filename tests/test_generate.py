@@ -105,11 +105,28 @@ def test_docs_example_is_the_generated_spec_and_documents_every_key():
     assert {k for s in example["ood"].values() for k in s} == set(OOD_KEYS)
 
 
-def test_readme_spec_is_the_generated_spec():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = yaml.safe_load(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+def _yaml_blocks(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    return [yaml.safe_load(b.split("```", 1)[0]) for b in text.split("```yaml\n")[1:]]
+
+
+def test_the_annotated_spec_of_docs_data_is_the_generated_spec():
+    full = [b for b in _yaml_blocks(ROOT / "docs" / "data.md") if "tasks" in b]
     drop = lambda d: {k: v for k, v in d.items() if k not in ("name", "version")}  # noqa: E731
-    assert drop(block) == drop(dataset_spec())
+    assert len(full) == 1 and drop(full[0]) == drop(dataset_spec())
+
+
+def test_the_readme_minimal_spec_passes_the_dataset_check(tmp_path):
+    """The README's spec names only classes and splits, and `python -m data.spec` accepts it."""
+    spec = _yaml_blocks(ROOT / "README.md")[0]
+    assert set(spec) == {"classes", "splits"} and set(spec["splits"]) == {"train", "val", "test"}
+    (tmp_path / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    for split in spec["splits"].values():
+        for folder in spec["classes"].values():  # <split>/<class>/*.jpg, as the README shows
+            (tmp_path / split / folder).mkdir(parents=True)
+            Image.new("RGB", (16, 16), "gray").save(tmp_path / split / folder / "a.jpg")
+    r = subprocess.run([sys.executable, "-m", "data.spec", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_cli_refuses_non_empty_dir(tmp_path):

@@ -1,4 +1,4 @@
-"""Inputs that cannot escape or explode (issue 12 §2): links and spec paths that leave the dataset
+"""Inputs that cannot escape or explode: links and spec paths that leave the dataset
 root, symlink loops, YAML that expands without bound, and files that are no files."""
 from __future__ import annotations
 

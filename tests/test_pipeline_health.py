@@ -1,4 +1,4 @@
-"""The worker's health (issue 12 §4): the consumer's heartbeat says live and ready while it serves,
+"""The worker's health: the consumer's heartbeat says live and ready while it serves,
 live but not ready while Redis is down, and neither once it is stuck; the Deployment's probes read
 the file the consumer writes, on the one writable volume of a read-only root filesystem; the
 worker image's base is pinned by digest."""

@@ -1,4 +1,4 @@
-"""Prediction data that must not be lost (issue 12 §0), each against real servers on loopback ports:
+"""Prediction data that must not be lost, each against real servers on loopback ports:
 a table outage under a running consumer dead-letters nothing, dead letters can be re-driven, two
 sources with the same file names give two rows, a file that was not there yet is predicted by a
 later produce run, produce publishes past days and ranges, the nightly producer publishes whole

@@ -1,4 +1,4 @@
-"""The queue stays bounded (issue 12 §3): acknowledged entries are trimmed, and a trim never
+"""The queue stays bounded: acknowledged entries are trimmed, and a trim never
 removes an entry that some consumer group still has pending or has not been given yet, so a
 consumer killed mid-batch, a trim, and a restart still lose nothing; the group's lag, which KEDA
 scales on, stays exact. And deploy/k8s/keda.yaml activates on one waiting image."""

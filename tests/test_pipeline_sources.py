@@ -1,4 +1,4 @@
-"""A `--source` folder stays inside itself (issue 12 §2): a symbolic link out of it, a link loop, a
+"""A `--source` folder stays inside itself: a symbolic link out of it, a link loop, a
 broken link, a FIFO or a socket with an image's name is skipped, counted and named by `predict`
 and `produce`, never opened (a FIFO would block the reader) and never predicted. A manifest lists
 files on purpose: a FIFO it names becomes an error row, at once."""

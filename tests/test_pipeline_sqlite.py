@@ -1,4 +1,4 @@
-"""The SQLite prediction table with real processes (issue 12 §5, §6): three `pipeline predict`
+"""The SQLite prediction table with real processes: three `pipeline predict`
 processes writing one file at once, a `predict` killed with SIGKILL mid-run and run again (no row
 lost or doubled, never "database is locked"), and a table on a full or read-only disk (one line
 `error:` naming the file and the fix, never a traceback)."""
