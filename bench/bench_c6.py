@@ -15,7 +15,7 @@ from pathlib import Path
 
 from data.spec import load_spec
 from evaluation import claims, efficiency
-from evaluation.report import efficiency_timings, find_checkpoints, measure_efficiency
+from evaluation.report import find_checkpoints
 from evaluation.views import trained_on
 from models import checkpoint as checkpoints
 
@@ -33,12 +33,12 @@ def main(argv=None) -> int:
     spec = load_spec(args.data or trained_on(artifacts))
     first = {run: checkpoints.load(next(iter(trials.values())), spec, args.device)
              for run, trials in find_checkpoints(artifacts, spec).items()}
-    eff = measure_efficiency(first, spec, args.device, args.images, args.batch_size, repeats=args.repeats)
+    eff = efficiency.table7(first, spec, args.device, args.images, args.batch_size, repeats=args.repeats)
     if eff is None:
         print(f"error: {artifacts}: no run to time", file=sys.stderr)
         return 2
     print(eff[1].markdown(), "", sep="\n")
-    timings = efficiency_timings(eff)
+    timings = efficiency.timings(eff)
     if timings["uni"] and timings["task"]:
         print("per-round ratio uni / task:", " ".join(f"{u / t:.3f}" for u, t in zip(timings["uni"], timings["task"])))
     print(claims.markdown([claims.c6_cost(timings, len(spec.tasks))]))

@@ -101,7 +101,7 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
                 (folder / run / f"{trial}.json").write_text(to_json(metrics_))
     header = describe(results, spec)
     tables = make_tables(results, spec) + ablation_tables(results, variant_results, spec)
-    eff = measure_efficiency(first_models, spec, device, efficiency_images, batch_size)
+    eff = efficiency.table7(first_models, spec, device, efficiency_images, batch_size)
     if eff is not None:
         tables.append(eff)
     figures = draw_figures(results, spec, out)
@@ -137,7 +137,7 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
 
 def judge_claims(results, spec: Spec, eff) -> list[dict]:
     """The claims table (evaluation.claims); C6 from Table 7's per-round timings when it was measured."""
-    return claims.claims(results, spec, task_run, efficiency_timings(eff) if eff is not None else None)
+    return claims.claims(results, spec, task_run, efficiency.timings(eff) if eff is not None else None)
 
 
 def draw_figures(results, spec: Spec, out: Path) -> list[Path]:
@@ -424,58 +424,3 @@ def task_union(results, spec: Spec, name: str, labels: list[str]) -> list[dict]:
         out.append({"all": float(np.logical_and.reduce(list(found.values())).mean()),
                     **{l: float(f.mean()) for l, f in found.items()}})
     return out
-
-
-MS, MS_LO, MS_HI, ROUNDS = ("ms per image (median)", "ms 95 % low", "ms 95 % high", "timed rounds")
-MS_ROUNDS = "ms per image per round"  # a cell of every row, not a column: the per-round timings C6 pairs
-
-
-def measure_efficiency(first_models, spec: Spec, device, n_images: int, batch_size: int,
-                       repeats: int = efficiency.REPEATS):
-    """Table 7 as ("table7_efficiency", table): each system (the first trial of each run) timed over
-    the same test images in `repeats` interleaved rounds (evaluation.efficiency); per system the
-    median ms per image with its 95 % order-statistic interval. Each row also carries the per-round
-    timings under MS_ROUNDS (not shown) for claim C6 (`efficiency_timings`)."""
-    systems = {}
-    if "uni" in first_models:
-        systems[UNI] = [first_models["uni"]]
-    if "multi" in first_models:
-        systems[MULTI] = [first_models["multi"]]
-    task_models = [task_run(spec, t) for t in spec.tasks]
-    if spec.tasks and all(r in first_models for r in task_models):
-        systems[f"{TASK} ({len(task_models)} models)"] = [first_models[r] for r in task_models]
-    if not systems:
-        return None
-    samples = spec.split_samples("test")
-    step = max(1, len(samples) // max(n_images, 1))
-    paths = [p for p, _ in samples[::step][:n_images]]
-    measured = efficiency.measure({k: [(ck.model, (ck.resize, ck.crop)) for ck in v] for k, v in systems.items()},
-                                  paths, batch_size=min(batch_size, 16), device=device, repeats=repeats)
-    columns = ["models", "forward passes per image", "parameters (M)", MS, MS_LO, MS_HI, ROUNDS]
-    table = ReportTable("Table 7: efficiency — serving every task", columns,
-                        lower_is_better={"models", "forward passes per image", "parameters (M)", MS},
-                        no_bold={MS_LO, MS_HI, ROUNDS},
-                        column_digits={"models": 0, "forward passes per image": 0, "parameters (M)": 2,
-                                       MS: 2, MS_LO: 2, MS_HI: 2, ROUNDS: 0},
-                        note=f"Timed on the same {len(paths)} test images on {device} (batch {min(batch_size, 16)}"
-                             + ("" if str(device).startswith("cuda") else
-                                f", {efficiency.THREADS} torch thread: the models' compute, which the scheduler "
-                                f"shares fairly with other jobs") + "), "
-                             f"first trial of each run: one untimed warm-up round of every system, then {repeats} "
-                             f"rounds in which every system runs once, in an order rotated each round so that "
-                             f"other load on the machine falls on all alike. Median over the rounds, with the "
-                             f"order statistics that cover the median with 95 % (scipy.stats.quantile_test; none "
-                             f"below 6 rounds). Tasks served: {', '.join(spec.tasks)}.")
-    for name, m in measured.items():
-        ms = stats.median_interval(m["ms_per_image_repeats"])
-        table.add(name, {"models": [m["models"]], "forward passes per image": [m["forward_passes_per_image"]],
-                         "parameters (M)": [m["params"] / 1e6], MS: [ms["value"]], MS_LO: [ms["lo"]],
-                         MS_HI: [ms["hi"]], ROUNDS: [ms["n"]], MS_ROUNDS: m["ms_per_image_repeats"]})
-    return ("table7_efficiency", table)
-
-
-def efficiency_timings(eff) -> dict:
-    """{'uni': per-round ms, 'task': per-round ms} of Table 7 (None where the system was not timed)."""
-    rows = dict(eff[1].rows)
-    return {"uni": rows.get(UNI, {}).get(MS_ROUNDS),
-            "task": next((cells[MS_ROUNDS] for name, cells in rows.items() if name.startswith(TASK)), None)}
