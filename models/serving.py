@@ -208,19 +208,34 @@ def onnx_available() -> str | None:
     return None
 
 
-def export_onnx(model: nn.Module, crop: int) -> bytes:
+EXPORTERS = ("dynamo", "torchscript")
+# dynamo translates from opset 18 on; the TorchScript exporter keeps the opset it has always served with.
+OPSETS = {"dynamo": 18, "torchscript": 17}
+
+
+def export_onnx(model: nn.Module, crop: int, exporter: str = "torchscript") -> bytes:
     """The serialized ONNX graph of Features(model) (BN folded first) for (N, 3, crop, crop) input,
-    N dynamic. TorchScript-based exporter (dynamo=False): it needs only the `onnx` package and
-    exports this model's plain conv/pool/linear graph directly."""
+    N dynamic; inputs `images`, outputs `logits` and `features`. `exporter`: "dynamo" (torch.export,
+    the current exporter; needs the onnxscript package) or "torchscript" (dynamo=False: deprecated,
+    needs only onnx, and exports this model's plain conv/pool/linear graph directly). Both give
+    the same bytes for the same model and torch, so a release of one checkpoint has one id."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown ONNX exporter '{exporter}'; choose one of {', '.join(EXPORTERS)}")
     probe = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
     net = Features(fold_batchnorm(model.cpu().eval(), probe)).eval()
+    names = {"input_names": ["images"], "output_names": ["logits", "features"], "opset_version": OPSETS[exporter]}
+    if exporter == "dynamo":
+        # min=1: the probe's batch of 2 must not specialise the graph to batches of 2 or more.
+        with torch.no_grad():
+            program = torch.onnx.export(net, (probe,), dynamo=True, verbose=False,
+                                        dynamic_shapes={"x": {0: torch.export.Dim("n", min=1)}}, **names)
+        return program.model_proto.SerializeToString()
     buf = io.BytesIO()
     # The input side is fixed (crop): size arithmetic traced as constants is what we want.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(net, (probe,), buf, input_names=["images"], output_names=["logits", "features"],
-                          dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}, "features": {0: "n"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(net, (probe,), buf, dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}, "features": {0: "n"}},
+                          dynamo=False, **names)
     return buf.getvalue()
 
 
