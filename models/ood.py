@@ -21,6 +21,7 @@ both; `fitted_for` refits when it is missing or stale. CLI:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -138,11 +139,11 @@ def load(ckpt_path: str | Path, ckpt_hash: str | None = None) -> OODFilter:
     return OODFilter(detectors, state["default"], state.get("selection") or {})
 
 
-def fit_checkpoint(ckpt, spec, *, batch_size: int = 32, device="cpu", progress: bool = True, workers: int = 0,
-                   extract=None, ckpt_hash: str | None = None) -> OODFilter:
-    """Fit every detector on the train split of `spec` (the checkpoint's classes, its eval
-    transform), choose the default on val and ood_val, and write the detector file.
-    `extract(name, items) -> (logits, features)` replaces models.inference.predict_features
+def fit_filter(ckpt, spec, *, batch_size: int = 32, device="cpu", progress: bool = True, workers: int = 0,
+               extract=None) -> tuple[OODFilter, dict]:
+    """(the filter, what it was fitted on): every detector fitted on the train split of `spec`
+    (the checkpoint's classes, its eval transform), the default chosen on val and ood_val; nothing
+    written. `extract(name, items) -> (logits, features)` replaces models.inference.predict_features
     (evaluation passes its cache); names: train, val, ood_val/<set>."""
     if extract is None:
         from models.inference import predict_features
@@ -166,9 +167,26 @@ def fit_checkpoint(ckpt, spec, *, batch_size: int = 32, device="cpu", progress: 
            for name, folder in spec.ood_val.items()}
     id_scores = scores("val", spec.split_samples("val", classes)) if ood else {}
     filt.default, filt.selection = choose_default(ckpt.paradigm, id_scores, ood)
-    save(ckpt.path, filt, {"data": str(spec.root), "classes": classes, "n_train": len(items),
-                           "ood_val": sorted(spec.ood_val)}, ckpt_hash)
+    return filt, {"data": str(spec.root), "classes": classes, "n_train": len(items), "ood_val": sorted(spec.ood_val)}
+
+
+def fit_checkpoint(ckpt, spec, *, ckpt_hash: str | None = None, **kwargs) -> OODFilter:
+    """`fit_filter`, then write the detector file beside the checkpoint."""
+    filt, meta = fit_filter(ckpt, spec, **kwargs)
+    save(ckpt.path, filt, meta, ckpt_hash)
     return filt
+
+
+def threshold_at_tpr(scores: torch.Tensor, tpr: float) -> dict:
+    """The largest threshold that still accepts ceil(tpr * n) of these in-distribution scores
+    (an image is OOD when its score is below it): {threshold, n_val, val_accepted}."""
+    if not 0 < tpr <= 1:
+        raise ValueError(f"the TPR must be in (0, 1]; got {tpr}")
+    if not len(scores):
+        raise ValueError("no val scores to choose an OOD threshold on")
+    s = scores.sort().values
+    k = len(s) - math.ceil(tpr * len(s))
+    return {"threshold": float(s[k]), "n_val": len(s), "val_accepted": float((s >= s[k]).float().mean())}
 
 
 def fitted_for(ckpt, spec, **kwargs) -> OODFilter:

@@ -19,7 +19,6 @@ from the dataset the checkpoint was trained on.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -160,12 +159,8 @@ class Predictor:
         """Pick the threshold on the val split, write it beside the checkpoint and use it."""
         if not 0 < tpr <= 1:
             raise ThresholdError(f"--tpr must be in (0, 1]; got {tpr}")
-        s = self.val_scores(data, workers).sort().values
-        # The largest threshold that still accepts ceil(tpr * n) val images.
-        k = len(s) - math.ceil(tpr * len(s))
         rec = {"model_version": self.version, "model_name": self.name, "score": self.score, "tpr": tpr,
-               "threshold": float(s[k]), "n_val": len(s), "data": str(data),
-               "val_accepted": float((s >= s[k]).float().mean())}
+               **ood.threshold_at_tpr(self.val_scores(data, workers), tpr), "data": str(data)}
         f = threshold_file(self.ckpt_path)  # atomic: consumers starting together may all write it
         tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
         try:
