@@ -144,3 +144,19 @@ def test_release_of_a_non_checkpoint_is_one_error_line(tmp_path, tiny_data):
     proc = run_cli("-m", "models.release", bogus, "--data", tiny_data, "--out", tmp_path / "bundles", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bundles").exists()
+
+
+def test_exporter_falls_back_to_torchscript_and_says_why(models, tiny_data, tmp_path, monkeypatch):
+    from models import release as rel
+    from pipeline.bundle import Bundle
+    real = rel.export_onnx
+
+    def no_dynamo(model, crop, exporter="torchscript"):
+        if exporter == "dynamo":
+            raise RuntimeError("unsupported operator")
+        return real(model, crop, exporter)
+
+    monkeypatch.setattr(rel, "export_onnx", no_dynamo)
+    path, created = rel.release(models["task_defect"], tiny_data, tmp_path)
+    export = Bundle.load(path).manifest["export"]
+    assert created and export["exporter"] == "torchscript" and "unsupported operator" in export["reason"]
