@@ -15,12 +15,14 @@ threshold or class list changes it as surely as a changed weight. `release` (whi
 commit ran the release, and its export check) is informational and outside the id.
 
 `Bundle.load(DIR)` verifies every file and the id before anything is used: a missing, truncated or
-changed file is one `BundleError` line naming it.
+changed file is one `BundleError` line naming it. `python -m pipeline.bundle DIR` does the same
+check from a shell (exit 2 and one `error:` line when it fails).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +135,22 @@ def _manifest(file: Path) -> dict:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleError(f"{file}: not a bundle manifest of format {FORMAT}")
     return data
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: python -m pipeline.bundle DIR  (verify a release bundle; print its id and model)", file=sys.stderr)
+        return 2
+    try:
+        b = Bundle.load(argv[0])
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"id": b.id, "name": b.manifest["name"], "exporter": b.manifest["export"]["exporter"],
+                      "ood_scorer": b.default_scorer, "ood_threshold": b.threshold(), "verified": True}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -112,6 +112,8 @@ def test_flipped_byte_is_one_error_line_naming_the_file(bundles, tmp_path, name)
     with pytest.raises(BundleError) as e:
         Bundle.load(copy)
     assert "\n" not in str(e.value) and str(copy / name) in str(e.value)
+    proc = run_cli("-m", "pipeline.bundle", copy, check=False)
+    assert proc.returncode == 2 and proc.stderr == f"error: {e.value}\n"
 
 
 def test_truncated_file_and_edited_manifest_are_refused(bundles, tmp_path):
@@ -136,6 +138,8 @@ def test_reader_imports_no_torch(bundles):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == bundles["task_defect"].name
+    proc = run_cli("-m", "pipeline.bundle", bundles["task_defect"])
+    assert json.loads(proc.stdout)["id"] == bundles["task_defect"].name
 
 
 def test_release_of_a_non_checkpoint_is_one_error_line(tmp_path, tiny_data):
