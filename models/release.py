@@ -249,6 +249,8 @@ def release(ckpt_path: str | Path, data: str | Path | None = None, out: str | Pa
     if not 0 < tpr <= 1:
         raise ReleaseError(f"--tpr must be in (0, 1]; got {tpr}")
     data = data or checkpoints.read(ckpt_path)["args"].get("data")
+    if not data:
+        raise ReleaseError(f"{ckpt_path}: records no dataset; pass --data DATASET (release fits the OOD filter on it)")
     spec = load_spec(data)
     ckpt = checkpoints.load(ckpt_path, spec, device)
     cache = {}
