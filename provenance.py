@@ -119,7 +119,7 @@ def describe(p: dict | None) -> str:
     device = p.get("device") or "device not recorded"
     if p.get("device_name"):
         device += f" ({p['device_name']})"
-    threads = "" if p.get("threads") is None else f", {p['threads']} torch threads"
+    threads = "" if p.get("threads") is None else f", {p['threads']} torch thread{'' if p['threads'] == 1 else 's'}"
     return (f"{code}; {pkgs}; Python {p.get('python')} on {p.get('platform')}; CPU {p.get('cpu')}, "
             f"{p.get('cores')} cores{threads}; device {device}")
 

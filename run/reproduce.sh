@@ -21,7 +21,7 @@
 #                  (run/ablations.sh trains it too)
 # Every other flag goes to every training run (run/train_trials.sh passes it on to train.py;
 # python train.py --help); --device, --workers and --no-progress go to evaluate.py as well.
-# Paths are read from the folder you call it from. How long it takes: docs/.
+# Paths are read from the folder you call it from. How long it takes: docs/results.md.
 . "$(dirname "$0")/help.sh"
 set -e
 . "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
