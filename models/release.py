@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.images import content_hash
 from data.loading import IMAGENET_MEAN, IMAGENET_STD
 from models import checkpoint as checkpoints
 from models import ood
@@ -151,8 +152,8 @@ def manifest(ckpt, spec, filt: ood.OODFilter, fitted: dict, thresholds: dict, tp
                 "features": FEATURES, "detectors": detector_params},
         "export": export,
         "validation": {"best_val_acc": ckpt.state.get("best_val_acc"), **(ckpt.state.get("val") or {})},
-        "provenance": {"checkpoint_sha256": layout.sha256_file(ckpt.path), "spec": spec.name,
-                       "spec_sha256": layout.sha256_file(spec.file), "trained": trained, "train_args": ckpt.args},
+        "provenance": {"checkpoint_sha256": content_hash(ckpt.path), "spec": spec.name,
+                       "spec_sha256": content_hash(spec.file), "trained": trained, "train_args": ckpt.args},
     }
 
 
@@ -280,7 +281,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bundles", help="folder of bundles; this one goes to OUT/<id> (default bundles)")
     ap.add_argument("--tpr", type=float, default=DEFAULT_TPR,
                     help=f"fraction of val images the OOD threshold accepts (default {DEFAULT_TPR})")
-    ap.add_argument("--device", default="cpu", help="auto | cpu | cuda: where features are computed (default cpu)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda: where features are computed (default auto)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--progress", action="store_true", help="show progress bars")

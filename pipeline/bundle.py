@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.images import content_hash
+
 FORMAT = 1
 MANIFEST = "bundle.json"
 MODEL = "model.onnx"
@@ -44,14 +46,6 @@ class BundleError(ValueError):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def canonical(data) -> bytes:
@@ -85,7 +79,7 @@ class Bundle:
             file = path / name
             if not file.is_file():
                 raise BundleError(f"{file}: missing from the bundle")
-            if sha256_file(file) != expected:
+            if content_hash(file) != expected:
                 raise BundleError(f"{file}: sha256 differs from {MANIFEST} (the file was changed or truncated)")
         if bundle_id(files, manifest) != manifest.get("id"):
             raise BundleError(f"{path / MANIFEST}: its content does not give its id {manifest.get('id')} "
