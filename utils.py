@@ -116,6 +116,13 @@ def replace_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> N
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
+def to_numpy(t: torch.Tensor):
+    """A tensor as a CPU numpy array for pipeline.outputs: detached, on the CPU, bfloat16 (which
+    numpy lacks) as float32; other dtypes kept."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def plain(value):
     """Plain data for JSON and for weights_only checkpoints: dicts, lists, str, bool, int, float;
     numpy numbers become Python numbers, NaN becomes None (strict JSON has no NaN) and anything

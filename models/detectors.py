@@ -32,11 +32,15 @@ its detectors have no state to save, so the fitted tensors would be pulled out o
 
 `fit(features, labels, weight, bias)` takes the heads' concatenated Linear weight and bias (only
 ViM uses them). Fitting on a checkpoint, the detector file and the choice of the default detector
-are in models/ood.py.
+are in models/ood.py. Scoring is computed once, in numpy, by pipeline.outputs.DETECTOR_SCORERS
+from the fitted `state()` (as serving scores from a bundle); `score` here converts to and from torch.
 """
 from __future__ import annotations
 
 import torch
+
+from pipeline.outputs import DETECTOR_SCORERS
+from utils import to_numpy
 
 FEATURES = "concat classifier hidden layer after ELU"
 DEFAULT_K = 50
@@ -62,14 +66,19 @@ def shrunk_covariance(x: torch.Tensor, shrinkage: float | None = None) -> torch.
     return (1 - shrinkage) * cov + (shrinkage * mu + ridge) * torch.eye(d, dtype=x.dtype)
 
 
-def squared_mahalanobis(z: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """(N, C): (z - mean_c)^T precision (z - mean_c) for every row of z and every mean."""
-    zp = z @ precision
-    return ((zp * z).sum(1, keepdim=True) - 2 * zp @ means.T + ((means @ precision) * means).sum(1)).clamp(min=0)
+class Detector:
+    """`score` of every detector: pipeline.outputs.DETECTOR_SCORERS[name] on the fitted `state()`."""
+    name = ""  # the detector's key in DETECTORS and DETECTOR_SCORERS
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """(N,) float32 CPU scores, higher = more in-distribution."""
+        params = {k: to_numpy(v) if isinstance(v, torch.Tensor) else v for k, v in self.state().items()}
+        return torch.from_numpy(DETECTOR_SCORERS[self.name](to_numpy(features), params))
 
 
-class KNN:
+class KNN(Detector):
     """Minus the distance to the k-th nearest normalised train feature (module doc)."""
+    name = "knn"
 
     def __init__(self, k: int | None = None, max_bank: int = MAX_BANK, seed: int = SEED):
         self.k, self.max_bank, self.seed = k, max_bank, seed
@@ -85,11 +94,6 @@ class KNN:
         self.k = min(self.k, len(z))
         return self
 
-    def score(self, features: torch.Tensor) -> torch.Tensor:
-        z, bank = l2_normalise(features.double()), self.bank.double()
-        out = [torch.cdist(chunk, bank).kthvalue(self.k, dim=1).values for chunk in z.split(1024)]
-        return -torch.cat(out).float() if out else torch.zeros(0)
-
     def state(self) -> dict:
         return {"k": self.k, "max_bank": self.max_bank, "seed": self.seed, "bank": self.bank}
 
@@ -100,8 +104,9 @@ class KNN:
         return det
 
 
-class Mahalanobis:
+class Mahalanobis(Detector):
     """Minus the smallest squared Mahalanobis distance to a class mean, tied covariance (module doc)."""
+    name = "mahalanobis"
 
     def __init__(self, shrinkage: float | None = None):
         self.shrinkage = shrinkage
@@ -115,12 +120,6 @@ class Mahalanobis:
         self.precision = torch.linalg.inv(shrunk_covariance(residual, self.shrinkage))
         return self
 
-    def class_distances(self, features: torch.Tensor) -> torch.Tensor:
-        return squared_mahalanobis(features.double(), self.means, self.precision)
-
-    def score(self, features: torch.Tensor) -> torch.Tensor:
-        return -self.class_distances(features).min(1).values.float()
-
     def state(self) -> dict:
         return {"shrinkage": self.shrinkage, "classes": self.classes, "means": self.means, "precision": self.precision}
 
@@ -133,6 +132,7 @@ class Mahalanobis:
 
 class RMDS(Mahalanobis):
     """Relative Mahalanobis: class distance minus the background Gaussian's distance (module doc)."""
+    name = "rmds"
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, weight=None, bias=None) -> "RMDS":
         super().fit(features, labels)
@@ -140,10 +140,6 @@ class RMDS(Mahalanobis):
         self.background_mean = z.mean(0, keepdim=True)
         self.background_precision = torch.linalg.inv(shrunk_covariance(z - self.background_mean, self.shrinkage))
         return self
-
-    def score(self, features: torch.Tensor) -> torch.Tensor:
-        background = squared_mahalanobis(features.double(), self.background_mean, self.background_precision)
-        return -(self.class_distances(features) - background).min(1).values.float()
 
     def state(self) -> dict:
         return {**super().state(), "background_mean": self.background_mean,
@@ -156,8 +152,9 @@ class RMDS(Mahalanobis):
         return det
 
 
-class ViM:
+class ViM(Detector):
     """Energy minus alpha x the residual norm outside the train features' principal subspace (module doc)."""
+    name = "vim"
 
     def __init__(self, dim: int | None = None):
         self.dim = dim
@@ -180,11 +177,6 @@ class ViM:
     def residual_norm(self, z: torch.Tensor) -> torch.Tensor:
         return ((z - self.origin) @ self.residual).norm(dim=1)
 
-    def score(self, features: torch.Tensor) -> torch.Tensor:
-        z = features.double()
-        energy = torch.logsumexp(z @ self.weight.T + self.bias, 1)
-        return (energy - self.alpha * self.residual_norm(z)).float()
-
     def state(self) -> dict:
         return {"dim": self.dim, "weight": self.weight, "bias": self.bias, "origin": self.origin,
                 "residual": self.residual, "alpha": self.alpha}
@@ -197,7 +189,7 @@ class ViM:
         return det
 
 
-DETECTORS = {"knn": KNN, "mahalanobis": Mahalanobis, "rmds": RMDS, "vim": ViM}
+DETECTORS = {cls.name: cls for cls in (KNN, Mahalanobis, RMDS, ViM)}
 
 
 def fit_all(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> dict:

@@ -33,21 +33,15 @@ from models.checkpoint import CheckpointError
 from models.detectors import DETECTORS, FEATURES, fit_all
 from models.pmg import CONCAT
 from models.scores import SCORERS
+from pipeline.outputs import SCORER_NAMES, check_scorer
 
 FORMAT = 2
-SCORER_NAMES = (*SCORERS, *DETECTORS)
 RULE = ("highest mean AUROC over the ood_val sets (in-distribution: the val split), ties by lower mean "
         "FPR@95; no ood_val sets: the paradigm's paper score")
 
 
 class DetectorFileError(CheckpointError):
     """A detector file that does not belong to this checkpoint or cannot be read; names both files."""
-
-
-def check_scorer(name: str) -> str:
-    if name not in SCORER_NAMES:
-        raise ValueError(f"unknown OOD score '{name}'; choose one of {', '.join(SCORER_NAMES)}")
-    return name
 
 
 @dataclass

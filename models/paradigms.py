@@ -25,18 +25,23 @@ A ranking's rule (RANKINGS): `plain` sorts the labels by score; `coherent` is th
 that a label the labels above it exclude moves to the end: each task's negative and positive class
 exclude each other (a panel is not Normal and Dirty), so the second label is one that can be true
 beside the first. Top-1 is the same under both rules.
+
+Label scores and rankings are computed once, in numpy, by pipeline/outputs.py (`output_heads`),
+which serving calls directly; the methods here convert torch tensors to and from it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 
 from data.spec import Spec, SpecError
+from pipeline.outputs import RANKINGS, Heads
+from utils import to_numpy
 
 IGNORE = -1
-RANKINGS = ("plain", "coherent")
 TITLES = {"uni": "efficiency-centric", "task": "task-centric", "multi": "multi-task"}
 
 
@@ -170,52 +175,30 @@ class Paradigm:
         j = 0 if head.kind == "binary" else head.classes.index(cls)
         return head.probabilities(z)[:, j], z[:, j]
 
+    @cached_property
+    def output_heads(self) -> Heads:
+        """The heads and exclusive pairs as pipeline.outputs answers from them (module doc)."""
+        return Heads(tuple((h.name, h.kind, h.classes) for h in self.heads), self.exclusive)
+
     @property
     def labels(self) -> list[str]:
         """The labels this model ranks (the columns of `label_scores`)."""
-        names = []
-        for h in self.heads:
-            names += [h.positive] if h.kind == "binary" else list(h.classes)
-        negative = next((h.classes[0] for h in self.heads if h.kind == "binary"), None)
-        return names + ([negative] if negative and negative not in names else [])
+        return self.output_heads.labels
 
     def label_scores(self, logits: torch.Tensor) -> tuple[list[str], torch.Tensor]:
-        """(self.labels, one score per label (N, K)) for ranking labels (module doc)."""
-        cols, none_fires = [], torch.ones(len(logits), 1)
-        for h, z in zip(self.heads, self.split(logits).values()):
-            p = h.probabilities(z)
-            if h.kind == "binary":
-                none_fires = none_fires * (1 - p)
-            cols.append(p)
-        names = self.labels
-        if len(names) > sum(c.shape[1] for c in cols):  # the binary heads' shared negative class
-            cols.append(none_fires)
-        return names, torch.cat(cols, 1)
-
-    def _order(self, names: list[str], row: list[int], rule: str) -> list[int]:
-        """Column indices `row` (best first) under `rule` (module doc)."""
-        if rule == "plain" or not self.exclusive:
-            return row
-        kept, moved = [], []
-        for j in row:
-            clash = any(frozenset((names[j], names[i])) in self.exclusive for i in kept)
-            (moved if clash else kept).append(j)
-        return kept + moved
+        """(self.labels, one score per label (N, K), float32 on the CPU) for ranking labels (module doc)."""
+        names, scores = self.output_heads.label_scores(to_numpy(logits))
+        return names, torch.from_numpy(scores)
 
     def rank_labels(self, logits: torch.Tensor, rule: str = "plain") -> list[list[str]]:
         """Every label per image, best first, under `rule` (RANKINGS)."""
-        return self.top_labels(logits, len(self.labels), rule)[0]
+        return self.output_heads.rank_labels(to_numpy(logits), rule)
 
     def top_labels(self, logits: torch.Tensor, k: int = 2,
                    rule: str = "plain") -> tuple[list[list[str]], torch.Tensor]:
         """The k best labels per image under `rule` (RANKINGS) and their scores (the prediction table's top-2)."""
-        if rule not in RANKINGS:
-            raise ValueError(f"unknown ranking rule '{rule}'; choose one of {', '.join(RANKINGS)}")
-        names, scores = self.label_scores(logits)
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices.tolist()
-        idx = torch.tensor([self._order(names, row, rule)[:k] for row in order],
-                           dtype=torch.long).reshape(len(order), min(k, len(names)))
-        return [[names[j] for j in row] for row in idx.tolist()], scores.gather(1, idx)
+        labels, scores = self.output_heads.top_labels(to_numpy(logits), k, rule)
+        return labels, torch.from_numpy(scores)
 
     def decisions(self, logits: torch.Tensor, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(confidence, correct) of every prediction on images with these class labels (module doc)."""
