@@ -33,7 +33,7 @@ import numpy as np
 
 RANKINGS = ("plain", "coherent")
 KINDS = ("softmax", "binary")
-KNN_CHUNK = 1 << 22  # query x bank distances held at once by knn (32 MiB of float64)
+KNN_CHUNK = 1 << 22  # query x bank distances knn computes at a time (32 MiB of float64 per array)
 
 
 # --- numerics ---------------------------------------------------------------------------------
@@ -247,8 +247,8 @@ def vim(features: np.ndarray, params: dict) -> np.ndarray:
     z = np.asarray(features, np.float64)
     weight, bias = np.asarray(params["weight"], np.float64), np.asarray(params["bias"], np.float64)
     residual = (z - np.asarray(params["origin"], np.float64)) @ np.asarray(params["residual"], np.float64)
-    return (logsumexp(z @ weight.T + bias) - float(params["alpha"]) * np.linalg.norm(residual, axis=1)).astype(
-        np.float32)
+    score = logsumexp(z @ weight.T + bias) - float(params["alpha"]) * np.linalg.norm(residual, axis=1)
+    return score.astype(np.float32)
 
 
 LOGIT_SCORERS = {"max_logit": max_logit, "max_softmax": max_softmax, "energy": energy, "kl_uniform": kl_uniform}
