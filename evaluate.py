@@ -19,7 +19,8 @@ from pathlib import Path
 from data.spec import SpecError, load_spec
 from models.backbones import WeightsError
 from models.checkpoint import CheckpointError
-from utils import IN_PROCESS_CORES, default_workers, resolve_device
+from provenance import IN_PROCESS_CORES, default_workers
+from utils import resolve_device
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default="auto", help="auto | cpu | cuda")
     common.add_argument("--batch-size", type=int, default=32)
     common.add_argument("--workers", type=int, help="image-loading processes (default: none up to "
-                        f"{IN_PROCESS_CORES} cores, then a quarter of the cores: utils.default_workers)")
+                        f"{IN_PROCESS_CORES} cores, then a quarter of the cores: provenance.default_workers)")
     common.add_argument("--cache-dir", help="model-output cache (default OUT/cache)")
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
     r = sub.add_parser("run", parents=[common], help="evaluate one checkpoint -> OUT/metrics.json")

@@ -14,21 +14,9 @@ from pathlib import Path
 
 import torch
 
-from provenance import cores  # in provenance.py, which records it and must import without torch
-
+from provenance import cores, default_workers  # noqa: F401 (torch-free: the serving worker uses them too)
 
 MAX_TRIAL_JOBS = 4  # training runs side by side on CPU at most (measured on 2 cores only: docs/training.md)
-IN_PROCESS_CORES = 8  # up to this many cores, inference decodes images in-process (default_workers)
-
-
-def default_workers() -> int:
-    """DataLoader worker processes for inference over image files (evaluation, serving's batch
-    mode): none up to IN_PROCESS_CORES cores, then a quarter of the cores. Worker processes start
-    again for every image set, pickle every batch back and compete with the model's threads, so on
-    a small machine decoding in the process (threads that overlap the forward) is faster; on a large
-    one a few processes take the decoding off the model's cores. Measured: docs/performance.md."""
-    n = cores()
-    return 0 if n <= IN_PROCESS_CORES else n // 4
 
 
 def trial_jobs(runs: int, cuda: bool = False, n_cores: int | None = None, jobs: int | None = None) -> tuple[int, int]:
