@@ -1,11 +1,11 @@
-"""Benchmark of the serving backends on one model (not a test: it prints what it measured).
+"""Benchmark of the served graph against eager PyTorch on one model (not a test: it prints what it measured).
 
-Eager PyTorch as the pipeline served it (`model(x, features=True)` under inference_mode) vs the
-same model with BatchNorm folded in the NCHW layout vs the `torch` backend (models/serving.
-TorchBackend: BN folded, channels_last) vs the exported graph on ONNX Runtime (models/serving.
-OnnxBackend): ms per image at batch 1 and 16, at 64 and 224 px input, the speed-up over eager and
-the largest absolute logit (and feature) difference from eager, fp32.
-Modes are interleaved, median of --repeats. Adopt a backend only at >= 1.3x with diff <= 1e-3.
+Eager PyTorch (`model(x, features=True)` under inference_mode) vs the same model with BatchNorm
+folded (models/serving.fold_batchnorm) vs what a release bundle serves: the folded model exported
+by the dynamo exporter (models/serving.export_onnx) on ONNX Runtime (pipeline/model.py's session
+options): ms per image at batch 1 and 16, at 64 and 224 px input, the speed-up over eager and the
+largest absolute logit (and feature) difference from eager, fp32.
+Modes are interleaved, median of --repeats.
 
     python bench/bench_serving.py                                   # the quick and paper profiles' models
     python bench/bench_serving.py --checkpoint artifacts/uni/exp1/best.pt
@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 
 import torch
 
 from models import build_model
 from models.paradigms import Head, Paradigm
-from models.serving import Features, OnnxBackend, TorchBackend, onnx_available
+from models.serving import Features, export_onnx, fold_batchnorm
 
 
 def random_model(spec: str, classes: int = 10):
@@ -58,6 +59,23 @@ def eager(model):
     return run
 
 
+def folded(model, size: int):
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return eager(fold_batchnorm(model, probe))
+
+
+def onnx(model, size: int, threads: int):
+    from pipeline.model import onnx_session
+    with tempfile.NamedTemporaryFile(suffix=".onnx") as f:
+        f.write(export_onnx(model, size, "dynamo"))
+        f.flush()
+        session = onnx_session(f.name, threads, "cpu")
+
+    def run(x):
+        return [torch.from_numpy(a) for a in session.run(["logits", "features"], {"images": x.numpy()})]
+    return run
+
+
 def ms_per_image(fn, x, min_s: float) -> float:
     fn(x)  # warm-up
     n, t = 0, time.perf_counter()
@@ -88,14 +106,11 @@ def main() -> None:
         models = [(ck.model, f"{a.checkpoint} ({ck.name})")]
     else:
         models = [random_model(s) for s in a.models]
-    missing = onnx_available()
     load = os.getloadavg()
     print(f"CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start"
-          + (f"; onnx: {missing}" if missing else ""))
-    names = {"eager": "eager", "folded": "BN-folded NCHW", "torch": "torch backend (folded, channels_last)",
-             "onnx": "onnxruntime"}
-    shown = [m for m in names if m != "onnx" or not missing]
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start")
+    names = {"eager": "eager", "folded": "BN-folded", "onnx": "bundle graph (onnxruntime)"}
+    shown = list(names)
     print("\n| model | input | batch | " + " | ".join(f"{names[m]} ms/img" for m in shown) + " | " +
           " | ".join(f"{names[m]} vs eager" for m in shown[1:]) + " | max abs logit diff " +
           " / ".join(shown[1:]) + " | max abs feature diff |")
@@ -103,13 +118,11 @@ def main() -> None:
     for model, label in models:
         for size in a.sizes:
             t0 = time.perf_counter()
-            modes = {"eager": eager(model), "folded": TorchBackend(model, size, channels_last=False),
-                     "torch": TorchBackend(model, size)}
+            modes = {"eager": eager(model), "folded": folded(model, size)}
             built = time.perf_counter() - t0
-            if not missing:
-                t0 = time.perf_counter()
-                modes["onnx"] = OnnxBackend(model, size)
-                export_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            modes["onnx"] = onnx(model, size, torch.get_num_threads())
+            export_s = time.perf_counter() - t0
             probe = torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(2))
             ref = modes["eager"](probe)
             diffs = {m: [(o - r).abs().max().item() for o, r in zip(fn(probe), ref)] for m, fn in modes.items()}
@@ -124,8 +137,7 @@ def main() -> None:
                 print(f"| {label} | {size} px | {batch} | " + " | ".join(f"{med[m]:.2f}" for m in shown) + " | " +
                       " | ".join(f"{med['eager'] / med[m]:.2f}x" for m in shown[1:]) + f" | {d(0)} | {d(1)} |",
                       flush=True)
-            print(f"<!-- {label} at {size} px: fold twice {built:.1f} s" +
-                  (f", ONNX export + session {export_s:.1f} s" if not missing else "") + " -->")
+            print(f"<!-- {label} at {size} px: fold {built:.1f} s, ONNX export + session {export_s:.1f} s -->")
     load = os.getloadavg()
     print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at end (median of {a.repeats} interleaved runs)")
 

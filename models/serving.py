@@ -1,5 +1,6 @@
-"""The lean serving path: BatchNorm folded into the layers beside it, no autograd, and an optional
-exported backend (ONNX Runtime), all behind one call: `backend(x) -> (logits, features)`.
+"""The graph a release bundle serves: BatchNorm folded into the layers beside it, exported to ONNX
+with two outputs, the logits and the hidden features (`export_onnx`; models/release.py checks the
+round trip, pipeline/model.py runs it on ONNX Runtime).
 
 Serving never trains, so a BatchNorm in eval mode is a fixed per-channel affine map `s * x + t`
 (s = gamma / sqrt(var + eps), t = beta - mean * s). Folded into the convolution or Linear layer
@@ -12,9 +13,8 @@ Which layer feeds which is read from one traced forward pass (forward hooks on t
 modules), so it works for any backbone built from modules (ResNet's blocks call their BN from
 Python code, EfficientNet's convolutions are Conv2d subclasses) without knowing its code.
 
-    backend = build_backend(ckpt.model, "torch")          # BN folded, inference_mode
-    backend = build_backend(ckpt.model, "onnx", crop=ckpt.crop)   # ONNX Runtime, same interface
-    logits, features = backend(x)                         # float32 CPU tensors
+    folded = fold_batchnorm(ckpt.model, probe)            # a copy; refuses a fold that moves the logits
+    graph = export_onnx(ckpt.model, ckpt.crop, "dynamo")  # bytes of model.onnx: images -> logits, features
 """
 from __future__ import annotations
 
@@ -26,13 +26,6 @@ import torch
 from torch import nn
 
 from utils import replace_module
-
-BACKENDS = ("torch", "onnx")
-
-
-class BackendError(RuntimeError):
-    """A backend that cannot be built here (package missing, export failed); the message says why."""
-
 
 def _affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """(s, t) of the eval-mode BN as float64: bn(x) = s * x + t per channel."""
@@ -174,40 +167,6 @@ class Features(nn.Module):
         return tuple(self.model(x, features=True))
 
 
-class TorchBackend:
-    """Eager PyTorch: BN folded (fold=True), channels_last (NHWC) layout, under
-    torch.inference_mode. Against the folded NCHW model, channels_last measured 1.07-1.40x for the
-    quick profile's model (the one CPU deployments serve) and 1.16x for ResNet-50 at 224 px /
-    batch 16, 0.84x only for ResNet-50 at 64 px / batch 16, on 2 CPU cores
-    (bench/bench_serving.py; pipeline/README.md "Serving backends")."""
-
-    name = "torch"
-
-    def __init__(self, model: nn.Module, crop: int, fold: bool = True, device="cpu", channels_last: bool = True):
-        self.device = torch.device(device)
-        self.layout = torch.channels_last if channels_last else torch.contiguous_format
-        model = model.eval()
-        if fold:
-            probe = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0)).to(self.device)
-            model = fold_batchnorm(model, probe)
-        self.model = Features(model.to(memory_format=self.layout)).eval()
-
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, feats = self.model(x.to(self.device).contiguous(memory_format=self.layout))
-        return logits.float().cpu(), feats.float().cpu()
-
-
-def onnx_available() -> str | None:
-    """None when the ONNX backend can be used here, else the reason (a missing package)."""
-    for mod, pkg in (("onnxruntime", "onnxruntime"), ("onnx", "onnx")):
-        try:
-            __import__(mod)
-        except ImportError:
-            return f"the onnx backend needs the package {pkg} (pip install -r requirements-serve.txt)"
-    return None
-
-
 EXPORTERS = ("dynamo", "torchscript")
 # dynamo translates from opset 18 on; the TorchScript exporter keeps the opset it has always served with.
 OPSETS = {"dynamo": 18, "torchscript": 17}
@@ -237,41 +196,3 @@ def export_onnx(model: nn.Module, crop: int, exporter: str = "torchscript") -> b
         torch.onnx.export(net, (probe,), buf, dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}, "features": {0: "n"}},
                           dynamo=False, **names)
     return buf.getvalue()
-
-
-class OnnxBackend:
-    """ONNX Runtime (CPU execution provider) on the exported, BN-folded graph."""
-
-    name = "onnx"
-
-    def __init__(self, model: nn.Module, crop: int, threads: int | None = None):
-        reason = onnx_available()
-        if reason:
-            raise BackendError(reason)
-        import onnxruntime as ort
-        try:
-            graph = export_onnx(model, crop)
-        except Exception as e:
-            raise BackendError(f"exporting the model to ONNX failed ({type(e).__name__}: {e}); "
-                               f"serve it with --backend torch") from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-        self.crop = crop
-
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, feats = self.session.run(None, {"images": x.detach().cpu().float().contiguous().numpy()})
-        return torch.from_numpy(logits), torch.from_numpy(feats)
-
-
-def build_backend(model: nn.Module, name: str = "torch", crop: int = 224, device="cpu", fold: bool = True):
-    """The serving backend `name` for `model` (a PMG in eval mode); `crop` is the input side."""
-    if name == "torch":
-        return TorchBackend(model, crop, fold, device)
-    if name == "onnx":
-        if torch.device(device).type != "cpu":
-            raise BackendError("the onnx backend runs on the CPU; use --backend torch with --device cuda")
-        return OnnxBackend(model, crop)
-    raise BackendError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")

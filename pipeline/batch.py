@@ -1,5 +1,5 @@
-"""Batch mode (one machine, no broker): source -> decode (in-process threads, or DataLoader
-worker processes) -> OOD filter + classifier -> top-2 -> upsert into the prediction table (one
+"""Batch mode (one machine, no broker): source -> decode (in-process threads, or decode
+processes) -> OOD filter + classifier -> top-2 -> upsert into the prediction table (one
 transaction per batch), with a progress bar and a summary.
 
 A file that cannot be decoded becomes an `error` row carrying the decoder's message; nothing a
@@ -7,15 +7,14 @@ single file contains stops the run.
 
 How decoding shares the machine with the model: by default (`workers=None`) up to 8 cores images
 are decoded in-process by `default_streams()` streams, one per core (`in_streams`): each thread
-decodes a whole batch and runs the forward on it at one torch thread (`default_torch_threads()`;
-the CLI's --streams and --threads), so every core works decode -> forward -> decode with no OpenMP
-barrier that a decoder can stall, and with no worker processes to start, feed and pickle back.
+decodes a whole batch and runs the forward on it at one inference thread (`default_threads()`;
+the CLI's --streams and --threads), so every core works decode -> forward -> decode with no
+thread-pool barrier that a decoder can stall, and with no worker processes to start, feed and pickle back.
 Batches are evened out so that no stream idles at the end (`stream_batch`). The other in-process
 layout, one stream (`--streams 1`), gives the forward every core while `decode_threads()`
 background threads decode the next batches (`prefetched`). Queue consumers use the same path
 (`predicted`), one message batch at a time, shared out over the streams. With more than 8 cores
-DataLoader worker processes decode (`default_workers()`) beside one stream that gets the cores
-they leave. bench/bench_pipeline.py measures every layout (pipeline/README.md "Performance").
+decode processes (`default_workers()`) decode beside one stream that gets the cores they leave. bench/bench_pipeline.py measures every layout (pipeline/README.md "Performance").
 """
 from __future__ import annotations
 
@@ -25,13 +24,16 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from torch.utils.data import DataLoader
+import multiprocessing
 
-from data.loading import ImageSet, collate_skip_bad
+import numpy as np
+
+from data.images import ImageError
 from pipeline.model import Predictor
+from pipeline.pixels import Pixels
 from pipeline.sources import SourceImage
 from pipeline.table import PredictionTable
-from utils import cores, default_workers
+from provenance import cores, default_workers
 
 DECODE_AHEAD = 3  # measured: pipeline/README.md "Performance"
 MAX_STREAMS = 8  # in-process streams at most (a queue consumer on a large machine: 8 streams, cores/8 threads each)
@@ -56,24 +58,48 @@ def stream_batch(n: int, batch_size: int, streams: int) -> int:
 
 def default_streams(workers: int | None = None) -> int:
     """Decode -> infer streams (`in_streams`): with in-process decoding one per core, each at one
-    torch thread, so no decoder ever preempts a thread of a shared OpenMP team (measured on 2 cores,
+    inference thread, so no decoder ever preempts a thread of a shared thread pool (measured on 2 cores,
     two CPUs, 64 and 224 px, embedded files and phone photos: as fast as one stream with decode
-    threads or faster, pipeline/README.md "Performance"); beside DataLoader worker processes, one."""
+    threads or faster, pipeline/README.md "Performance"); beside decode processes, one."""
     workers = default_workers() if workers is None else workers
     return 1 if workers > 0 else min(cores(), MAX_STREAMS)
 
 
-def default_torch_threads(workers: int | None = None, streams: int | None = None) -> int:
-    """Torch intra-op threads: with in-process decoding, the cores shared out over the streams (one
+def default_threads(workers: int | None = None, streams: int | None = None) -> int:
+    """ONNX Runtime intra-op threads: with in-process decoding, the cores shared out over the streams (one
     each by default; one stream: every core, the decoders take turns with the forward); beside
-    DataLoader worker processes, the cores they leave."""
+    decode processes, the cores they leave."""
     workers = default_workers() if workers is None else workers
     if workers > 0:
         return max(1, cores() - workers)
     return max(1, cores() // (default_streams(workers) if streams is None else max(1, streams)))
 
 
-def prefetched(images: ImageSet, batch_size: int, threads: int, ahead: int | None = None):
+class Decoder:
+    """images[i] -> (uint8 (3, crop, crop) array or None, i, the decoder's message or None): the
+    bundle's `Pixels` of the i-th path; a file that cannot be decoded is a message, never a raise."""
+
+    def __init__(self, paths: list, pixels: Pixels):
+        self.paths, self.pixels = paths, pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.pixels(self.paths[i]), i, None
+        except ImageError as e:
+            return None, i, str(e)
+
+
+def collate(batch) -> tuple[np.ndarray | None, list[int], dict[int, str]]:
+    """(the decoded images stacked (N, 3, H, W), their indices, {index: message} of the others)."""
+    good = [b for b in batch if b[0] is not None]
+    errors = {b[1]: b[2] for b in batch if b[0] is None}
+    return (np.stack([b[0] for b in good]) if good else None), [b[1] for b in good], errors
+
+
+def prefetched(images: Decoder, batch_size: int, threads: int, ahead: int | None = None):
     """Collated batches of `images` in order, decoded image by image by `threads` background
     threads (so even a lone batch, a queue consumer's message batch, is decoded by every thread).
     `ahead` batches are decoded while the model runs on the current one (default DECODE_AHEAD);
@@ -91,14 +117,17 @@ def prefetched(images: ImageSet, batch_size: int, threads: int, ahead: int | Non
             batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
             if ahead:
                 submit(len(batch))
-            yield collate_skip_bad(batch)
+            yield collate(batch)
             if not ahead:
                 submit(len(batch))
 
 
-def split_batch(batch):
-    x, idx, bad = batch
-    return x, ([] if idx is None else idx.tolist()), {int(i): msg for i, msg in bad}
+def in_processes(images: Decoder, batch_size: int, workers: int):
+    """Collated batches of `images` in order, decoded by `workers` processes (large machines)."""
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        decoded = pool.imap(images.__getitem__, range(len(images)), chunksize=max(1, batch_size // workers))
+        while batch := list(itertools.islice(decoded, batch_size)):
+            yield collate(batch)
 
 
 def infer(predictor: Predictor, items: list[SourceImage], x, good: list[int], errors: dict[int, str]) -> list[dict]:
@@ -117,15 +146,15 @@ def infer(predictor: Predictor, items: list[SourceImage], x, good: list[int], er
     return rows
 
 
-def in_streams(images: ImageSet, batch_size: int, streams: int, job):
+def in_streams(images: Decoder, batch_size: int, streams: int, job):
     """job(start, collated batch) of every batch of `images`, in order: `streams` threads each
-    decode a whole batch and run `job` on it (the forward at the torch threads it was given), so
+    decode a whole batch and run `job` on it (the forward at the inference threads it was given), so
     each core works through decode -> forward -> decode ... with no barrier shared with the others;
     `streams` batches run at once and one more waits."""
     starts = iter(range(0, len(images), batch_size))
 
     def one(start: int):
-        return job(start, collate_skip_bad([images[i] for i in range(start, min(start + batch_size, len(images)))]))
+        return job(start, collate([images[i] for i in range(start, min(start + batch_size, len(images)))]))
 
     with ThreadPoolExecutor(streams, thread_name_prefix="stream") as pool:
         pending = deque(pool.submit(one, s) for s in itertools.islice(starts, streams + 1))
@@ -138,14 +167,14 @@ def in_streams(images: ImageSet, batch_size: int, streams: int, job):
 def predicted(predictor: Predictor, items: list[SourceImage], batch_size: int, workers: int | None = None,
               threads: int | None = None, ahead: int | None = None, streams: int | None = None):
     """Yield (the items of one batch, their rows), batch after batch in order: the one decode ->
-    infer path of batch mode and of queue consumers. `workers` > 0: that many DataLoader
-    processes decode; 0: in-process, either `streams` > 1 threads that each decode and infer
-    whole batches (`in_streams`; give torch cores/streams threads) or, with one stream, `threads`
+    infer path of batch mode and of queue consumers. `workers` > 0: that many processes
+    decode; 0: in-process, either `streams` > 1 threads that each decode and infer
+    whole batches (`in_streams`; give the session cores/streams threads) or, with one stream, `threads`
     (default `decode_threads()`) background threads that decode the next batches while the model
     runs on this one with every core; None: `default_workers()`, `default_streams()`. Streams get batches of
     at most `batch_size`, evened out so none idles (`stream_batch`); a queue consumer passes its
     whole message batch as `batch_size`."""
-    images = ImageSet([(it.path, i) for i, it in enumerate(items)], predictor.pixels())  # uint8: normalised per batch
+    images = Decoder([it.path for it in items], predictor.pixels)  # uint8: normalised per batch
     workers = default_workers() if workers is None else workers
     streams = default_streams(workers) if streams is None else max(1, streams)
     streaming = workers == 0 and streams > 1
@@ -153,7 +182,7 @@ def predicted(predictor: Predictor, items: list[SourceImage], batch_size: int, w
         batch_size = stream_batch(len(items), batch_size, streams)
 
     def job(offset: int, batch):
-        x, good, errors = split_batch(batch)
+        x, good, errors = batch
         chunk = items[offset:offset + batch_size]
         return chunk, infer(predictor, chunk, x, [i - offset for i in good], {i - offset: e for i, e in errors.items()})
 
@@ -161,8 +190,7 @@ def predicted(predictor: Predictor, items: list[SourceImage], batch_size: int, w
         yield from in_streams(images, batch_size, streams, job)
         return
     if workers > 0:
-        loader = DataLoader(images, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad,
-                            persistent_workers=False, prefetch_factor=4)
+        loader = in_processes(images, batch_size, workers)
     else:
         loader = prefetched(images, batch_size, decode_threads() if threads is None else max(1, threads), ahead)
     for k, batch in enumerate(loader):

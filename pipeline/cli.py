@@ -1,10 +1,9 @@
 """`python -m pipeline COMMAND`: the deployed system from the command line.
 
-    python -m pipeline threshold --checkpoint CKPT --data DATASET --tpr 0.95
-    python -m pipeline predict   --checkpoint CKPT --source DIR_OR_MANIFEST --table predictions.db
+    python -m pipeline predict   --bundle BUNDLE --source DIR_OR_MANIFEST --table predictions.db
     python -m pipeline produce   --source DIR_OR_MANIFEST --date yesterday --tz Asia/Seoul --redis redis://host:6379/0
     python -m pipeline produce   --source DIR_OR_MANIFEST --from 2026-11-01 --to 2026-11-20
-    python -m pipeline consume   --checkpoint CKPT --table URL --redis URL --exit-when-empty
+    python -m pipeline consume   --bundle BUNDLE --table URL --redis URL --exit-when-empty
     python -m pipeline redrive   --redis URL
     python -m pipeline trim      --redis URL
     python -m pipeline.health    --heartbeat /tmp/heartbeat --max-age 120 [--ready]   (a probe: no torch)
@@ -12,22 +11,29 @@
 
 Days are YYYY-MM-DD, `today` or `yesterday` in --tz (an IANA time zone, default UTC), which also
 dates a file by its modification time. Every server/table flag also reads an environment variable
-(shown in --help), so a container needs only the environment: PIPELINE_CHECKPOINT, PIPELINE_TABLE,
+(shown in --help), so a container needs only the environment: PIPELINE_BUNDLE, PIPELINE_TABLE,
 PIPELINE_TABLE_NAME, PIPELINE_SOURCE, REDIS_URL, PIPELINE_STREAM, PIPELINE_GROUP, PIPELINE_TZ,
 PIPELINE_HEARTBEAT. Redis URLs: redis://[:PASSWORD@]host:port/db, or rediss:// for TLS (add
 ?ssl_ca_certs=/path/ca.pem to trust a private CA).
+
+The model is a release bundle (`python -m models.release CKPT --out bundles/`, pipeline/bundle.py):
+serving verifies it, reads nothing else and runs without torch. `--checkpoint CKPT` instead of
+--bundle is the training environment's shortcut: it serves the bundle released from that
+checkpoint, releasing it first into --bundles (default: bundles/ beside the checkpoint) when there
+is none, which needs torch and the training data (--data).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
 from pipeline.queue_defaults import GROUP, MAX_OUTAGE_S, MESSAGE_BATCH, STREAM, RedisOutage
 from pipeline.table import DEFAULT_TABLE, DEFAULT_URL
 
-ENV = {"checkpoint": "PIPELINE_CHECKPOINT", "table": "PIPELINE_TABLE", "table_name": "PIPELINE_TABLE_NAME",
+ENV = {"bundle": "PIPELINE_BUNDLE", "checkpoint": "PIPELINE_CHECKPOINT", "bundles": "PIPELINE_BUNDLES", "table": "PIPELINE_TABLE", "table_name": "PIPELINE_TABLE_NAME",
        "source": "PIPELINE_SOURCE", "redis": "REDIS_URL", "stream": "PIPELINE_STREAM", "group": "PIPELINE_GROUP",
        "tz": "PIPELINE_TZ", "heartbeat": "PIPELINE_HEARTBEAT"}
 
@@ -62,34 +68,55 @@ def days(args) -> list[str] | None:
     return None if day is None else [resolve_day(day, args.tz)]
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1; got '{text}'")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number; got '{text}'")
+    return value
+
+
 def model_flags(p):
-    from models.ood import SCORER_NAMES
-    from models.paradigms import RANKINGS
-    from pipeline.model import DEFAULT_TOP2, DEFAULT_TPR
-    env_arg(p, "--checkpoint", help="a train.py checkpoint (best.pt)")
-    p.add_argument("--score", choices=list(SCORER_NAMES),
-                   help="OOD score, higher = in-distribution (default: the checkpoint's default scorer, chosen "
-                        "on val + ood_val by models/ood.py; the paper's score when it has no detector file)")
-    p.add_argument("--threshold", type=float, help="OOD threshold; overrides the one stored beside the checkpoint")
-    p.add_argument("--data", help="dataset whose val split sets the threshold when none is stored "
+    from pipeline.model import DEFAULT_TOP2, DEVICES
+    from pipeline.outputs import RANKINGS, SCORER_NAMES
+    p.add_argument("--bundle", default=os.environ.get(ENV["bundle"]),
+                   help="a release bundle folder (python -m models.release) (env PIPELINE_BUNDLE)")
+    p.add_argument("--checkpoint", default=os.environ.get(ENV["checkpoint"]),
+                   help="instead of --bundle: a train.py checkpoint, served through its bundle (released first "
+                        "when --bundles has none; needs torch and the training data) (env PIPELINE_CHECKPOINT)")
+    p.add_argument("--bundles", default=os.environ.get(ENV["bundles"]),
+                   help="with --checkpoint: the folder of bundles it looks in and releases into (default: bundles/ "
+                        "beside the checkpoint) (env PIPELINE_BUNDLES)")
+    p.add_argument("--data", help="with --checkpoint: the dataset a release fits the OOD filter on "
                                   "(default: the checkpoint's training data)")
-    p.add_argument("--tpr", type=float, default=DEFAULT_TPR, help="fraction of in-distribution val images accepted")
-    p.add_argument("--device", default="auto",
-                   help="auto (cuda when visible, else cpu; cpu for --backend onnx) | cpu | cuda (default auto)")
-    p.add_argument("--streams", type=int,
+    p.add_argument("--score", choices=list(SCORER_NAMES),
+                   help="OOD score, higher = in-distribution (default: the bundle's, chosen on val + ood_val at release)")
+    p.add_argument("--threshold", type=finite_float,
+                   help="OOD threshold; overrides the bundle's for the score (set on val at the release's TPR)")
+    p.add_argument("--device", choices=list(DEVICES), default="auto",
+                   help="auto (ONNX Runtime's CUDA provider when installed, else the CPU) | cpu | cuda (default auto)")
+    p.add_argument("--streams", type=positive_int,
                    help="in-process decode -> infer streams, each decoding and inferring whole batches (default: "
-                        "one per core up to 8 cores, else 1 beside DataLoader workers; pipeline.batch.default_streams)")
-    p.add_argument("--threads", type=int,
-                   help="torch CPU threads (default: the cores shared out over the streams, so 1 per stream; "
-                        "pipeline.batch.default_torch_threads)")
+                        "one per core up to 8 cores, else 1 beside decode processes; pipeline.batch.default_streams)")
+    p.add_argument("--threads", type=positive_int,
+                   help="ONNX Runtime intra-op threads (default: the cores shared out over the streams, so 1 per "
+                        "stream; pipeline.batch.default_threads)")
     p.add_argument("--top2", choices=list(RANKINGS), default=os.environ.get("PIPELINE_TOP2", DEFAULT_TOP2),
                    help="top-2 rule: coherent (default; a label the top-1 excludes, a task's other class, is "
                         "skipped, so the second label can be true beside the first) or plain (by score, the "
                         "paper's); written into each row's top2_rule (env PIPELINE_TOP2)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default=os.environ.get("PIPELINE_BACKEND", "torch"),
-                   help="torch: BatchNorm folded, channels_last, inference_mode; onnx: ONNX Runtime on the "
-                        "exported graph (CPU; 1.65-3.9x eager for the quick profile's model, pipeline/README.md) "
-                        "(env PIPELINE_BACKEND)")
 
 
 def table_flags(p, required=True):
@@ -109,17 +136,14 @@ def parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("threshold", help="choose the OOD threshold on a val split; store it beside the checkpoint")
-    model_flags(p)
-
     p = sub.add_parser("predict", help="batch mode: a folder or manifest into the prediction table")
     model_flags(p)
     env_arg(p, "--source", help="folder tree of images or manifest CSV (path[,captured_date,image_id])")
     day_flags(p)
     table_flags(p, required=False)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader processes decoding images (default: none up to 8 cores, where decode threads "
+                   help="processes decoding images (default: none up to 8 cores, where decode threads "
                         "overlap the forward; else cores/4)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -137,11 +161,11 @@ def parser() -> argparse.ArgumentParser:
     table_flags(p, required=False)
     redis_flags(p)
     p.add_argument("--consumer", default=os.environ.get("HOSTNAME"), help="consumer name (default: host-pid)")
-    p.add_argument("--batch-size", type=int, default=MESSAGE_BATCH,
+    p.add_argument("--batch-size", type=positive_int, default=MESSAGE_BATCH,
                    help="messages per read, shared out over the decode -> infer streams")
     p.add_argument("--block-ms", type=int, default=1000, help="XREADGROUP BLOCK per poll")
     p.add_argument("--min-idle-ms", type=int, default=60_000, help="reclaim messages pending this long")
-    p.add_argument("--max-deliveries", type=int, default=3, help="dead-letter a message delivered more often")
+    p.add_argument("--max-deliveries", type=positive_int, default=3, help="dead-letter a message delivered more often")
     p.add_argument("--max-idle", type=float, help="exit after this many seconds without messages")
     p.add_argument("--exit-when-empty", action="store_true", help="exit once nothing is queued or pending")
     p.add_argument("--max-backoff", type=float, default=5.0,
@@ -168,27 +192,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load_predictor(args):
-    import torch
-
-    from pipeline.batch import default_torch_threads
-    from pipeline.model import Predictor
+    """The Predictor of --bundle (or of --checkpoint's bundle), its threshold set."""
+    from pipeline.batch import default_threads
+    from pipeline.model import Predictor, ServingError, bundle_for
+    if bool(args.bundle) == bool(args.checkpoint):
+        raise ServingError("give the model as --bundle DIR (a release bundle: python -m models.release CKPT) "
+                           "or as --checkpoint CKPT, not both and not neither")
+    path = args.bundle or bundle_for(args.checkpoint, args.bundles, args.data)
     workers = getattr(args, "workers", 0)  # consume decodes in-process
-    torch.set_num_threads(args.threads or default_torch_threads(workers, args.streams))
-    pred = Predictor.load(args.checkpoint, args.score, args.device, backend=args.backend, top2=args.top2)
-    pred.resolve_threshold(args.threshold, args.data, args.tpr)
-    return pred
+    return Predictor.load(path, args.score, args.threshold, args.top2, args.device,
+                          args.threads or default_threads(workers, args.streams))
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from pipeline.table import PredictionTable
-    if args.command == "threshold":
-        from pipeline.model import Predictor
-        if not args.data:
-            sys.exit("error: threshold needs --data DATASET (its val split)")
-        pred = Predictor.load(args.checkpoint, args.score, args.device)
-        print(json.dumps(pred.compute_threshold(args.data, args.tpr), indent=2))
-    elif args.command == "predict":
+    if args.command == "predict":
         from pipeline.batch import run_batch
         from pipeline.sources import scan_source, warn_skipped
         pred = load_predictor(args)
@@ -197,7 +216,8 @@ def main(argv=None) -> int:
         table = PredictionTable(args.table, args.table_name)
         summary = run_batch(pred, table, items, args.batch_size, args.workers, not args.no_progress,
                             streams=args.streams)
-        print(json.dumps({"model": pred.name, "version": pred.version, "threshold": pred.threshold,
+        print(json.dumps({"model": pred.name, "version": pred.version, "bundle": str(pred.bundle.path),
+                          "score": pred.score, "threshold": pred.threshold,
                           "table": f"{args.table}#{args.table_name}", **summary, "skipped": len(skipped)}))
     elif args.command == "produce":
         from pipeline.publish import produce
@@ -242,19 +262,20 @@ def run() -> None:
         sys.exit(message)
 
 
+# Errors a user can act on, by module: looked up only in modules already imported, so that the
+# torch-free worker never imports torch (models/) to classify an error.
+USER_ERRORS = {"data.images": ("ImageError",), "data.folders": ("SpecError",), "models.checkpoint": ("CheckpointError",),
+               "models.release": ("ReleaseError",), "pipeline.bundle": ("BundleError",),
+               "pipeline.model": ("ServingError",), "pipeline.health": ("HeartbeatError",),
+               "pipeline.sources": ("SourceError",), "pipeline.table": ("TableError", "TableUnavailable")}
+
+
 def user_error(e: Exception) -> str | None:
     """The one-line `error:` for a mistake or an outage the user can act on; None for a bug."""
-    from data.images import ImageError
-    from data.spec import SpecError
-    from models.checkpoint import CheckpointError
-    from models.serving import BackendError
-    from pipeline.health import HeartbeatError
-    from pipeline.model import ThresholdError
-    from pipeline.sources import SourceError
-    from pipeline.table import TableError, TableUnavailable
+    known = tuple(getattr(sys.modules[m], name) for m, names in USER_ERRORS.items() if m in sys.modules
+                  for name in names)
     redis = sys.modules.get("redis")  # imported by the queue commands alone: without it no Redis error was raised
-    if isinstance(e, (CheckpointError, ThresholdError, SourceError, TableError, TableUnavailable, SpecError,
-                      ImageError, RedisOutage, HeartbeatError, BackendError)):
+    if isinstance(e, (*known, RedisOutage)):
         return f"error: {e}"
     if isinstance(e, ModuleNotFoundError) and e.name == "redis":
         return ("error: queue mode (produce, consume, redrive, trim) needs the Redis client: "

@@ -1,213 +1,184 @@
-"""The deployed model: a train.py checkpoint, its OOD score, its threshold and its top-2.
+"""The deployed model: a release bundle (pipeline/bundle.py) on ONNX Runtime, numpy around it, no torch.
 
-`Predictor.load(ckpt)` rebuilds the network through models.checkpoint, names it
-(`pmg-<backbone>-<run>`) and versions it by the checkpoint's content hash. Every paradigm is
-served the same way: one forward pass gives the logits and the hidden features; the OOD score is
-the checkpoint's default scorer (models/ood.py: chosen on val + ood_val among the logit scores
-and the feature detectors, kept in `<ckpt>.detectors.pt`; fitted at first use when that file is
-missing and the training data is here; the paradigm's paper score when neither is) unless
-`--score` names another, and the top-2 comes from the paradigm's label ranking (softmax
-probabilities; for the multi-task model each head's own probability) under the `--top2` rule:
-coherent by default (a label that the top-1 excludes, its task's other class, is skipped, so the
-second label can be true beside the first; REPORT.md Table 5 measures both rules), or plain. Each
-row records the scorer, threshold and top-2 rule that produced it.
-The OOD threshold is stored beside the checkpoint in `<ckpt>.threshold.json` (keyed by that hash):
-chosen on the validation split so that a stated fraction (TPR, default 0.95) of in-distribution
-val images score at or above it. It is computed by `python -m pipeline threshold`, or at first use
-from the dataset the checkpoint was trained on.
+`Predictor.load(BUNDLE)` verifies the bundle (every file's sha256 and the id), opens its graph in
+ONNX Runtime and serves it: decode, resize, crop and normalise (pipeline/pixels.py), one forward
+pass for the logits and the hidden features, the OOD score and the top-2 from them
+(pipeline/outputs.py, the same code evaluation uses through models/). Nothing is fitted and no
+dataset is read: the detectors' arrays, the default scorer and every scorer's threshold (chosen on
+val at the release's TPR) come from the bundle. The bundle id is the `model_version` of every row.
+
+- OOD score: the bundle's default scorer (chosen on val + ood_val at release) unless `score`
+  names another; its threshold is the bundle's for that scorer unless `threshold` overrides it.
+- Top-2: the paradigm's label ranking under the `top2` rule: coherent by default (a label that the
+  top-1 excludes, its task's other class, is skipped, so the second label can be true beside the
+  first; REPORT.md Table 5 measures both rules), or plain.
+Each row records the scorer, threshold and top-2 rule that produced it.
+
+`bundle_for(CKPT)` is the training environment's shortcut (`--checkpoint`): the bundle released
+from that checkpoint's content, from a cache folder or released into it now (models.release, which
+needs torch and the training data).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from data.images import content_hash
-from data.loading import normalize_pixels
-from models import checkpoint as checkpoints
-from models import ood
-from models.checkpoint import Checkpoint
-from models.paradigms import RANKINGS
-from models.scores import SCORERS
-from utils import resolve_device
+from pipeline.bundle import MANIFEST, Bundle, BundleError
+from pipeline.outputs import RANKINGS, SCORER_NAMES, Heads, ood_score
+from pipeline.pixels import Pixels
 
 DEFAULT_TPR = 0.95
 DEFAULT_TOP2 = "coherent"  # measured against plain in REPORT.md Table 5 (docs/evaluation.md: the top-2 rule)
+DEVICES = ("auto", "cpu", "cuda")
 
 
-class ThresholdError(ValueError):
-    """No OOD threshold can be found or computed; the message says how to get one."""
+class ServingError(ValueError):
+    """A model that cannot be served as asked (bad flag, missing execution provider); one line."""
 
 
-def ood_filter(ckpt: Checkpoint, device, needed: bool) -> ood.OODFilter | None:
-    """The checkpoint's OOD filter: its detector file, or fitted now from the training data when
-    that is here; None (serve with the paper's score, with a warning) when neither is, unless
-    `needed` (a feature detector was asked for by name)."""
-    data = ckpt.args.get("data")
-    data_here = bool(data) and (Path(data) / "dataset.yaml").is_file()
-    if not ood.detector_file(ckpt.path).is_file() and not data_here:
-        message = (f"{ckpt.path}: no OOD detector file ({ood.detector_file(ckpt.path).name}) and the training data "
-                   f"'{data}' is not here; fit it where the data is: python -m models.ood fit --checkpoint "
-                   f"{ckpt.path} --data DATASET")
-        if needed:
-            raise ThresholdError(message)
-        print(f"warning: {message}; serving with the paper's score {ckpt.paradigm.paper_scorer}", file=sys.stderr)
-        return None
-    from data.spec import SpecError, load_spec
+def onnx_session(model_file: Path, threads: int | None = None, device: str = "cpu"):
+    """An ONNX Runtime session on `model_file`: `threads` intra-op threads (None: ONNX Runtime's
+    default, every core), on the CUDA execution provider for device cuda (auto: when installed)."""
+    import onnxruntime as ort
+    if device not in DEVICES:
+        raise ServingError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not cuda:
+        raise ServingError("--device cuda needs ONNX Runtime's CUDA execution provider (pip install "
+                           "onnxruntime-gpu with a visible GPU); this one has only the CPU: use --device cpu")
+    providers = (["CUDAExecutionProvider"] if device != "cpu" and cuda else []) + ["CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
-        if not data_here:
-            return ood.load(ckpt.path)
-        return ood.fitted_for(ckpt, load_spec(data), device=device, progress=False)
-    except (ood.DetectorFileError, SpecError) as e:
-        raise ThresholdError(str(e)) from None
-
-
-def threshold_file(ckpt: str | Path) -> Path:
-    ckpt = Path(ckpt)
-    return ckpt.with_name(ckpt.name + ".threshold.json")
+        return ort.InferenceSession(str(model_file), opts, providers=providers)
+    except Exception as e:  # a graph ONNX Runtime refuses (hash verified: an exporter/runtime mismatch)
+        raise BundleError(f"{model_file}: ONNX Runtime cannot load it ({type(e).__name__}: {e})") from None
 
 
 @dataclass
 class Predictor:
-    ckpt: Checkpoint
-    version: str
+    bundle: Bundle
+    session: object  # onnxruntime.InferenceSession: images -> (logits, features)
     score: str
-    filter: ood.OODFilter | None = None
-    threshold: float | None = None
-    device: torch.device = torch.device("cpu")
-    backend: object = None  # models.serving: x -> (logits, features)
-    top2: str = DEFAULT_TOP2  # the ranking rule of the top-2 (models.paradigms.RANKINGS)
+    threshold: float
+    top2: str = DEFAULT_TOP2
+    heads: Heads = field(init=False)
+    pixels: Pixels = field(init=False)
+    detectors: dict = field(init=False)
+
+    def __post_init__(self):
+        m = self.bundle.manifest
+        self.heads = Heads.from_manifest(m)
+        self.pixels = Pixels.from_manifest(m)
+        self.detectors = {name: self.bundle.detector(name) for name in m["ood"]["detectors"]}
 
     @classmethod
-    def load(cls, path: str | Path, score: str | None = None, device: str = "cpu",
-             backend: str = "torch", top2: str = DEFAULT_TOP2) -> "Predictor":
-        """`score` None: the checkpoint's default scorer (module doc). `backend`: torch (BatchNorm
-        folded, inference_mode) or onnx (ONNX Runtime on the exported graph), models/serving.py.
-        `top2`: plain (by score) or coherent (the second label can be true beside the first).
-        `device`: cpu, cuda, or auto (cuda when visible, else cpu; cpu for the onnx backend)."""
-        from models.serving import build_backend
+    def load(cls, path: str | Path, score: str | None = None, threshold: float | None = None,
+             top2: str = DEFAULT_TOP2, device: str = "auto", threads: int | None = None) -> "Predictor":
+        """Serve the bundle in folder `path` (module doc); BundleError or ServingError in one line."""
         if top2 not in RANKINGS:
-            raise ValueError(f"unknown top-2 rule '{top2}'; choose one of {', '.join(RANKINGS)}")
-        if device == "auto" and backend == "onnx":
-            device = "cpu"  # the onnx backend runs on the CPU
-        dev = resolve_device(device)
-        ckpt = checkpoints.load(path, device=dev)
-        # A logit score named by the caller needs no detectors: nothing to load or fit.
-        filt = None if score in SCORERS else ood_filter(ckpt, dev, needed=score is not None)
-        score = ood.check_scorer(score or (filt.default if filt else ckpt.paradigm.paper_scorer))
-        return cls(ckpt, content_hash(ckpt.path)[:16], score, filt, None, dev,
-                   build_backend(ckpt.model, backend, crop=ckpt.crop, device=dev), top2)
+            raise ServingError(f"unknown top-2 rule '{top2}'; choose one of {', '.join(RANKINGS)}")
+        if score is not None and score not in SCORER_NAMES:
+            raise ServingError(f"unknown OOD score '{score}'; choose one of {', '.join(SCORER_NAMES)}")
+        if threshold is not None and not math.isfinite(threshold):
+            raise ServingError(f"--threshold must be a finite number; got {threshold}")
+        bundle = Bundle.load(path)
+        score = score or bundle.default_scorer
+        if threshold is None:
+            try:
+                threshold = bundle.threshold(score)
+            except KeyError:
+                raise BundleError(f"{path}: holds no threshold for the OOD score '{score}'") from None
+        return cls(bundle, onnx_session(bundle.model_file, threads, device), score, float(threshold), top2)
 
     @property
     def name(self) -> str:
-        return self.ckpt.name
+        return self.bundle.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.bundle.id
 
     @property
     def classes(self) -> list[str]:
         """The labels this model can write into the table."""
-        return self.ckpt.paradigm.labels
+        return self.heads.labels
 
-    @property
-    def ckpt_path(self) -> Path:
-        return self.ckpt.path
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, hidden features) of one forward pass over a batch of `pixels` images (uint8
+        (N, 3, crop, crop)) or of already normalised float32 ones."""
+        if x.dtype == np.uint8:
+            x = self.pixels.normalize(x)
+        logits, features = self.session.run(["logits", "features"], {"images": np.ascontiguousarray(x)})
+        return logits, features
 
-    def transform(self):
-        return self.ckpt.transform()
+    def ood_scores(self, logits: np.ndarray, features: np.ndarray) -> np.ndarray:
+        return ood_score(self.score, logits, features, self.heads, self.detectors)
 
-    def pixels(self):
-        """The decode transform of serving: `transform` up to uint8 pixels; `forward` normalises
-        the batch (on the model's device, so a GPU receives a quarter of the bytes)."""
-        return self.ckpt.pixels()
-
-    @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits, hidden features) of one forward pass over a batch of `transform` (float) or
-        `pixels` (uint8) images."""
-        if x.dtype == torch.uint8:
-            x = normalize_pixels(x.to(self.device))
-        return self.backend(x)
-
-    def ood_scores(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        if self.score in SCORERS:
-            return SCORERS[self.score](logits, self.ckpt.paradigm)
-        return self.filter.score(self.score, logits, features, self.ckpt.paradigm)
-
-    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[list[str]], torch.Tensor]:
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
         """(OOD scores, top-2 labels, their scores) for a batch of images."""
         z, f = self.forward(x)
-        labels, top = self.ckpt.paradigm.top_labels(z, 2, self.top2)
+        labels, top = self.heads.top_labels(z, 2, self.top2)
         return self.ood_scores(z, f), labels, top
-
-    # --- threshold -------------------------------------------------------------------------
-    def val_scores(self, data: str | Path, workers: int = 0, batch_size: int = 64) -> torch.Tensor:
-        from data.spec import load_spec
-        from models.inference import predict_features, valid_rows
-        items = load_spec(data).split_samples("val", list(self.ckpt.paradigm.classes))
-        try:
-            z, f = predict_features(self.ckpt.model, items, self.transform(), batch_size, self.device, "val scores",
-                                    False, workers)
-        except ValueError as e:
-            raise ThresholdError(f"{data}: {e}") from None
-        ok = valid_rows(z)
-        return self.ood_scores(z[ok], f[ok])
-
-    def compute_threshold(self, data: str | Path, tpr: float = DEFAULT_TPR, workers: int = 0) -> dict:
-        """Pick the threshold on the val split, write it beside the checkpoint and use it."""
-        if not 0 < tpr <= 1:
-            raise ThresholdError(f"--tpr must be in (0, 1]; got {tpr}")
-        rec = {"model_version": self.version, "model_name": self.name, "score": self.score, "tpr": tpr,
-               **ood.threshold_at_tpr(self.val_scores(data, workers), tpr), "data": str(data)}
-        f = threshold_file(self.ckpt_path)  # atomic: consumers starting together may all write it
-        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(rec, indent=2) + "\n")
-            os.replace(tmp, f)
-        except OSError as e:  # a read-only model volume: use it for this run only
-            print(f"warning: could not store the threshold in {f} ({e}); using it for this run only",
-                  file=sys.stderr)
-        self.threshold = rec["threshold"]
-        return rec
-
-    def resolve_threshold(self, override: float | None = None, data: str | Path | None = None,
-                          tpr: float = DEFAULT_TPR) -> float:
-        """--threshold, else the stored one for this checkpoint and score, else compute it on the
-        val split of --data or of the dataset the checkpoint was trained on (and store it)."""
-        if override is not None:
-            self.threshold = float(override)
-            return self.threshold
-        f = threshold_file(self.ckpt_path)
-        if f.is_file():
-            rec = json.loads(f.read_text())
-            if rec.get("model_version") == self.version and rec.get("score") == self.score and \
-                    (data is None or rec.get("tpr") == tpr):
-                self.threshold = float(rec["threshold"])
-                return self.threshold
-        data = data or self.ckpt.args.get("data")
-        if not data or not (Path(data) / "dataset.yaml").is_file():
-            raise ThresholdError(
-                f"{self.ckpt_path}: no OOD threshold stored for this checkpoint ({f.name}) and its training "
-                f"data '{data}' is not here; run 'python -m pipeline threshold --checkpoint "
-                f"{self.ckpt_path} --data DATASET' or pass --threshold")
-        return self.compute_threshold(data, tpr)["threshold"]
 
     def rows(self, scores, top_labels, top_p) -> list[dict]:
         """The prediction columns of each image (status ok or ood)."""
         out = []
-        for s, names, p in zip(scores.tolist(), top_labels, top_p.tolist()):
-            ood = self.threshold is not None and s < self.threshold
-            out.append({"model_name": self.name, "model_version": self.version, "ood_score": s,
-                        "ood_scorer": self.score, "ood_threshold": self.threshold, "is_ood": ood,
-                        "top1_label": names[0], "top1_prob": p[0],
+        for s, names, p in zip(np.asarray(scores).tolist(), top_labels, np.asarray(top_p).tolist()):
+            ood = s < self.threshold
+            out.append({**self._columns(), "ood_score": s, "is_ood": ood, "top1_label": names[0], "top1_prob": p[0],
                         "top2_label": names[1] if len(names) > 1 else None,
-                        "top2_prob": p[1] if len(p) > 1 else None, "top2_rule": self.top2,
-                        "status": "ood" if ood else "ok", "error": None})
+                        "top2_prob": p[1] if len(p) > 1 else None, "status": "ood" if ood else "ok", "error": None})
         return out
 
     def error_row(self, message: str) -> dict:
-        return {"model_name": self.name, "model_version": self.version, "ood_score": None,
-                "ood_scorer": self.score, "ood_threshold": self.threshold, "is_ood": None, "top1_label": None, "top1_prob": None,
-                "top2_label": None, "top2_prob": None, "top2_rule": self.top2, "status": "error", "error": message}
+        return {**self._columns(), "ood_score": None, "is_ood": None, "top1_label": None, "top1_prob": None,
+                "top2_label": None, "top2_prob": None, "status": "error", "error": message}
+
+    def _columns(self) -> dict:
+        return {"model_name": self.name, "model_version": self.version, "ood_scorer": self.score,
+                "ood_threshold": self.threshold, "top2_rule": self.top2}
+
+
+# --- a checkpoint's bundle (the training environment's shortcut) ------------------------------
+
+def released(cache: Path, ckpt_sha256: str, tpr: float = DEFAULT_TPR) -> Path | None:
+    """The bundle in `cache` released from the checkpoint with this content hash at this TPR."""
+    for manifest in sorted(cache.glob(f"*/{MANIFEST}")):
+        try:
+            m = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if m.get("provenance", {}).get("checkpoint_sha256") == ckpt_sha256 and m.get("ood", {}).get("tpr") == tpr:
+            return manifest.parent
+    return None
+
+
+def bundle_for(checkpoint: str | Path, cache: str | Path | None = None, data: str | Path | None = None,
+               tpr: float = DEFAULT_TPR) -> Path:
+    """The bundle of a train.py checkpoint (module doc). `cache`: a folder of bundles (default
+    PIPELINE_BUNDLES, else `bundles/` beside the checkpoint); `data`: the dataset release fits the
+    OOD filter on (default: the checkpoint's)."""
+    from data.images import ImageError, content_hash
+    checkpoint = Path(checkpoint)
+    cache = Path(cache or os.environ.get("PIPELINE_BUNDLES") or checkpoint.parent / "bundles")
+    try:
+        found = released(cache, content_hash(checkpoint), tpr)
+    except (ImageError, OSError) as e:
+        raise ServingError(f"{checkpoint}: cannot read the checkpoint ({e})") from None
+    if found:
+        return found
+    try:
+        from models.release import release
+    except ImportError as e:
+        raise ServingError(f"--checkpoint releases a bundle first, which needs the training environment ({e}); "
+                           f"serve a released bundle with --bundle DIR (python -m models.release)") from None
+    return release(checkpoint, data, cache, tpr)[0]

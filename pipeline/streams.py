@@ -211,7 +211,7 @@ class Consumer:
             self.stats["dead_lettered"] += 1
             log(event="dead_letter", consumer=self.name, message_id=mid, error=err)
         if keep:
-            from pipeline.batch import predicted  # here: the producer never loads torch
+            from pipeline.batch import predicted  # here: the producer never loads the model runtime
             items = [SourceImage.from_fields(f) for _, f in keep]
             # batch mode's decode -> infer path; with streams, the message batch is shared out over them
             rows = [r for _, part in predicted(self.predictor, items, len(items), workers=0, streams=self.streams)

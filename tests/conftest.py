@@ -46,7 +46,8 @@ def artifacts(tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def models(artifacts, tmp_path_factory) -> dict[str, Path]:
     """The checkpoints of `artifacts` by run name, copied where the pipeline may write beside them
-    (its OOD threshold files) without changing what the evaluation tests read."""
+    (`--checkpoint` releases into bundles/ beside the checkpoint) without changing what the
+    evaluation tests read."""
     out = tmp_path_factory.mktemp("models")
     ckpts = {}
     for run in ("uni", "task_defect", "task_dirt", "multi"):
@@ -54,6 +55,19 @@ def models(artifacts, tmp_path_factory) -> dict[str, Path]:
         ckpts[run].parent.mkdir()
         shutil.copy(artifacts / run / "exp1" / "best.pt", ckpts[run])
     return ckpts
+
+
+@pytest.fixture(scope="session")
+def bundles(models, tmp_path_factory) -> dict[str, Path]:
+    """Each checkpoint of `models` released by `python -m models.release` (OOD filter fitted on the
+    tiny dataset it was trained on): the bundles the pipeline serves, by run name."""
+    out = tmp_path_factory.mktemp("bundles")
+    found = {}
+    for run, ckpt in models.items():
+        proc = run_cli("-m", "models.release", ckpt, "--out", out)
+        assert proc.stdout.startswith("wrote "), proc.stdout
+        found[run] = Path(proc.stdout.split()[1])
+    return found
 
 
 def run_cli(*args, cwd=ROOT, check=True) -> subprocess.CompletedProcess:

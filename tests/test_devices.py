@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 
 import pytest
 import torch
@@ -133,20 +132,25 @@ def test_a_checkpoint_trained_with_amp_on_one_device_serves_and_resumes_on_every
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def ort_cuda() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 @pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-def test_pipeline_predict_on_cuda_writes_the_rows_of_the_cpu(models, tmp_path):
+@pytest.mark.skipif(not (HAS_CUDA and ort_cuda()), reason="needs a CUDA GPU and onnxruntime-gpu")
+def test_pipeline_predict_on_cuda_writes_the_rows_of_the_cpu(bundles, tmp_path):
     """The same images through `pipeline predict --device cuda` and `--device cpu`: the same top-2
-    labels in one row per image, probabilities within 1e-3 (the threshold is the one stored)."""
-    ckpt = tmp_path / "model" / "best.pt"
-    ckpt.parent.mkdir()
-    shutil.copy(models["uni"], ckpt)
+    labels in one row per image, probabilities within 1e-3 (the threshold is the bundle's)."""
     write_images(tmp_path / "src", 40)
     from pipeline.table import PredictionTable
     rows = {}
     for d in ("cpu", "cuda"):
         db = tmp_path / f"{d}.db"
-        proc = pipeline_cli("predict", "--checkpoint", ckpt, "--source", tmp_path / "src", "--table", db,
+        proc = pipeline_cli("predict", "--bundle", bundles["uni"], "--source", tmp_path / "src", "--table", db,
                             "--device", d, "--batch-size", "16")
         assert json.loads(proc.stdout.strip().splitlines()[-1])["images"] == 40
         rows[d] = by_path(PredictionTable(str(db)).query())

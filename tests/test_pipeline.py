@@ -1,5 +1,6 @@
 """Batch mode of the deployed pipeline (no servers): table rows, bad files, thresholds, manifests,
-the inspectors' query, task-centric tables, and the deploy/ manifests agreeing with the code."""
+the inspectors' query, task-centric tables, `--checkpoint` releasing its bundle, and the deploy/
+manifests agreeing with the code."""
 from __future__ import annotations
 
 import json
@@ -17,25 +18,30 @@ from tests.test_pipeline_support import by_path, pipeline_cli
 
 
 @pytest.fixture()
-def uni(models, tmp_path):
-    """A private copy of the uni checkpoint (its threshold file is written beside it)."""
-    dst = tmp_path / "model" / "best.pt"
-    dst.parent.mkdir()
-    shutil.copy(models["uni"], dst)
-    return dst
+def uni(bundles):
+    """The uni model's release bundle."""
+    return bundles["uni"]
 
 
-def test_predict_folder_writes_one_row_per_file_and_bad_files_become_errors(uni, tmp_path, tiny_data):
+def test_predict_folder_writes_one_row_per_file_and_bad_files_become_errors(models, tmp_path, tiny_data):
+    """Through --checkpoint: the first run releases the checkpoint's bundle into bundles/ beside it
+    and serves it; every row carries the bundle id, its default scorer and that scorer's threshold."""
+    ckpt = tmp_path / "model" / "best.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(models["uni"], ckpt)
     src = tmp_path / "src"
     write_images(src / "good", 40)
     expected = write_bad_files(src / "bad")
     db = tmp_path / "p.db"
-    proc = pipeline_cli("predict", "--checkpoint", uni, "--source", src, "--table", db, "--workers", "2",
+    proc = pipeline_cli("predict", "--checkpoint", ckpt, "--source", src, "--table", db, "--workers", "2",
                         "--batch-size", "16")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["images"] == 48 and summary["error"] == 5 and summary["ok"] + summary["ood"] == 43
     assert summary["images_per_s"] > 0 and "predict" in proc.stderr  # the tqdm bar
-    assert (uni.parent / "best.pt.threshold.json").is_file()  # computed at first use and cached
+    from pipeline.bundle import Bundle
+    [released] = (ckpt.parent / "bundles").iterdir()
+    bundle = Bundle.load(released)
+    assert summary["version"] == bundle.id and summary["bundle"] == str(released)
 
     from data.spec import load_spec
     from pipeline.table import PredictionTable
@@ -54,12 +60,14 @@ def test_predict_folder_writes_one_row_per_file_and_bad_files_become_errors(uni,
     assert {good["top1_label"], good["top2_label"]} <= classes and good["top2_label"] != good["top1_label"]
     assert 1 >= good["top1_prob"] >= good["top2_prob"] >= 0
     assert good["is_ood"] == (good["ood_score"] < good["ood_threshold"])
-    from models import ood  # the default scorer, chosen on val + ood_val, fitted at first use beside the checkpoint
-    stored = json.loads((uni.parent / "best.pt.threshold.json").read_text())
-    assert {r["ood_scorer"] for r in rows.values()} == {ood.load(uni).default} == {stored["score"]}
-    assert {r["ood_threshold"] for r in rows.values()} == {stored["threshold"]}
-    assert good["model_name"] == "pmg-resnet18-uni" and len(good["model_version"]) == 16
+    assert {r["ood_scorer"] for r in rows.values()} == {bundle.default_scorer}
+    assert {r["ood_threshold"] for r in rows.values()} == {bundle.threshold()}
+    assert good["model_name"] == "pmg-resnet18-uni" and {r["model_version"] for r in rows.values()} == {bundle.id}
     assert good["captured_date"] and good["processed_at"]
+    # the second run finds the bundle released from this checkpoint's content: nothing is released again
+    again = pipeline_cli("predict", "--checkpoint", ckpt, "--source", src / "good", "--table", db, "--no-progress")
+    assert json.loads(again.stdout.strip().splitlines()[-1])["version"] == bundle.id
+    assert [p.name for p in (ckpt.parent / "bundles").iterdir()] == [bundle.id]
 
 
 def test_batch_mode_runs_where_no_redis_client_is_installed(uni, tmp_path):
@@ -74,12 +82,12 @@ def test_batch_mode_runs_where_no_redis_client_is_installed(uni, tmp_path):
     db = tmp_path / "p.db"
     run = lambda *args: subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT, env=env,  # noqa: E731
                                        capture_output=True, text=True)
-    proc = run("predict", "--checkpoint", uni, "--source", tmp_path / "src", "--table", db, "--no-progress")
+    proc = run("predict", "--bundle", uni, "--source", tmp_path / "src", "--table", db, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["images"] == 6
     from pipeline.table import PredictionTable
     assert len(PredictionTable(str(db)).query()) == 6
-    proc = run("consume", "--checkpoint", uni, "--table", db, "--exit-when-empty")
+    proc = run("consume", "--bundle", uni, "--table", db, "--exit-when-empty")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("error: queue mode (produce, consume, redrive, trim) needs the Redis client: "
                                    "pip install -r requirements-serve.txt (batch mode, predict and query, runs "
@@ -93,7 +101,6 @@ def test_rerun_is_an_idempotent_upsert(uni, tmp_path):
     from pipeline.table import PredictionTable
     write_images(tmp_path / "src", 20)
     pred = Predictor.load(uni)
-    pred.resolve_threshold()
     table = PredictionTable(str(tmp_path / "p.db"))
     items = list_source(tmp_path / "src")
     first = run_batch(pred, table, items, batch_size=8, workers=0, progress=False)
@@ -114,40 +121,42 @@ def test_top2_rule_is_applied_and_recorded(uni, tmp_path):
     rows = {}
     for rule in ("plain", "coherent"):
         db = tmp_path / f"{rule}.db"
-        pipeline_cli("predict", "--checkpoint", uni, "--source", tmp_path / "src", "--table", db, "--top2", rule,
+        pipeline_cli("predict", "--bundle", uni, "--source", tmp_path / "src", "--table", db, "--top2", rule,
                      *(["--streams", "1"] if rule == "plain" else []))
         rows[rule] = {r["image_id"]: r for r in PredictionTable(str(db)).query()}
-    from models import checkpoint as checkpoints
-    ck = checkpoints.load(uni)
-    assert len(rows["plain"]) == 12 and rows["plain"].keys() == rows["coherent"].keys()
+    from pipeline.model import Predictor
+    exclusive = Predictor.load(uni).heads.exclusive
+    assert exclusive and len(rows["plain"]) == 12 and rows["plain"].keys() == rows["coherent"].keys()
     for i, p in rows["plain"].items():
         c = rows["coherent"][i]
         assert (p["top2_rule"], c["top2_rule"]) == ("plain", "coherent") and p["top1_label"] == c["top1_label"]
-        assert frozenset((c["top1_label"], c["top2_label"])) not in ck.paradigm.exclusive
-    proc = pipeline_cli("predict", "--checkpoint", uni, "--source", tmp_path / "src", "--table", tmp_path / "x.db",
+        assert frozenset((c["top1_label"], c["top2_label"])) not in exclusive
+    proc = pipeline_cli("predict", "--bundle", uni, "--source", tmp_path / "src", "--table", tmp_path / "x.db",
                         "--top2", "best", check=False)
     assert proc.returncode == 2 and "--top2: invalid choice: 'best'" in proc.stderr
 
 
-def test_threshold_command_and_override(uni, tmp_path, tiny_data):
-    from data.spec import load_spec
-    proc = pipeline_cli("threshold", "--checkpoint", uni, "--data", tiny_data, "--tpr", "0.5")
-    rec = json.loads(proc.stdout)
-    assert rec["tpr"] == 0.5 and 0.5 <= rec["val_accepted"] < 1
-    assert rec["n_val"] == len(load_spec(tiny_data).split_samples("val"))
-    stored = json.loads((uni.parent / "best.pt.threshold.json").read_text())
-    assert stored["threshold"] == rec["threshold"]
-
+def test_threshold_and_score_overrides(uni, tmp_path):
+    """--threshold overrides the bundle's threshold (1e9: everything is OOD); --score another scorer
+    takes that scorer's threshold from the bundle; a threshold that is no finite number is refused
+    before anything runs."""
     from pipeline.batch import run_batch
+    from pipeline.bundle import Bundle
     from pipeline.model import Predictor
     from pipeline.sources import list_source
     write_images(tmp_path / "src", 6)
-    pred = Predictor.load(uni)
-    assert pred.resolve_threshold() == rec["threshold"]
-    pred.resolve_threshold(override=1e9)  # --threshold: everything is OOD
+    bundle = Bundle.load(uni)
+    assert Predictor.load(uni).threshold == bundle.threshold()
+    assert Predictor.load(uni, "energy").threshold == bundle.threshold("energy")
     seen = []
-    run_batch(pred, None, list_source(tmp_path / "src"), 4, 0, False, on_rows=seen.extend)
+    run_batch(Predictor.load(uni, threshold=1e9), None, list_source(tmp_path / "src"), 4, 0, False,
+              on_rows=seen.extend)
     assert [r["status"] for r in seen] == ["ood"] * 6 and all(r["is_ood"] for r in seen)
+    for bad in ("nan", "inf", "x"):
+        proc = pipeline_cli("predict", "--bundle", uni, "--threshold", bad, "--source", tmp_path / "src",
+                            "--table", tmp_path / "p.db", check=False)
+        assert proc.returncode == 2 and "--threshold: must be a finite number" in proc.stderr
+        assert not (tmp_path / "p.db").exists()
 
 
 def test_manifest_dates_filter_and_the_inspectors_query(uni, tmp_path):
@@ -158,7 +167,7 @@ def test_manifest_dates_filter_and_the_inspectors_query(uni, tmp_path):
     lines += ["img/missing.jpg,2026-11-22,car-missing"]
     manifest.write_text("\n".join(lines) + "\n")
     db = tmp_path / "p.db"
-    pipeline_cli("predict", "--checkpoint", uni, "--source", manifest, "--date", "2026-11-22", "--table",
+    pipeline_cli("predict", "--bundle", uni, "--source", manifest, "--date", "2026-11-22", "--table",
                  f"sqlite:///{db}", "--workers", "0", "--no-progress")
     from pipeline.table import PredictionTable
     t = PredictionTable(str(db))
@@ -188,7 +197,7 @@ def test_sql_placeholders_for_postgres_only_outside_quotes():
     assert postgres_sql("WHERE a = 'it''s ?' OR b = ?") == "WHERE a = 'it''s ?' OR b = %s"
 
 
-def test_task_centric_counterpart_writes_one_table_per_model(models, tmp_path):
+def test_task_centric_counterpart_writes_one_table_per_model(bundles, tmp_path):
     from pipeline.batch import run_batch
     from pipeline.model import Predictor
     from pipeline.sources import list_source
@@ -196,11 +205,7 @@ def test_task_centric_counterpart_writes_one_table_per_model(models, tmp_path):
     write_images(tmp_path / "src", 12)
     items = list_source(tmp_path / "src")
     for key in ("task_defect", "task_dirt"):
-        ckpt = tmp_path / key / "best.pt"
-        ckpt.parent.mkdir()
-        shutil.copy(models[key], ckpt)
-        pred = Predictor.load(ckpt)
-        pred.resolve_threshold()
+        pred = Predictor.load(bundles[key])
         run_batch(pred, PredictionTable(str(tmp_path / "p.db"), f"predictions_{key}"), items, 8, 0, False)
         rows = PredictionTable(str(tmp_path / "p.db"), f"predictions_{key}").query()
         assert len(rows) == 12 and {r["top1_label"] for r in rows} <= set(pred.classes)
@@ -230,58 +235,54 @@ def test_deploy_manifests_agree_with_the_code():
                       (cron["spec"]["jobTemplate"]["spec"]["template"]["spec"], "produce")):
         c = spec["containers"][0]
         assert c["args"][0] == cmd
-        parsed = parser().parse_args(c["args"] + (["--checkpoint", "x"] if cmd == "consume" else ["--source", "x"]))
+        parsed = parser().parse_args(c["args"] + (["--bundle", "x"] if cmd == "consume" else ["--source", "x"]))
         if cmd == "consume":  # the message batch the benchmark measured (pipeline/README.md "Performance")
-            assert parsed.batch_size == MESSAGE_BATCH == parser().parse_args(["consume", "--checkpoint", "x"]).batch_size
+            assert parsed.batch_size == MESSAGE_BATCH == parser().parse_args(["consume", "--bundle", "x"]).batch_size
         refs = {r.get("configMapRef", r.get("secretRef"))["name"] for r in c["envFrom"]}
         assert refs == {"pipeline-config", "pipeline-db"}
     # the worker image itself: tests/test_serving.py
 
 
-def test_missing_threshold_and_bad_source_are_clear_errors(models, tmp_path):
+def test_model_and_source_mistakes_are_one_error_line(models, uni, tmp_path):
+    """No model, both kinds of model, a checkpoint whose training data is gone (its bundle cannot be
+    released here), a folder that is no bundle, and a missing source: one `error:` line each."""
     import torch
     ckpt = torch.load(models["uni"], weights_only=True)
     ckpt["args"]["data"] = str(tmp_path / "gone")
     torch.save(ckpt, tmp_path / "moved.pt")
     write_images(tmp_path / "src", 2)
-    proc = pipeline_cli("predict", "--checkpoint", tmp_path / "moved.pt", "--source", tmp_path / "src",
-                        "--table", tmp_path / "p.db", check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "no OOD threshold stored" in proc.stderr and "python -m pipeline threshold" in proc.stderr
-    proc = pipeline_cli("predict", "--checkpoint", tmp_path / "moved.pt", "--threshold", "0", "--source",
-                        tmp_path / "nowhere", "--table", tmp_path / "p.db", check=False)
+    common = ["--source", tmp_path / "src", "--table", tmp_path / "p.db"]
+    cases = {(): "give the model as --bundle DIR", ("--bundle", uni, "--checkpoint", models["uni"]): "not both",
+             ("--checkpoint", tmp_path / "moved.pt"): str(tmp_path / "gone"),
+             ("--bundle", tmp_path / "src"): "bundle.json: missing (not a bundle folder)"}
+    for model, message in cases.items():
+        proc = pipeline_cli("predict", *model, *common, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("error: ") and message in proc.stderr
+    proc = pipeline_cli("predict", "--bundle", uni, "--source", tmp_path / "nowhere", "--table", tmp_path / "p.db",
+                        check=False)
     assert proc.returncode == 1 and "no such folder or manifest file" in proc.stderr
-    # no detector file and no training data: the paper's score, said in a warning and in every row
-    proc = pipeline_cli("predict", "--checkpoint", tmp_path / "moved.pt", "--threshold", "0", "--source",
-                        tmp_path / "src", "--table", tmp_path / "p.db", "--no-progress")
-    assert "no OOD detector file" in proc.stderr and "python -m models.ood fit" in proc.stderr
-    from pipeline.table import PredictionTable
-    assert {r["ood_scorer"] for r in PredictionTable(str(tmp_path / "p.db")).query()} == {"max_logit"}
-    # ... but a feature detector asked for by name cannot be served without its file
-    proc = pipeline_cli("predict", "--checkpoint", tmp_path / "moved.pt", "--threshold", "0", "--score", "knn",
-                        "--source", tmp_path / "src", "--table", tmp_path / "p.db", check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "python -m models.ood fit" in proc.stderr
+    assert not (tmp_path / "p.db").exists()
 
 
 def test_a_feature_detector_scores_the_rows_it_is_named_in(uni, tmp_path):
-    """--score knn: each row's ood_score is the knn detector's score of that image's features from
-    the same forward pass, and the row names the scorer and its threshold."""
-    import torch
-    from data.loading import ImageSet, collate_skip_bad
+    """--score knn: each row's ood_score is the bundle's knn detector's score of that image's
+    features from the same forward pass, and the row names the scorer and its threshold."""
+    from pipeline.batch import Decoder, collate
     from pipeline.model import Predictor
+    from pipeline.outputs import DETECTOR_SCORERS
     from pipeline.sources import list_source
     from pipeline.table import PredictionTable
     write_images(tmp_path / "src", 6)
-    pipeline_cli("predict", "--checkpoint", uni, "--source", tmp_path / "src", "--table", tmp_path / "p.db",
+    pipeline_cli("predict", "--bundle", uni, "--source", tmp_path / "src", "--table", tmp_path / "p.db",
                  "--score", "knn", "--no-progress")
     rows = {r["image_id"]: r for r in PredictionTable(str(tmp_path / "p.db")).query()}
     pred = Predictor.load(uni, "knn")
     items = list_source(tmp_path / "src")
-    x, _, _ = collate_skip_bad([ImageSet([(it.path, 0) for it in items], pred.transform())[i] for i in range(6)])
-    with torch.inference_mode():
-        _, feats = pred.ckpt.model(x, features=True)
-    expected = pred.filter.detectors["knn"].score(feats)
-    got = [rows[it.image_id]["ood_score"] for it in items]
-    assert got == pytest.approx(expected.tolist(), abs=1e-3)  # served BatchNorm-folded: equal to rounding
+    images = Decoder([it.path for it in items], pred.pixels)
+    x, good, _ = collate([images[i] for i in range(len(images))])
+    _, feats = pred.forward(x)
+    expected = DETECTOR_SCORERS["knn"](feats, pred.bundle.detector("knn"))
+    assert [rows[it.image_id]["ood_score"] for it in items] == pytest.approx(expected.tolist(), abs=1e-6)
     assert {r["ood_scorer"] for r in rows.values()} == {"knn"}
-    assert pred.resolve_threshold() == rows[next(iter(rows))]["ood_threshold"]
+    assert {r["ood_threshold"] for r in rows.values()} == {pred.bundle.threshold("knn")}

@@ -27,11 +27,11 @@ def passes(heartbeat, *flags) -> bool:
     return probe(heartbeat, *flags).returncode == 0
 
 
-def test_the_heartbeat_is_live_and_ready_live_during_an_outage_and_dead_when_stuck(models, tmp_path):
+def test_the_heartbeat_is_live_and_ready_live_during_an_outage_and_dead_when_stuck(bundles, tmp_path):
     import signal
     server = RedisServer(tmp_path / "redis").start()
     hb = tmp_path / "run" / "heartbeat"
-    proc = start_consumer(models["uni"], tmp_path / "p.db", server.url, "c0", tmp_path, "--threshold", "0",
+    proc = start_consumer(bundles["uni"], tmp_path / "p.db", server.url, "c0", tmp_path, "--threshold", "0",
                           "--heartbeat", hb, "--max-backoff", "1", until_empty=False)
     try:
         wait_for(lambda: passes(hb, "--max-age", "10", "--ready"), 180, "a ready consumer")

@@ -3,7 +3,6 @@ port) gives the same rows, and the same SQL text (`?` placeholders; `?` and `%` 
 the same in both. Skipped with the reason where the server binaries or psycopg are missing."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
@@ -21,18 +20,15 @@ def postgres():
     srv.stop()
 
 
-def test_sqlite_and_postgres_hold_the_same_rows(postgres, models, tmp_path):
+def test_sqlite_and_postgres_hold_the_same_rows(postgres, bundles, tmp_path):
     from pipeline.batch import run_batch
     from pipeline.model import Predictor
     from pipeline.sources import list_source
     from pipeline.table import PredictionTable
-    ckpt = tmp_path / "best.pt"
-    shutil.copy(models["uni"], ckpt)
     write_images(tmp_path / "src" / "good", 30)
     write_bad_files(tmp_path / "src" / "bad")
     items = list_source(tmp_path / "src")
-    pred = Predictor.load(ckpt)
-    pred.resolve_threshold()
+    pred = Predictor.load(bundles["uni"])
     rows = []
     run_batch(pred, None, items, 16, 0, False, on_rows=rows.extend)
     stamp = "2026-11-23T10:00:00+00:00"

@@ -29,14 +29,14 @@ def server(tmp_path):
     srv.stop()
 
 
-def test_sigkill_mid_batch_loses_and_duplicates_nothing(models, server, tmp_path):
+def test_sigkill_mid_batch_loses_and_duplicates_nothing(bundles, server, tmp_path):
     src = tmp_path / "src"
     write_images(src, 2100, mtime=NOON)
     db = tmp_path / "p.db"
     out = json.loads(pipeline_cli("produce", "--source", src, "--date", DAY, "--redis", server.url).stdout)
     assert out["published"] == 2100
     r = redis.Redis.from_url(server.url, decode_responses=True)
-    c0 = start_consumer(models["uni"], db, server.url, "c0", tmp_path)
+    c0 = start_consumer(bundles["uni"], db, server.url, "c0", tmp_path)
     stop_holding_a_batch(c0, r, "c0")
     c0.kill()
     c0.communicate()
@@ -44,7 +44,7 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(models, server, tmp_path
     assert stolen, "c0 was killed holding a batch"
     # The survivors: nothing is drained while c0's batch is pending, so with --exit-when-empty they
     # cannot exit before one of them has reclaimed it (once idle for --min-idle-ms).
-    stats = finish([start_consumer(models["uni"], db, server.url, f"c{i}", tmp_path) for i in (1, 2)])
+    stats = finish([start_consumer(bundles["uni"], db, server.url, f"c{i}", tmp_path) for i in (1, 2)])
     rows = rows_of(db)
     ids = [row["image_id"] for row in rows]
     assert len(ids) == len(set(ids)) == 2100, "every image exactly one row"
@@ -67,12 +67,12 @@ SOAK = int(os.environ.get("PIPELINE_SOAK", "1"))
 
 
 @pytest.mark.parametrize("attempt", range(SOAK))
-def test_consumers_reconnect_when_redis_restarts(models, server, tmp_path, attempt):
+def test_consumers_reconnect_when_redis_restarts(bundles, server, tmp_path, attempt):
     src = tmp_path / "src"
     write_images(src, 600, mtime=NOON)
     db = tmp_path / "p.db"
     pipeline_cli("produce", "--source", src, "--date", DAY, "--redis", server.url)
-    procs = [start_consumer(models["uni"], db, server.url, f"c{i}", tmp_path) for i in range(2)]
+    procs = [start_consumer(bundles["uni"], db, server.url, f"c{i}", tmp_path) for i in range(2)]
     wait_rows(db, 64)
     server.stop()
     time.sleep(6)  # longer than --max-backoff (5 s): the consumers retry at the capped backoff
@@ -85,8 +85,8 @@ def test_consumers_reconnect_when_redis_restarts(models, server, tmp_path, attem
     assert '"redis_reconnected"' in log and '"outage_s"' in log  # each outage and its end are logged
 
 
-def test_an_outage_longer_than_max_outage_ends_a_consumer_with_one_line(models, server, tmp_path):
-    proc = start_consumer(models["uni"], tmp_path / "p.db", server.url, "c0", tmp_path, "--threshold", "0",
+def test_an_outage_longer_than_max_outage_ends_a_consumer_with_one_line(bundles, server, tmp_path):
+    proc = start_consumer(bundles["uni"], tmp_path / "p.db", server.url, "c0", tmp_path, "--threshold", "0",
                           "--max-outage", "3", "--max-backoff", "0.5", until_empty=False)
     log = tmp_path / "c0.log"
     wait_for(lambda: "consumer_start" in log.read_text(), 120, "the consumer's start")
@@ -122,7 +122,7 @@ def test_producer_rerun_publishes_nothing_twice(server, tmp_path):
     assert third["in_table"] == 30 and third["published"] == 0 and r.xlen(STREAM) == 30
 
 
-def test_bad_files_dead_letters_and_malformed_messages(models, server, tmp_path):
+def test_bad_files_dead_letters_and_malformed_messages(bundles, server, tmp_path):
     from pipeline.model import Predictor
     from pipeline.publish import produce
     from pipeline.streams import Consumer
@@ -144,8 +144,7 @@ def test_bad_files_dead_letters_and_malformed_messages(models, server, tmp_path)
     r.hset("pipeline:images:errors", poison, "RuntimeError: out of memory")
     assert produce(server.url, src, DAY)["published"] == 18
     r.xadd(STREAM, {"oops": "no image id"})
-    pred = Predictor.load(models["uni"])
-    pred.resolve_threshold()
+    pred = Predictor.load(bundles["uni"])
     table = PredictionTable(str(tmp_path / "p.db"))
     stats = Consumer(pred, table, server.url, batch_size=8, block_ms=100, min_idle_ms=0,
                      max_deliveries=3, exit_when_empty=True, max_idle_s=30, streams=3).run()
@@ -163,13 +162,13 @@ def test_bad_files_dead_letters_and_malformed_messages(models, server, tmp_path)
     assert r.xinfo_groups(STREAM)[0]["pending"] == 0
 
 
-def test_sigterm_finishes_and_acks_the_current_batch(models, server, tmp_path):
+def test_sigterm_finishes_and_acks_the_current_batch(bundles, server, tmp_path):
     src = tmp_path / "src"
     write_images(src, 1500, mtime=NOON)
     db = tmp_path / "p.db"
     pipeline_cli("produce", "--source", src, "--date", DAY, "--redis", server.url)
     r = redis.Redis.from_url(server.url, decode_responses=True)
-    proc = start_consumer(models["uni"], db, server.url, "c0", tmp_path)
+    proc = start_consumer(bundles["uni"], db, server.url, "c0", tmp_path)
     held = stop_holding_a_batch(proc, r, "c0")
     held_ids = {r.xrange(STREAM, m, m)[0][1]["image_id"] for m in held}  # read now: acked entries get trimmed
     proc.send_signal(signal.SIGTERM)  # handled when it continues, in the middle of that batch

@@ -45,10 +45,9 @@ def count_rows(url: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def predictor(models):
+def predictor(bundles):
     from pipeline.model import Predictor
-    pred = Predictor.load(models["uni"])
-    pred.resolve_threshold()
+    pred = Predictor.load(bundles["uni"])
     return pred
 
 
@@ -64,7 +63,7 @@ def consume_all(pred, db, url):
         table.close()
 
 
-def test_table_outage_under_a_consumer_dead_letters_nothing(models, server, tmp_path):
+def test_table_outage_under_a_consumer_dead_letters_nothing(bundles, server, tmp_path):
     from pipeline.publish import produce
     pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
     pg = PostgresServer().start()
@@ -74,7 +73,7 @@ def test_table_outage_under_a_consumer_dead_letters_nothing(models, server, tmp_
         produce(server.url, tmp_path / "src", DAY)
         # Short --min-idle-ms: without the fix the failing batch is redelivered about once a second,
         # so --max-deliveries 3 sends it to the dead letters well within the outage.
-        proc = start_consumer(models["uni"], pg.url, server.url, "c0", tmp_path, "--batch-size", "4",
+        proc = start_consumer(bundles["uni"], pg.url, server.url, "c0", tmp_path, "--batch-size", "4",
                               "--min-idle-ms", "1000", "--max-deliveries", "3", "--max-backoff", "1",
                               until_empty=False)
         wait_for(lambda: count_rows(pg.url) == 8, 60, "the first 8 rows")

@@ -38,7 +38,7 @@ def true_lag(r, group) -> int:
     return len(r.xrange(STREAM, f"({last}", "+"))
 
 
-def test_trimming_never_removes_a_pending_entry(models, server, tmp_path):
+def test_trimming_never_removes_a_pending_entry(bundles, server, tmp_path):
     src = tmp_path / "src"
     write_images(src, 600, mtime=NOON)
     db = tmp_path / "p.db"
@@ -49,7 +49,7 @@ def test_trimming_never_removes_a_pending_entry(models, server, tmp_path):
     taken = [m for m, _ in r.xreadgroup("audit", "a0", {STREAM: ">"}, count=100)[0][1]]
     r.xack(STREAM, "audit", *taken[:90])
     # A consumer that never trims on its own, killed while it holds a batch.
-    c0 = start_consumer(models["uni"], db, server.url, "c0", tmp_path, "--trim-interval", "0")
+    c0 = start_consumer(bundles["uni"], db, server.url, "c0", tmp_path, "--trim-interval", "0")
     wait_rows(db, 64)
     held = stop_holding_a_batch(c0, r, "c0")
     c0.kill()
@@ -64,7 +64,7 @@ def test_trimming_never_removes_a_pending_entry(models, server, tmp_path):
         info = next(g for g in r.xinfo_groups(STREAM) if g["name"] == group)
         assert info["lag"] == true_lag(r, group)
     # Restarted consumers (trimming after every batch) reclaim the dead one's batch: nothing lost.
-    stats = finish([start_consumer(models["uni"], db, server.url, f"c{i}", tmp_path, "--trim-interval", "0.001")
+    stats = finish([start_consumer(bundles["uni"], db, server.url, f"c{i}", tmp_path, "--trim-interval", "0.001")
                     for i in (1, 2)])
     ids = [row["image_id"] for row in rows_of(db)]
     assert len(ids) == len(set(ids)) == 600

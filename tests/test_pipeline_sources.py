@@ -56,10 +56,10 @@ def warned(stderr: str) -> dict[str, str]:
     return out
 
 
-def test_predict_skips_counts_and_names_what_is_no_regular_file_inside_the_source(models, hostile, tmp_path):
+def test_predict_skips_counts_and_names_what_is_no_regular_file_inside_the_source(bundles, hostile, tmp_path):
     src, bad = hostile
     db = tmp_path / "p.db"
-    proc = pipeline("predict", "--checkpoint", models["uni"], "--threshold", "0", "--source", src, "--table", db,
+    proc = pipeline("predict", "--bundle", bundles["uni"], "--threshold", "0", "--source", src, "--table", db,
                     "--workers", "0", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -92,13 +92,13 @@ def test_produce_publishes_only_the_regular_files_inside_the_source(hostile, tmp
         server.stop()
 
 
-def test_a_fifo_named_by_a_manifest_is_an_error_row_at_once(models, tmp_path):
+def test_a_fifo_named_by_a_manifest_is_an_error_row_at_once(bundles, tmp_path):
     write_images(tmp_path / "src", 2)
     os.mkfifo(tmp_path / "src" / "fifo.jpg")
     manifest = tmp_path / "src" / "manifest.csv"
     manifest.write_text(f"path,captured_date\npart0/img_00000.jpg,{DAY}\nfifo.jpg,{DAY}\n")
     db = tmp_path / "p.db"
-    proc = pipeline("predict", "--checkpoint", models["uni"], "--threshold", "0", "--source", manifest,
+    proc = pipeline("predict", "--bundle", bundles["uni"], "--threshold", "0", "--source", manifest,
                     "--table", db, "--workers", "0", "--no-progress", timeout=120)
     assert proc.returncode == 0, proc.stderr
     from pipeline.table import PredictionTable

@@ -18,12 +18,11 @@ from tests.conftest import ROOT
 from tests.test_pipeline_support import rows_of, wait_rows
 
 
-def predict(ckpt, source, db, *extra) -> subprocess.Popen:
-    """`python -m pipeline predict` in the background (one torch thread, decoding in-process, scored
-    by max logit so that no process spends its time fitting the OOD detectors)."""
-    cmd = [sys.executable, "-m", "pipeline", "predict", "--checkpoint", str(ckpt), "--threshold", "0", "--source",
+def predict(bundle, source, db, *extra) -> subprocess.Popen:
+    """`python -m pipeline predict` in the background (one inference thread, decoding in-process)."""
+    cmd = [sys.executable, "-m", "pipeline", "predict", "--bundle", str(bundle), "--threshold", "0", "--source",
            str(source), "--table", str(db), "--workers", "0", "--threads", "1", "--no-progress",
-           "--score", "max_logit", *map(str, extra)]  # a logit score: no detectors fitted by 3 processes at once
+           "--score", "max_logit", *map(str, extra)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -40,14 +39,14 @@ def check_table(db, n):
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_three_predict_processes_write_one_sqlite_file_at_once(models, tmp_path):
+def test_three_predict_processes_write_one_sqlite_file_at_once(bundles, tmp_path):
     write_images(tmp_path / "shared", 300)
     write_images(tmp_path / "other", 300, seed=9)
     db = tmp_path / "p.db"
     # two processes write the same 300 rows (every upsert conflicts), the third 300 others
-    procs = [predict(models["uni"], tmp_path / "shared", db, "--batch-size", "8"),
-             predict(models["uni"], tmp_path / "shared", db, "--batch-size", "16"),
-             predict(models["uni"], tmp_path / "other", db, "--batch-size", "8")]
+    procs = [predict(bundles["uni"], tmp_path / "shared", db, "--batch-size", "8"),
+             predict(bundles["uni"], tmp_path / "shared", db, "--batch-size", "16"),
+             predict(bundles["uni"], tmp_path / "other", db, "--batch-size", "8")]
     results = [done(p) for p in procs]
     for rc, out, err in results:
         assert rc == 0 and "locked" not in err, err
@@ -55,16 +54,16 @@ def test_three_predict_processes_write_one_sqlite_file_at_once(models, tmp_path)
     check_table(db, 600)
 
 
-def test_a_predict_killed_mid_run_and_run_again_loses_and_doubles_nothing(models, tmp_path):
+def test_a_predict_killed_mid_run_and_run_again_loses_and_doubles_nothing(bundles, tmp_path):
     write_images(tmp_path / "src", 600)
     db = tmp_path / "p.db"
-    proc = predict(models["uni"], tmp_path / "src", db, "--batch-size", "8")
+    proc = predict(bundles["uni"], tmp_path / "src", db, "--batch-size", "8")
     wait_rows(db, 40, timeout=300)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     written = len(rows_of(db))
     assert 40 <= written < 600, "killed mid-run"
-    rc, out, err = done(predict(models["uni"], tmp_path / "src", db, "--batch-size", "8"))
+    rc, out, err = done(predict(bundles["uni"], tmp_path / "src", db, "--batch-size", "8"))
     assert rc == 0 and "locked" not in err, err
     check_table(db, 600)
 
@@ -88,10 +87,10 @@ def one_line_error(err: str, db) -> str:
     return lines[-1]
 
 
-def test_a_table_on_a_full_disk_is_one_line_naming_the_file(models, small_disk, tmp_path):
+def test_a_table_on_a_full_disk_is_one_line_naming_the_file(bundles, small_disk, tmp_path):
     write_images(tmp_path / "src", 40)
     db = small_disk / "p.db"
-    rc, _, err = done(predict(models["uni"], tmp_path / "src", db, "--batch-size", "8"))
+    rc, _, err = done(predict(bundles["uni"], tmp_path / "src", db, "--batch-size", "8"))
     assert rc == 0, err
     fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
     try:  # fill what is left of the disk
@@ -102,7 +101,7 @@ def test_a_table_on_a_full_disk_is_one_line_naming_the_file(models, small_disk, 
     finally:
         os.close(fd)
     write_images(tmp_path / "src" / "more", 40, seed=4)
-    rc, _, err = done(predict(models["uni"], tmp_path / "src", db, "--batch-size", "8"))
+    rc, _, err = done(predict(bundles["uni"], tmp_path / "src", db, "--batch-size", "8"))
     assert rc == 1
     line = one_line_error(err, db)
     assert "its disk is full" in line and "give --table a file on another disk" in line
@@ -128,14 +127,14 @@ def read_only_home(tmp_path, request):
     return folder
 
 
-def test_a_table_on_a_read_only_disk_is_one_line_naming_the_file(models, read_only_home, tmp_path):
+def test_a_table_on_a_read_only_disk_is_one_line_naming_the_file(bundles, read_only_home, tmp_path):
     write_images(tmp_path / "src", 8)
     db = read_only_home / "p.db"
-    rc, _, err = done(predict(models["uni"], tmp_path / "src", db))
+    rc, _, err = done(predict(bundles["uni"], tmp_path / "src", db))
     assert rc == 0, err
     make_read_only(read_only_home)
     for target in (db, read_only_home / "new" / "p.db"):  # the existing table, and a folder to create
-        rc, _, err = done(predict(models["uni"], tmp_path / "src", target))
+        rc, _, err = done(predict(bundles["uni"], tmp_path / "src", target))
         assert rc == 1
         line = one_line_error(err, target)
         assert ("read-only" in line or "not writable" in line) and "give --table a writable path" in line

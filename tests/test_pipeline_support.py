@@ -119,15 +119,21 @@ def by_path(rows) -> dict[str, dict]:
     return {r["image_id"].rsplit("#", 1)[0]: r for r in rows}
 
 
+# `python -m pipeline` in a process where torch and torchvision cannot be imported: what the worker
+# image is (it installs no torch). The queue tests start every consumer this way.
+WITHOUT_TORCH = [sys.executable, "-c", "import runpy, sys; sys.modules.update(torch=None, torchvision=None); "
+                 "runpy.run_module('pipeline', run_name='__main__', alter_sys=True)"]
+
+
 def pipeline_cli(*args, check=True):
     """`python -m pipeline ARGS...` from the repository root, as a user runs it."""
     return run_cli("-m", "pipeline", *args, check=check)
 
 
-def start_consumer(ckpt, db, url, name, log_dir, *extra, until_empty=True):
+def start_consumer(bundle, db, url, name, log_dir, *extra, until_empty=True):
     """`python -m pipeline consume` in the background, logging to LOG_DIR/NAME.log; it exits once
     nothing is queued or pending (`until_empty`), else after --max-idle or on SIGTERM."""
-    cmd = [sys.executable, "-m", "pipeline", "consume", "--checkpoint", str(ckpt), "--table", str(db),
+    cmd = [*WITHOUT_TORCH, "consume", "--bundle", str(bundle), "--table", str(db),
            "--redis", url, "--consumer", name, "--batch-size", "32", "--threads", "1", "--block-ms", "200",
            "--min-idle-ms", "3000", *(["--exit-when-empty"] if until_empty else []), "--max-idle", "90", *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True,

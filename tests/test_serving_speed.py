@@ -1,7 +1,9 @@
-"""The speed levers of serving change no result: BatchNorm folding and the ONNX Runtime backend
-give the eager model's logits (models/serving.py), and the pipeline's decode path (in-process
-threads, JPEG DCT scaling for large files) writes the rows the DataLoader + full decode wrote.
-Nothing here is timed: bench/bench_pipeline.py and bench/bench_serving.py measure the speed."""
+"""The speed levers of serving change no result: BatchNorm folding keeps the eager model's logits
+(models/serving.py; the exported graph's round trip: tests/test_release.py), serving's numpy
+pixels are the eval transform's bit for bit, every decode layout (in-process streams or threads,
+decode processes, a queue consumer's message batches) writes the same rows, and JPEG DCT scaling
+stays close to the full decode. Nothing here is timed: bench/bench_pipeline.py and
+bench/bench_serving.py measure the speed."""
 from __future__ import annotations
 
 import re
@@ -12,18 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.bench_pipeline import full_decode
 from bench.bench_serving import random_bn
 from tests.builders import write_bad_files, write_images
-from tests.conftest import TINY_TRAIN, run_cli
 
 
 @pytest.fixture(scope="module")
-def uni(tiny_data, tmp_path_factory) -> Path:
-    """A uni checkpoint trained by train.py for one epoch on the tiny embedded dataset."""
-    out = tmp_path_factory.mktemp("serving_speed")
-    run_cli("train.py", "--data", tiny_data, "--paradigm", "uni", "--epochs", "1", "--artifacts", out, *TINY_TRAIN)
-    return out / "uni" / "exp1" / "best.pt"
+def uni(bundles) -> Path:
+    return bundles["uni"]
 
 
 def batchnorms_called(model, x) -> list[str]:
@@ -42,7 +39,7 @@ def batchnorms_called(model, x) -> list[str]:
 def test_batchnorm_folding_keeps_the_logits_and_features(backbone):
     from models import build_model
     from models.paradigms import Head, Paradigm
-    from models.serving import TorchBackend, fold_batchnorm
+    from models.serving import fold_batchnorm
     names = ("a", "b", "c", "d")
     paradigm = Paradigm("uni", None, names, (Head("classes", "softmax", names),), "max_logit")
     torch.manual_seed(0)
@@ -53,12 +50,6 @@ def test_batchnorm_folding_keeps_the_logits_and_features(backbone):
     with torch.inference_mode():
         (z0, f0), (z1, f1) = model(x, features=True), folded(x, features=True)
     assert torch.allclose(z0, z1, atol=1e-4, rtol=1e-4) and torch.allclose(f0, f1, atol=1e-4, rtol=1e-4)
-    backend = TorchBackend(model, 48)  # the serving interface: (logits, features), channels_last
-    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
-               for m in backend.model.modules() if isinstance(m, torch.nn.Conv2d))
-    for b in (backend, TorchBackend(model, 48, channels_last=False)):
-        z2, f2 = b(x)
-        assert torch.allclose(z0, z2, atol=1e-4, rtol=1e-4) and torch.allclose(f0, f2, atol=1e-4, rtol=1e-4)
     # The original is left as it was (the fold works on a copy).
     assert batchnorms_called(model, x)
 
@@ -67,48 +58,30 @@ def tiny_images(tiny_data: Path) -> list[Path]:
     return sorted(tiny_data.rglob("*.jpg"))[:24]
 
 
-def test_onnx_backend_round_trips_a_checkpoint(uni, tiny_data):
-    from models import checkpoint as checkpoints
-    from models.serving import build_backend, onnx_available
-    reason = onnx_available()
-    if reason:
-        pytest.skip(f"ONNX backend not installed here: {reason}")
-    from data.loading import ImageSet, collate_skip_bad
-    ck = checkpoints.load(uni)
-    paths = tiny_images(tiny_data)
-    ds = ImageSet([(p, i) for i, p in enumerate(paths)], ck.transform())
-    x, good, errors = collate_skip_bad([ds[i] for i in range(len(ds))])
-    assert not errors and len(good) == len(paths)
-    backend = build_backend(ck.model, "onnx", crop=ck.crop)
-    with torch.inference_mode():
-        z0, f0 = ck.model(x, features=True)
-    for batch in (x, x[:1]):  # the batch axis is dynamic
-        z1, f1 = backend(batch)
-        assert (z1 - z0[:len(batch)]).abs().max() <= 1e-3 and (f1 - f0[:len(batch)]).abs().max() <= 1e-3
-    labels0, _ = ck.paradigm.top_labels(z0, 2)
-    labels1, _ = ck.paradigm.top_labels(backend(x)[0], 2)
-    assert labels0 == labels1
-
-
-def test_serving_pixels_are_the_eval_transform_bit_for_bit(uni, tiny_data, tmp_path):
-    """Serving decodes to uint8 pixels and normalises per batch: the very tensor of the eval
-    transform (a large photo too), and so the same outputs from the predictor."""
-    from PIL import Image
-
-    from data.loading import ImageSet, collate_skip_bad, normalize_pixels
-    from models import checkpoint as checkpoints
-    from pipeline.model import Predictor
-    ck = checkpoints.load(uni)
+@pytest.mark.parametrize("resize,crop", [(36, 32), (72, 64), (256, 224), (64, 64)])
+def test_serving_pixels_are_the_eval_transform_bit_for_bit(resize, crop, tiny_data, tmp_path):
+    """pipeline.pixels (numpy, no torch) gives data.loading's eval transform bit for bit: uint8
+    pixels as eval_pixels, normalised floats as eval_transform, a large EXIF-rotated photo (decoded
+    at a reduced DCT scale) and a greyscale PNG too."""
+    from data.images import load_rgb
+    from data.loading import IMAGENET_MEAN, IMAGENET_STD, decode_size, eval_pixels, eval_transform
+    from pipeline.pixels import Pixels
     photo = tmp_path / "photo.jpg"
-    Image.open(tiny_images(tiny_data)[0]).resize((1600, 1200)).save(photo, quality=90)
-    paths = [*tiny_images(tiny_data), photo]
-    floats, _, bad = collate_skip_bad([ImageSet([(p, 0) for p in paths], ck.transform())[i] for i in range(len(paths))])
-    pixels, _, _ = collate_skip_bad([ImageSet([(p, 0) for p in paths], ck.pixels())[i] for i in range(len(paths))])
-    assert not bad and pixels.dtype == torch.uint8 and torch.equal(normalize_pixels(pixels), floats)
-    pred = Predictor.load(uni)
-    pred.resolve_threshold(0.0)
-    a, b = pred.outputs(floats), pred.outputs(pixels)
-    assert torch.equal(a[0], b[0]) and a[1] == b[1] and torch.equal(a[2], b[2])
+    image = Image.open(tiny_images(tiny_data)[0]).resize((1600, 1200))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(photo, quality=90, exif=exif)
+    grey = tmp_path / "grey.png"
+    image.convert("L").resize((90, 50)).save(grey)
+    pixels, floats = eval_pixels(resize, crop), eval_transform(resize, crop)
+    serve = Pixels(resize, crop, IMAGENET_MEAN, IMAGENET_STD)
+    for path in [*tiny_images(tiny_data), photo, grey]:
+        a = serve(path)
+        assert a.dtype == np.uint8 and a.shape == (3, crop, crop)
+        assert np.array_equal(a, pixels(load_rgb(path, decode_size(pixels))).numpy()), path
+        assert np.array_equal(serve.normalize(a[None])[0], floats(load_rgb(path, decode_size(floats))).numpy()), path
+    with pytest.raises(ValueError, match="at most the resize"):
+        Pixels(32, 36, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def rows_by_id(rows: list[dict]) -> dict[str, dict]:
@@ -119,21 +92,18 @@ def rows_by_id(rows: list[dict]) -> dict[str, dict]:
                             if k != "processed_at"} for r in rows}
 
 
-def test_pipeline_decode_path_writes_the_same_rows_as_before(uni, tmp_path, monkeypatch):
+def test_every_decode_layout_writes_the_same_rows(uni, tmp_path):
     from pipeline.batch import predicted, run_batch
     from pipeline.model import Predictor
     from pipeline.sources import list_source
     src = tmp_path / "src"
     write_images(src / "good", 13, size=40)
     kinds = write_bad_files(src / "bad")
-    pred = Predictor.load(uni)
-    pred.resolve_threshold(0.0)
+    pred = Predictor.load(uni, threshold=0.0)
     items = list_source(src)
     assert len(items) == 13 + len(kinds)
-    with full_decode(), monkeypatch.context() as m:
-        m.setattr(pred, "pixels", pred.transform)  # the old decode: float tensors per image
-        before: list[dict] = []
-        run_batch(pred, None, items, 8, 2, False, on_rows=before.extend)  # the old default: 2 processes
+    before: list[dict] = []
+    run_batch(pred, None, items, 8, 2, False, on_rows=before.extend)  # 2 decode processes
     configs = [dict(workers=None), dict(workers=0, threads=1, streams=1), dict(workers=0, threads=2, streams=1),
                dict(workers=1), dict(workers=0, streams=2), dict(workers=0, streams=3)]
     for how in configs:  # every decode layout: the same rows, in the same order
@@ -205,9 +175,9 @@ def test_dct_scaling_only_for_large_jpegs_and_close_to_the_full_decode(tmp_path)
 ])
 def test_cores_and_the_thread_rules_follow_the_cpu_quota(monkeypatch, tmp_path, cpu_max, affinity, expected):
     """cores() is the CPU set capped by a container's cgroup v2 CPU quota; up to 8 cores decoding
-    is in-process, one stream per core at one torch thread each (one stream: the forward and the
-    decoders each get every core), above that the DataLoader worker processes take a quarter and
-    one stream the rest; a queue consumer (in-process) has at most 8 streams sharing the cores."""
+    is in-process, one stream per core at one inference thread each (one stream: the forward and
+    the decoders each get every core), above that decode processes take a quarter and one stream
+    the rest; a queue consumer (in-process) has at most 8 streams sharing the cores."""
     import provenance
     import utils
     from pipeline import batch
@@ -220,16 +190,16 @@ def test_cores_and_the_thread_rules_follow_the_cpu_quota(monkeypatch, tmp_path, 
     assert utils.trial_jobs(4, cuda=False) == (min(expected, 4), expected // min(expected, 4))  # training runs too
     if expected <= 8:
         assert batch.default_workers() == 0 and batch.default_streams() == expected
-        assert batch.default_torch_threads() == 1
+        assert batch.default_threads() == 1
     else:
         assert batch.default_workers() == expected // 4 and batch.default_streams() == 1
-        assert batch.default_torch_threads() == expected - expected // 4
+        assert batch.default_threads() == expected - expected // 4
     assert batch.default_streams(workers=0) == min(expected, 8)
-    assert batch.default_torch_threads(workers=0) == max(1, expected // min(expected, 8))
-    assert batch.decode_threads() == batch.default_torch_threads(workers=0, streams=1) == expected
-    assert batch.default_torch_threads(workers=1) == max(1, expected - 1)
+    assert batch.default_threads(workers=0) == max(1, expected // min(expected, 8))
+    assert batch.decode_threads() == batch.default_threads(workers=0, streams=1) == expected
+    assert batch.default_threads(workers=1) == max(1, expected - 1)
     # streams share the cores out, and the images evenly enough that no stream idles at the end
-    assert batch.default_torch_threads(workers=0, streams=2) == max(1, expected // 2)
+    assert batch.default_threads(workers=0, streams=2) == max(1, expected // 2)
     assert batch.stream_batch(32, 32, 3) == 11 and batch.stream_batch(32, 32, 1) == 32  # a message batch
     assert batch.stream_batch(200, 64, 2) == 50 and batch.stream_batch(64, 64, 2) == 32
     assert batch.stream_batch(1000, 64, 2) == 63 and batch.stream_batch(1, 64, 4) == 1
