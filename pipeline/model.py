@@ -97,7 +97,11 @@ class Predictor:
                 threshold = bundle.threshold(score)
             except KeyError:
                 raise BundleError(f"{path}: holds no threshold for the OOD score '{score}'") from None
-        return cls(bundle, onnx_session(bundle.model_file, threads, device), score, float(threshold), top2)
+        session = onnx_session(bundle.model_file, threads, device)
+        try:
+            return cls(bundle, session, score, float(threshold), top2)
+        except (KeyError, TypeError, ValueError) as e:  # a manifest this reader cannot serve
+            raise BundleError(f"{bundle.path / MANIFEST}: cannot be served ({type(e).__name__}: {e})") from None
 
     @property
     def name(self) -> str:
