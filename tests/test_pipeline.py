@@ -286,3 +286,27 @@ def test_a_feature_detector_scores_the_rows_it_is_named_in(uni, tmp_path):
     assert [rows[it.image_id]["ood_score"] for it in items] == pytest.approx(expected.tolist(), abs=1e-6)
     assert {r["ood_scorer"] for r in rows.values()} == {"knn"}
     assert {r["ood_threshold"] for r in rows.values()} == {pred.bundle.threshold("knn")}
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--threads", "-1"), ("--streams", "0"),
+                                        ("--threshold", "nan"), ("--device", "tpu")])
+def test_bad_flag_values_are_refused_before_anything_runs(uni, tmp_path, flag, value):
+    write_images(tmp_path / "src", 2)
+    proc = pipeline_cli("predict", "--bundle", uni, "--source", tmp_path / "src", "--table", tmp_path / "p.db",
+                        flag, value, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and flag in proc.stderr.splitlines()[-1]
+    assert not (tmp_path / "p.db").exists()
+    proc = pipeline_cli("consume", "--bundle", uni, "--table", tmp_path / "p.db", "--max-deliveries", "0",
+                        check=False)
+    assert proc.returncode == 2 and "--max-deliveries: must be a whole number of at least 1" in proc.stderr
+
+
+def test_cuda_without_its_execution_provider_is_one_error_line(uni, tmp_path):
+    import onnxruntime
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this ONNX Runtime has the CUDA execution provider")
+    write_images(tmp_path / "src", 2)
+    proc = pipeline_cli("predict", "--bundle", uni, "--source", tmp_path / "src", "--table", tmp_path / "p.db",
+                        "--device", "cuda", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: --device cuda needs ONNX Runtime's CUDA")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "p.db").exists()
