@@ -1,8 +1,13 @@
-"""Metrics as thin wrappers over scikit-learn, plus ECE (sklearn has none) and the top-2 analysis."""
+"""Metrics as thin wrappers over scikit-learn, plus ECE (sklearn has none) and the top-2 analysis.
+
+The OOD detection metrics (auroc, aupr, fpr_at_tpr, detection) are defined in models/detection.py,
+where the release chooses its default scorer with them, and re-exported here."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score, roc_curve
+from sklearn.metrics import accuracy_score, f1_score
+
+from models.detection import aupr, auroc, detection, fpr_at_tpr  # noqa: F401  (re-exported)
 
 
 def accuracy(y_true, y_pred) -> float:
@@ -11,31 +16,6 @@ def accuracy(y_true, y_pred) -> float:
 
 def macro_f1(y_true, y_pred, labels=(0, 1)) -> float:
     return float(f1_score(y_true, y_pred, labels=list(labels), average="macro", zero_division=0))
-
-
-def _two_classes(y) -> bool:
-    return len(np.unique(np.asarray(y))) == 2
-
-
-def auroc(y_true, score) -> float:
-    """y_true 1 = positive (in-distribution / target class); NaN when only one class is present."""
-    return float(roc_auc_score(y_true, score)) if _two_classes(y_true) else float("nan")
-
-
-def aupr(y_true, score) -> float:
-    return float(average_precision_score(y_true, score)) if _two_classes(y_true) else float("nan")
-
-
-def fpr_at_tpr(y_true, score, tpr_level: float = 0.95) -> float:
-    """False-positive rate at the first threshold whose true-positive rate reaches `tpr_level`."""
-    if not _two_classes(y_true):
-        return float("nan")
-    fpr, tpr, _ = roc_curve(y_true, score)
-    return float(fpr[np.searchsorted(tpr, tpr_level, side="left")])
-
-
-def detection(y_true, score) -> dict:
-    return {"auroc": auroc(y_true, score), "aupr": aupr(y_true, score), "fpr95": fpr_at_tpr(y_true, score)}
 
 
 def ece(confidence, correct, n_bins: int = 15) -> float:

@@ -69,3 +69,13 @@ def test_every_third_party_import_is_declared():
     undeclared = {m: dists.get(m) for m in third_party
                   if not {d.lower().replace("_", "-") for d in dists.get(m, [])} & pinned}
     assert not undeclared, f"imported but not in requirements*.txt: {undeclared}"
+
+
+def test_models_and_pipeline_import_nothing_from_evaluation():
+    """Release and serving stand on models/ and pipeline/ alone: evaluation imports them, never the
+    reverse (what `grep -rn "from evaluation\\|import evaluation" models/ pipeline/` checks)."""
+    hits = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+            for folder in ("models", "pipeline") for path in sorted((ROOT / folder).rglob("*.py"))
+            for n, line in enumerate(path.read_text().splitlines(), 1)
+            if re.search(r"from evaluation|import evaluation", line)]
+    assert not hits, "\n".join(hits)
