@@ -6,9 +6,10 @@
 A uni or multi-task checkpoint grows its heads to the new class (old rows kept bit for bit, new
 rows imprinted from the class's mean normalised features), is fine-tuned for a short budget with
 uniform replay of the old classes' training images, and is written as a normal checkpoint
-ARTIFACTS/<run>/<trial>/best.pt (recording its parent and what was added) with its OOD
-detectors refitted. A task-centric checkpoint gets the task-centric answer: one more model,
-trained by train.py on the new task. `--replay 0` is the naive baseline (new class only).
+ARTIFACTS/<run>/<trial>/best.pt (recording its parent and what was added), then released to
+ARTIFACTS/bundles/<id> (models/release.py: OOD filter, thresholds, ONNX graph; what serving reads).
+A task-centric checkpoint gets the task-centric answer: one more model, trained by train.py on the
+new task (released the same way). `--replay 0` is the naive baseline (new class only).
 """
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from models import checkpoint
 from models.backbones import WeightsError
 from models.checkpoint import CheckpointError
 from models.extend import FULL_SHARE, TRAIN, ExtendError, Options, extend
-from utils import renamed_flag
+from models.release import ReleaseError, describe, release
+from utils import renamed_flag, resolve_device
+
+BUNDLES = "bundles"  # ARTIFACTS/bundles: where the extended model is released
 
 D = Options()
 
@@ -54,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                       f"(default {D.device})")
     p.add_argument("--workers", type=int, default=D.workers)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-detectors", action="store_true", help="do not refit the OOD detectors")
+    p.add_argument("--no-release", action="store_true", help="write the checkpoint only, no release bundle")
     return p
 
 
@@ -68,16 +72,20 @@ def main(argv=None) -> Path:
                    train=a.train,
                    replay=a.replay, batch_size=a.batch_size, seed=a.seed, workers=a.workers, device=a.device,
                    progress=not a.no_progress)
-    out = extend(a.checkpoint, spec, out_dir if run else Path(a.artifacts), opts, refit=not a.no_detectors)
+    out = extend(a.checkpoint, spec, out_dir if run else Path(a.artifacts), opts)
     added = checkpoint.read(out).get("added") or {}
     print(f"wrote {out}" + (f" (+{', '.join(added['classes'])}: {added.get('batches', 0)} batches, "
                             f"{added.get('optimizer_steps', 0)} optimizer steps in {added.get('seconds', 0)} s; "
-                            f"val acc {checkpoint.read(out)['val']['val_acc']:.4f})" if added else ""))
+                            f"val acc {checkpoint.read(out)['val']['val_acc']:.4f})" if added else ""), flush=True)
+    if not a.no_release:
+        bundle, created = release(out, spec.root, Path(a.artifacts) / BUNDLES, device=resolve_device(a.device),
+                                  workers=a.workers, progress=not a.no_progress)
+        print(describe(bundle, created))
     return out
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (ExtendError, SpecError, CheckpointError, WeightsError) as e:
+    except (ExtendError, ReleaseError, SpecError, CheckpointError, WeightsError) as e:
         sys.exit(f"error: {e}")

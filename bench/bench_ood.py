@@ -2,6 +2,7 @@
 forward on that batch, measured side by side in one run (interleaved, median of repeats).
 
     python bench/bench_ood.py --checkpoint artifacts/uni/exp1/best.pt [--batch 16] [--repeats 30]
+                                # its detectors fitted now on its training data (models.ood.fit_filter)
     python bench/bench_ood.py   # no checkpoint: the quick profile's network, untrained, and detectors
                                 # fitted on random features of the embedded train split's size
 
@@ -28,7 +29,7 @@ def build(args):
         state = checkpoints.read(args.checkpoint)
         spec = load_spec(args.data or state["args"]["data"])
         ckpt = checkpoints.load(args.checkpoint, spec)
-        return ckpt.model.eval(), ckpt.paradigm, ood.fitted_for(ckpt, spec, progress=False), ckpt.crop
+        return ckpt.model.eval(), ckpt.paradigm, ood.fit_filter(ckpt, spec, progress=False)[0], ckpt.crop
     from models import build_model
     from models.paradigms import Head, Paradigm
     classes = tuple(f"c{i}" for i in range(10))

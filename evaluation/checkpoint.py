@@ -11,11 +11,12 @@ sets (the task's two classes), each OOD set and each multi-label set of the spec
   scored by the class probability (`auroc`) and by its logit (`auroc_logit`).
 - RQ2 `rejection.<ood set>.<scorer>`: in-distribution = the whole test split (positive) against the
   OOD set; AUROC, AUPR, FPR at 95% TPR per scorer: every logit scorer of models.scores and every
-  feature detector of models.detectors (models/ood.py: fitted on the train split once and kept
-  beside the checkpoint in `<ckpt>.detectors.pt`, refitted when missing or stale; the train, val
-  and ood_val features go through the same cache); `paper_scorer` names the paper's score,
-  `detectors` the detectors, `default` the scorer chosen on val + ood_val (never on these sets)
-  and `selection` the ood_val figures it was chosen by.
+  feature detector of models.detectors (models.ood.fit_filter: fitted here, in memory, on the
+  train split as a release fits them; the train, val and ood_val features come from the same
+  cache, so a second evaluation refits without inferring); `paper_scorer` names the paper's
+  score, `detectors` the detectors, `default` the scorer chosen on val + ood_val (never on these
+  sets) and `selection` the ood_val figures it was chosen by.
+- `checkpoint_sha256`: the checkpoint's content hash (a release names its checkpoint by it).
 - RQ3 `multilabel.<set>.by_rule.<rule>`: top-2 analysis of `Paradigm.rank_labels` under each rule
   of models.paradigms.RANKINGS, and `test_top2`: per rule the share of test images whose
   label is in the top-2 (what a rule costs on single-label images); a task-centric model answers
@@ -92,7 +93,7 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
         features[name] = feats[ok]
         return logits[ok], [c for (_, c), k in zip(sets[name], ok.tolist()) if k]
 
-    out = {**ckpt.provenance(), "dataset": spec.name, "params": sum(p.numel() for p in model.parameters()),
+    out = {**ckpt.provenance(), "checkpoint_sha256": predictor.sha256, "dataset": spec.name, "params": sum(p.numel() for p in model.parameters()),
            "forward_passes_per_image": 1, "tasks": {}, "rejection": {}, "multilabel": {}}
     test_logits, test_labels = run("test")
     raw = {"rejection": {}, "multilabel": {},
@@ -101,7 +102,7 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
         out["tasks"][task] = task_entry(paradigm, spec, task, test_logits, test_labels, run,
                                         raw.setdefault("tasks", {}).setdefault(task, {}))
 
-    filt = ood.fitted_for(ckpt, spec, extract=predictor)
+    filt, _ = ood.fit_filter(ckpt, spec, extract=predictor)
 
     def scores(logits, name):
         return filt.scores(logits, features[name], paradigm)

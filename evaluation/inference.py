@@ -1,8 +1,10 @@
 """Model outputs per image set, inferred once per checkpoint and cached.
 
 Outputs — the logits and the penultimate features of the same forward pass (for the OOD detectors
-of models/detectors.py) — are cached per (checkpoint identity, image set, image list, test
+of models/detectors.py) — are cached per (checkpoint content, image set, image list, test
 transform): `evaluate.py report` and the notebooks run each image set through each checkpoint once.
+A checkpoint is known by its content hash (data.images.content_hash), so a copied or touched file
+keeps its entries and a retrained one gets new ones.
 """
 from __future__ import annotations
 
@@ -12,14 +14,9 @@ from pathlib import Path
 
 import torch
 
+from data.images import content_hash
 from models.checkpoint import Checkpoint
 from models.inference import predict_features
-
-
-def checkpoint_key(path: str | Path) -> str:
-    """Identity of a checkpoint file: resolved path, size and modification time."""
-    st = Path(path).stat()
-    return hashlib.sha256(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
 class CachedPredictor:
@@ -30,7 +27,8 @@ class CachedPredictor:
                  progress=True, workers: int = 0):
         self.ckpt, self.batch_size, self.device, self.progress = ckpt, batch_size, device, progress
         self.workers = workers
-        self.key = checkpoint_key(ckpt.path)
+        self.sha256 = content_hash(ckpt.path)
+        self.key = self.sha256[:16]
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.inferred: list[str] = []  # set names actually run through the model (not from cache)
 

@@ -3,7 +3,8 @@
 The features are the concat classifier's hidden layer after ELU, from the same forward pass as
 the logits (`PMG.forward(x, features=True)`, why that layer: models/pmg.py). Every detector is a
 value in `DETECTORS`: `fit(features, labels)`, `score(features) -> (N,)` (higher = more
-in-distribution, as models.scores), and `state()` / `from_state()` for the detector file.
+in-distribution, as models.scores), and `state()` / `from_state()` for a release bundle
+(tensors and plain data; models/release.py stores them as arrays).
 - knn:         Sun et al. 2022: minus the Euclidean distance of the L2-normalised feature to its
                k-th nearest L2-normalised train feature. k = 50, or a tenth of the bank when it
                holds under 500 features (at least 1); the bank is at most 10,000 train features
@@ -25,15 +26,15 @@ identity (the coefficient comes from the data: ~0 with many images, larger on ti
 matrix. Everything is computed in float64 and stored as tensors and plain data.
 
 Written here in plain torch rather than taken from pytorch-ood 0.4.0: its KNN needs scikit-learn
-(not a serving dependency) and keeps a sklearn index that cannot be stored in a weights_only
-file; its Mahalanobis divides no covariance by N and adds only a fixed 1e-6 ridge (near-singular
-when a train split is narrower than the features) and asserts that every class index occurs; and
+(not a serving dependency) and keeps a sklearn index that cannot be stored as plain arrays; its
+Mahalanobis divides no covariance by N and adds only a fixed 1e-6 ridge (near-singular when a
+train split is narrower than the features) and asserts that every class index occurs; and
 its detectors have no state to save, so the fitted tensors would be pulled out of them anyway.
 
 `fit(features, labels, weight, bias)` takes the heads' concatenated Linear weight and bias (only
-ViM uses them). Fitting on a checkpoint, the detector file and the choice of the default detector
-are in models/ood.py. Scoring is computed once, in numpy, by pipeline.outputs.DETECTOR_SCORERS
-from the fitted `state()` (as serving scores from a bundle); `score` here converts to and from torch.
+ViM uses them). Fitting on a checkpoint and the choice of the default detector are in
+models/ood.py. Scoring is computed once, in numpy, by pipeline.outputs.DETECTOR_SCORERS from the
+fitted `state()` (as serving scores from a bundle); `score` here converts to and from torch.
 """
 from __future__ import annotations
 

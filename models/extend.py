@@ -19,7 +19,7 @@ The dataset is the model's training data plus the new task (`python -m data.conc
    `train`: heads (the heads' Linear layers; every BatchNorm stays frozen), classifier (the four
    classifiers: trunk and heads) or all (backbone at lr/10, as train.py).
 3. Write a normal checkpoint (models.checkpoint) with `parent` and `added`, validated on the val
-   split, and refit its OOD detectors and default scorer (models.ood).
+   split; extend.py then releases it (models/release.py: its OOD filter, thresholds and ONNX graph).
 A task-centric model is not grown: the task-centric way adds one more model (train.py).
 """
 from __future__ import annotations
@@ -289,7 +289,7 @@ def train_task_model(parent, spec: Spec, out_dir: Path) -> Path:
 
 # --- the whole extension -------------------------------------------------------------------
 
-def extend(ckpt_path: str | Path, spec: Spec, out_dir: str | Path, opts: Options, refit: bool = True) -> Path:
+def extend(ckpt_path: str | Path, spec: Spec, out_dir: str | Path, opts: Options) -> Path:
     """Grow the model of `ckpt_path` to the classes of `spec`, fine-tune, write out_dir/best.pt."""
     start = time.perf_counter()
     batch_split(opts.batch_size, opts.replay, 1)  # flag errors before any work
@@ -340,7 +340,4 @@ def extend(ckpt_path: str | Path, spec: Spec, out_dir: str | Path, opts: Options
                                        {"acc": val["val_acc"], "loss": val["val_loss"]}, SELECTION,
                                        parent=lineage, added=record)
     checkpoints.save(state, out)
-    if refit:
-        from models.ood import fit_checkpoint
-        fit_checkpoint(checkpoints.load(out, spec, device), spec, device=device, progress=opts.progress)
     return out

@@ -1,6 +1,7 @@
 """Release: a checkpoint -> an immutable, content-addressed bundle folder, the one artifact serving reads.
 
     python -m models.release artifacts/uni/exp1/best.pt [--data DIR] --out bundles/
+    python -m models.release --best artifacts/uni --report results --out artifacts/bundles
 
 Release is the one step after training that reads the dataset: it fits the OOD detectors on the
 train split and chooses the default scorer on val + ood_val (models/ood.py), sets every scorer's
@@ -8,6 +9,10 @@ threshold on val at the stated TPR (models.ood.threshold_at_tpr, as `python -m p
 threshold`), exports the BatchNorm-folded model to ONNX with its logits and hidden features
 (models/serving.py) and checks the graph against eager PyTorch on batches of 1 and 3. The folder's
 layout and id are defined by its reader, pipeline/bundle.py.
+
+`--best RUN_DIR` releases the trial of a run whose checkpoint has the highest validation accuracy
+(`best_val_acc`: chosen on val only). `--report RESULTS` (the folder `evaluate.py report` wrote)
+puts the run's test and OOD figures with their intervals in MODEL_CARD.md (models/card.py).
 
 The exporter is torch's current one (dynamo) when it round-trips, else the TorchScript one, and
 bundle.json says which and why. Writing is atomic (a temporary folder beside, then one rename); a
@@ -19,6 +24,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import zipfile
@@ -31,6 +37,7 @@ from data.images import content_hash
 from data.loading import IMAGENET_MEAN, IMAGENET_STD
 from models import checkpoint as checkpoints
 from models import ood
+from models.card import model_card, report_figures
 from models.checkpoint import CheckpointError, heads_of
 from models.detectors import FEATURES
 from models.paradigms import RANKINGS
@@ -41,7 +48,6 @@ from provenance import provenance
 
 ATOL = RTOL = 1e-4  # ONNX Runtime v eager: |onnx - eager| <= ATOL + RTOL * |eager|, logits and features
 CHECK_BATCHES = (1, 3)
-STAND_IN = "sofar-embedded"  # the name data.generate gives the procedurally generated dataset
 
 
 class ReleaseError(ValueError):
@@ -127,7 +133,7 @@ def val_thresholds(filt: ood.OODFilter, ckpt, logits: torch.Tensor, features: to
     return {name: ood.threshold_at_tpr(s, tpr) for name, s in filt.scores(logits[ok], features[ok], ckpt.paradigm).items()}
 
 
-# --- bundle.json and the model card -----------------------------------------------------------
+# --- bundle.json (the card: models/card.py) ---------------------------------------------------
 
 def manifest(ckpt, spec, filt: ood.OODFilter, fitted: dict, thresholds: dict, tpr: float, export: dict,
              detector_params: dict, width: int) -> dict:
@@ -155,58 +161,6 @@ def manifest(ckpt, spec, filt: ood.OODFilter, fitted: dict, thresholds: dict, tp
         "provenance": {"checkpoint_sha256": content_hash(ckpt.path), "spec": spec.name,
                        "spec_sha256": content_hash(spec.file), "trained": trained, "train_args": ckpt.args},
     }
-
-
-def model_card(m: dict) -> str:
-    p, o, v = m["paradigm"], m["ood"], m["validation"]
-    stand_in = m["provenance"]["spec"] == STAND_IN
-    heads = "; ".join(f"{name} ({kind}: {', '.join(classes)})" for name, kind, classes in p["heads"])
-    accs = "\n".join(f"| {k} | {val:.3f} |" for k, val in v.items() if k.startswith("val_acc") and val is not None)
-    sel = "\n".join(f"| {n}{' (default)' if n == o['default'] else ''} | {s['auroc']:.3f} | {s['fpr95']:.3f} |"
-                    for n, s in sorted(o["selection"].items(), key=lambda kv: -kv[1]["auroc"]))
-    how = (f"the rule: {o['rule']}; mean over the ood_val sets {', '.join(o['ood_val'])}" if o["selection"]
-           else f"no ood_val sets in the dataset: the paper's score for this design, {o['paper_scorer']}")
-    data = (f"the procedurally generated stand-in dataset `{STAND_IN}` (SOFAR-Image is private): every "
-            f"figure here is a figure about the stand-in, not about real photos" if stand_in
-            else f"the dataset `{m['provenance']['spec']}`")
-    return f"""# {m['name']}: {p['title']} classifier with an OOD filter
-
-## Intended use
-Sorting photos from a car-sharing fleet into {', '.join(p['classes'])}, after an out-of-distribution
-(OOD) filter rejects photos that belong to none of them; each accepted photo gets its top-2 labels
-({m['top2']['rule']} rule). Heads: {heads}. Not for photos of other domains, nor as the sole judge of
-damage: a person reviews what the table flags.
-
-## Data
-Trained on {data}; dataset.yaml sha256 {m['provenance']['spec_sha256'][:16]}. The OOD detectors were
-fitted on its train split ({o['n_train']} images); the scorer and threshold were chosen on its val
-split and `ood_val` sets, never on the test or reported OOD sets.
-
-## Figures available at release
-Validation accuracy of the checkpoint ({v.get('val_images')} val images):
-
-| measure | value |
-|---|---|
-{accs}
-
-OOD scorer: **{o['default']}** ({how}); threshold {o['thresholds'][o['default']]:.4g}, which accepts
-{o['val_accepted']:.1%} of the {o['n_val']} val images (stated TPR {o['tpr']:.0%}).
-
-| scorer | mean ood_val AUROC | mean ood_val FPR@95 |
-|---|---|---|
-{sel or '| (no ood_val sets) | | |'}
-
-Test-set and reported-OOD figures, with their intervals, are in the run's evaluation report
-(`python evaluate.py`), not here.
-
-## Known limits
-- Content-poor photos (far too dark, shaken, a finger over the lens) pass the OOD filter: every
-  detector scores them close to the classes, so they reach the classifier and get labels.
-- The filter knows only the OOD kinds of its ood_val sets; a new kind of irrelevant photo may pass.
-- {'These numbers are on the stand-in dataset: they say the system works end to end, not how well it sorts real photos.' if stand_in else 'Figures are from one training run; the report gives their spread over trials.'}
-- The exported graph ({m['export']['exporter']} exporter, opset {m['export']['opset']}) expects {m['transform']['crop'][0]} px crops
-  normalised as bundle.json's `transform` says.
-"""
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -241,10 +195,24 @@ def write_bundle(out: Path, files: dict[str, bytes], meta: dict) -> tuple[Path, 
     return dest, True
 
 
+def best_trial(run_dir: str | Path) -> tuple[Path, float]:
+    """(the RUN_DIR/<trial>/best.pt with the highest validation accuracy, that accuracy); ties go to
+    the first trial in natural order (exp2 before exp10)."""
+    def natural(p: Path):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.parent.name)]
+    accs = {p: checkpoints.read(p).get("best_val_acc") for p in sorted(Path(run_dir).glob("*/best.pt"), key=natural)}
+    accs = {p: a for p, a in accs.items() if a is not None}
+    if not accs:
+        raise ReleaseError(f"{run_dir}: no <trial>/best.pt that records a validation accuracy; train first")
+    best = max(accs, key=accs.get)
+    return best, accs[best]
+
+
 def release(ckpt_path: str | Path, data: str | Path | None = None, out: str | Path = "bundles",
             tpr: float = DEFAULT_TPR, device="cpu", batch_size: int = 32, workers: int = 0,
-            progress: bool = False) -> tuple[Path, bool]:
-    """Release one checkpoint (module doc): (the bundle folder, whether it was written now)."""
+            progress: bool = False, report: str | Path | None = None) -> tuple[Path, bool]:
+    """Release one checkpoint (module doc): (the bundle folder, whether it was written now);
+    `report`: the evaluation report whose figures go in the card."""
     from data.spec import load_spec
     from models.inference import predict_features
     if not 0 < tpr <= 1:
@@ -254,6 +222,7 @@ def release(ckpt_path: str | Path, data: str | Path | None = None, out: str | Pa
         raise ReleaseError(f"{ckpt_path}: records no dataset; pass --data DATASET (release fits the OOD filter on it)")
     spec = load_spec(data)
     ckpt = checkpoints.load(ckpt_path, spec, device)
+    figures = report_figures(report, ckpt.paradigm.run_name, content_hash(ckpt.path), spec.name) if report else None
     cache = {}
 
     def extract(name, items):  # val is read by the scorer choice and again for the thresholds
@@ -268,17 +237,30 @@ def release(ckpt_path: str | Path, data: str | Path | None = None, out: str | Pa
     graph, export, check = export_graph(ckpt)
     params, arrays = detector_arrays(filt)
     meta = manifest(ckpt, spec, filt, fitted, thresholds, tpr, export, params, features.shape[1])
-    files = {layout.MODEL: graph, layout.DETECTORS: npz_bytes(arrays), layout.CARD: model_card(meta).encode()}
+    files = {layout.MODEL: graph, layout.DETECTORS: npz_bytes(arrays), layout.CARD: model_card(meta, figures).encode()}
     meta["release"] = {"checkpoint": str(ckpt.path), "data": str(spec.root), "export_check": check,
                        "provenance": provenance(device)}
     return write_bundle(Path(out), files, meta)
 
 
+def describe(path: Path, created: bool) -> str:
+    """One line on a release: where its bundle is, and what it serves with."""
+    b = layout.Bundle.load(path)
+    return (f"{'wrote' if created else 'already released, left as it is:'} {path} ({b.manifest['name']}; "
+            f"{b.manifest['export']['exporter']} export; OOD scorer {b.default_scorer}, threshold "
+            f"{b.threshold():.4g} at TPR {b.manifest['ood']['tpr']:g})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.release", description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint", help="a train.py checkpoint (best.pt)")
+    ap.add_argument("checkpoint", nargs="?", help="a train.py checkpoint (best.pt), or give --best RUN_DIR")
+    ap.add_argument("--best", metavar="RUN_DIR",
+                    help="release the trial of RUN_DIR (e.g. artifacts/uni) with the highest validation accuracy")
     ap.add_argument("--data", help="dataset folder (default: the one the checkpoint was trained on)")
     ap.add_argument("--out", default="bundles", help="folder of bundles; this one goes to OUT/<id> (default bundles)")
+    ap.add_argument("--report", metavar="RESULTS",
+                    help="the run's evaluation report (evaluate.py report's --out, or its summary.json): its "
+                         "test and OOD figures with their intervals go in MODEL_CARD.md")
     ap.add_argument("--tpr", type=float, default=DEFAULT_TPR,
                     help=f"fraction of val images the OOD threshold accepts (default {DEFAULT_TPR})")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda: where features are computed (default auto)")
@@ -286,19 +268,21 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--progress", action="store_true", help="show progress bars")
     args = ap.parse_args(argv)
+    if (args.checkpoint is None) == (args.best is None):
+        ap.error("give a checkpoint or --best RUN_DIR (one of them)")
     from data.spec import SpecError
     from utils import resolve_device
     try:
-        path, created = release(args.checkpoint, args.data, args.out, args.tpr, resolve_device(args.device),
-                                args.batch_size, args.workers, args.progress)
-        b = layout.Bundle.load(path)
+        ckpt = args.checkpoint
+        if args.best:
+            ckpt, acc = best_trial(args.best)
+            print(f"best trial of {args.best} by validation accuracy: {ckpt.parent.name} ({acc:.4f})")
+        path, created = release(ckpt, args.data, args.out, args.tpr, resolve_device(args.device),
+                                args.batch_size, args.workers, args.progress, args.report)
+        print(describe(path, created))
     except (SpecError, CheckpointError, ReleaseError, layout.BundleError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    o = b.manifest["ood"]
-    print(f"{'wrote' if created else 'already released, left as it is:'} {path} ({b.manifest['name']}; "
-          f"{b.manifest['export']['exporter']} export; OOD scorer {o['default']}, threshold "
-          f"{b.threshold():.4g} at TPR {o['tpr']:g})")
     return 0
 
 

@@ -5,8 +5,8 @@
 # Adding a task without retraining from scratch, measured (extend.py): hold one class out of the
 # embedded dataset, train uni on the rest, add the class back to the data (python -m data.concat
 # add), then per trial: extend the model (imprint + replay fine-tune), the imprinted model without
-# fine-tune, the naive extension (--replay 0) and a full retrain on the whole label space; evaluate
-# them all into ROOT/EXTEND.md.
+# fine-tune, the naive extension (--replay 0) and a full retrain on the whole label space, each
+# released beside its checkpoint (ROOT/expN/<row>/bundles/); evaluate them all into ROOT/EXTEND.md.
 # Settings are environment variables (defaults in brackets):
 #   TRIALS [1]               trials, seeds 0..N-1, in ROOT/exp1..expN
 #   CLASS [washer_fluid]     the class held out and added back
@@ -78,11 +78,11 @@ timed() {
   printf '%s\t%s\n' "$row" "$(($(date +%s) - t0))" >> "$dir/times.tsv"
 }
 
-# retrain [train.py flags]: the full retrain of trial $i, then its detector file (python -m models.ood fit)
+# retrain [train.py flags]: the full retrain of trial $i, then its release bundle (python -m models.release)
 retrain() {
   $PY train.py --data "$full" --paradigm uni --profile "$profile" --seed $seed --trial "exp$i" \
       --artifacts "$dir/full" --no-progress "$@"
-  $PY -m models.ood fit --checkpoint "$dir/full/uni/exp$i/best.pt" --no-progress
+  $PY -m models.release "$dir/full/uni/exp$i/best.pt" --out "$dir/full/bundles"
 }
 
 i=1
@@ -105,7 +105,7 @@ while [ "$i" -le "$trials" ]; do
   # shellcheck disable=SC2086
   timed naive $PY extend.py --checkpoint "$parent" --data "$full" --seed $seed --artifacts "$dir/naive" $ext_flags \
       --replay 0
-  echo "==== full retrain on $full, and its OOD detectors (extend.py refits them too: both rows end servable)"
+  echo "==== full retrain on $full, and its release (extend.py releases too: both rows end servable)"
   timed full retrain "$@"
   for v in ${VARIANTS:-}; do
     echo "==== extend.py, variant $v: $(variant_flags "$v")"

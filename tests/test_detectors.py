@@ -1,6 +1,5 @@
-"""Feature-space OOD detectors: hand-checkable fits and scores, the detector file beside its
-checkpoint, the default chosen on ood_val, features from the same forward pass, and evaluation
-and serving using them."""
+"""Feature-space OOD detectors: hand-checkable fits and scores, the filter fitted in memory with the
+default chosen on ood_val, features from the same forward pass, and evaluation using them."""
 from __future__ import annotations
 
 import shutil
@@ -119,7 +118,7 @@ def test_vim_by_hand():
         det.ViM().fit(z)
 
 
-# ---------------------------------------------------------------- the default and the detector file
+# ---------------------------------------------------------------- the filter and its default
 
 def test_default_is_chosen_on_ood_val_by_auroc_then_fpr():
     from models.paradigms import Paradigm
@@ -133,26 +132,37 @@ def test_default_is_chosen_on_ood_val_by_auroc_then_fpr():
     assert ood.choose_default(paradigm, id_scores, {}) == ("max_logit", {})  # no ood_val sets: the paper's
 
 
-def test_detector_file_round_trip_and_mismatch(tmp_path):
-    ckpt = tmp_path / "best.pt"
-    ckpt.write_bytes(b"a checkpoint")
-    z, y, centres = two_clusters()
-    fitted = ood.OODFilter(det.fit_all(z, y, *head_of(centres)), "knn", {"knn": {"auroc": 0.9, "fpr95": 0.2}})
-    file = ood.save(ckpt, fitted, {"classes": ["a", "b"]})
-    assert file == tmp_path / "best.pt.detectors.pt"
-    raw = torch.load(file, weights_only=True)  # tensors and plain data only
-    assert set(raw["detectors"]) == set(det.DETECTORS) and raw["checkpoint_sha256"] == ood.checkpoint_hash(ckpt)
-    loaded = ood.load(ckpt)
-    assert loaded.default == "knn" and loaded.selection == fitted.selection
-    for name in det.DETECTORS:
-        assert torch.equal(loaded.detectors[name].score(z), fitted.detectors[name].score(z))
-    ckpt.write_bytes(b"another checkpoint")
-    with pytest.raises(ood.DetectorFileError) as e:
-        ood.load(ckpt)
-    assert str(file) in str(e.value) and str(ckpt) in str(e.value) and "models.ood fit" in str(e.value)
-    file.unlink()
-    with pytest.raises(ood.DetectorFileError, match="not found"):
-        ood.load(ckpt)
+def test_fit_filter_fits_on_train_chooses_on_ood_val_and_writes_nothing(tiny_data, artifacts):
+    from data.spec import load_spec
+    from models import checkpoint as checkpoints
+    from models.inference import predict_features
+    spec = load_spec(tiny_data)
+    path = artifacts / "task_defect" / "exp1" / "best.pt"
+    before = sorted(path.parent.iterdir())
+    ckpt = checkpoints.load(path, spec)
+    seen = []
+
+    def extract(name, items):
+        seen.append(name)
+        return predict_features(ckpt.model, items, ckpt.transform(), progress=False)
+
+    filt, fitted = ood.fit_filter(ckpt, spec, extract=extract)
+    assert seen == ["train", *[f"ood_val/{o}" for o in spec.ood_val], "val"]
+    assert fitted["classes"] == ["normal", "defect"] and fitted["ood_val"] == sorted(spec.ood_val)
+    assert fitted["n_train"] == len(spec.split_samples("train", ["normal", "defect"]))
+    assert set(filt.detectors) == set(det.DETECTORS)
+    assert filt.detectors["mahalanobis"].means.shape[0] == 2  # the task's two dataset classes
+    assert filt.detectors["vim"].weight.shape[0] == 2  # the task head's two logits
+    sel = filt.selection
+    assert set(sel) == {*SCORERS, *det.DETECTORS}
+    assert filt.default == max(sel, key=lambda n: (sel[n]["auroc"], -sel[n]["fpr95"]))
+    assert sorted(path.parent.iterdir()) == before  # nothing written beside the checkpoint
+
+
+def test_the_ood_filter_needs_no_scikit_learn_until_it_chooses():
+    """Serving ships without scikit-learn: models.ood and the detection metrics import without it."""
+    run_cli("-c", "import sys; import models.ood, models.detection, models.release; "
+                  "assert 'sklearn' not in sys.modules, 'sklearn imported'")
 
 
 # ---------------------------------------------------------------- features of the same forward pass
@@ -186,7 +196,8 @@ def test_evaluation_reports_detectors(tiny_data, artifacts, tmp_path):
     ckpt.parent.mkdir()
     shutil.copy(artifacts / "uni" / "exp1" / "best.pt", ckpt)
     m, raw = evaluate_checkpoint(ckpt, spec, cache_dir=tmp_path / "cache", progress=False)
-    assert ood.detector_file(ckpt).is_file() and {"train", "val"} <= set(m["inferred_sets"])
+    assert {"train", "val"} <= set(m["inferred_sets"])
+    assert [p.name for p in ckpt.parent.iterdir()] == ["best.pt"]  # the filter is fitted in memory
     assert all(f"ood_val/{o}" in m["inferred_sets"] for o in spec.ood_val)
     assert m["rejection"]["detectors"] == list(det.DETECTORS)
     sel = m["rejection"]["selection"]
@@ -198,25 +209,10 @@ def test_evaluation_reports_detectors(tiny_data, artifacts, tmp_path):
             r = m["rejection"][o][name]
             assert 0 <= r["auroc"] <= 1 and 0 <= r["aupr"] <= 1 and 0 <= r["fpr95"] <= 1
             assert len(raw["rejection"][o][name][0]) == r["n_id"]
+    # again: refitted from the cached features, to the same filter
     again, _ = evaluate_checkpoint(ckpt, spec, cache_dir=tmp_path / "cache", progress=False)
     assert again["inferred_sets"] == [] and again["rejection"] == m["rejection"]
-    # a stale file (fitted for the checkpoint this one replaced) is refitted
+    # another checkpoint at the same path: other content, so other features and another fit
     shutil.copy(artifacts / "multi" / "exp1" / "best.pt", ckpt)
     other, _ = evaluate_checkpoint(ckpt, spec, cache_dir=tmp_path / "cache", progress=False)
-    assert "train" in other["inferred_sets"] and ood.load(ckpt)
-
-
-def test_fit_command(tiny_data, artifacts, tmp_path):
-    ckpt = tmp_path / "best.pt"
-    shutil.copy(artifacts / "task_defect" / "exp1" / "best.pt", ckpt)
-    proc = run_cli("-m", "models.ood", "fit", "--checkpoint", ckpt, "--data", tiny_data, "--no-progress")
-    assert "wrote" in proc.stdout and str(ood.detector_file(ckpt)) in proc.stdout
-    fitted = ood.load(ckpt)
-    assert f"default scorer {fitted.default} (mean ood_val AUROC" in proc.stdout
-    raw = torch.load(ood.detector_file(ckpt), weights_only=True)
-    assert raw["classes"] == ["normal", "defect"] and raw["n_train"] > 0 and raw["rule"] == ood.RULE
-    assert fitted.detectors["mahalanobis"].means.shape[0] == 2  # the task's two dataset classes
-    assert fitted.detectors["vim"].weight.shape[0] == 2  # the task head's two logits
-    proc = run_cli("-m", "models.ood", "fit", "--checkpoint", tmp_path / "missing.pt", check=False)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "train" in other["inferred_sets"] and other["rejection"]["paper_scorer"] == "kl_uniform"

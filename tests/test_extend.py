@@ -1,5 +1,5 @@
 """extend.py: growing a trained model to a new class (imprinting + replay fine-tune), its checkpoint,
-its errors, and the pipeline serving it as a new model version beside its parent."""
+its errors, and its release bundle beside the runs."""
 from __future__ import annotations
 
 import json
@@ -170,39 +170,37 @@ def test_extension_errors(parent, data, tmp_path):
                            check=False), "--replay 1.0")
 
 
-def test_extended_checkpoint_round_trips_and_is_served_as_a_new_version(parent, data, tmp_path):
+def released(proc, bundles: Path):
+    """The bundle extend.py released (the folder it printed), verified from a shell."""
+    from pipeline.bundle import Bundle
+    (folder,) = [p for p in bundles.iterdir() if not p.name.startswith(".")]
+    assert f"wrote {folder} (" in proc.stdout
+    assert json.loads(run_cli("-m", "pipeline.bundle", folder).stdout)["verified"] is True
+    return Bundle.load(folder)
+
+
+def test_extended_checkpoint_round_trips_and_is_released(parent, data, tmp_path):
     from data.images import content_hash
-    from pipeline.table import PredictionTable
-    from tests.test_pipeline_support import pipeline_cli
     out = tmp_path / "ext"
     proc = run_cli("extend.py", "--checkpoint", parent, "--data", data / "full", "--steps", "2", "--batch-size", "8",
                    "--workers", "0", "--no-progress", "--artifacts", out)
     child = out / "uni" / "exp1" / "best.pt"
-    assert f"wrote {child}" in proc.stdout and (out / "uni" / "exp1" / "best.pt.detectors.pt").is_file()
-    ck = checkpoints.load(child)  # serving: the spec stored in the checkpoint
+    assert f"wrote {child}" in proc.stdout
+    ck = checkpoints.load(child)  # the spec stored in the checkpoint
     assert list(ck.paradigm.classes) == load_spec(data / "old").class_names + [NEW]
     prov = ck.provenance()
     assert prov["parent"]["sha256"] == content_hash(parent) and prov["parent"]["classes"][-1] != NEW
     assert prov["added"]["classes"] == [NEW] and prov["added"]["tasks"] == {NEW: ["normal", NEW]}
     assert prov["added"]["batches"] == 2 and prov["added"]["optimizer_steps"] == 8
     assert checkpoints.load(child, load_spec(data / "full")).paradigm.heads == ck.paradigm.heads
-    from models import ood
-    assert ood.load(child).detectors  # refitted for this checkpoint (keyed by its content hash)
-
-    src, db = data / "full" / "test", tmp_path / "p.db"
-    pipeline_cli("predict", "--checkpoint", parent, "--source", src, "--table", db)
-    before = PredictionTable(str(db)).query()
-    pipeline_cli("predict", "--checkpoint", child, "--source", src, "--table", db)
-    rows = PredictionTable(str(db)).query()
-    versions = Counter(r["model_version"] for r in rows)
-    assert len(versions) == 2 and set(versions.values()) == {len(before)}  # one row per image and version
-    v_parent = before[0]["model_version"]
-    assert {r["model_version"] for r in before} == {v_parent} and v_parent == content_hash(parent)[:16]
-    # the parent's rows are untouched by the new version's run
-    assert {r["image_id"]: r for r in before} == {r["image_id"]: r for r in rows if r["model_version"] == v_parent}
-    new_labels = {r["top1_label"] for r in rows if r["model_version"] != v_parent} | \
-        {r["top2_label"] for r in rows if r["model_version"] != v_parent}
-    assert new_labels <= set(ck.paradigm.labels) and all(r["top1_label"] != NEW for r in before)
+    # released to ARTIFACTS/bundles: the new version, its OOD filter fitted on the new dataset
+    bundle = released(proc, out / "bundles")
+    assert bundle.manifest["provenance"]["checkpoint_sha256"] == content_hash(child)
+    assert bundle.classes == list(ck.paradigm.classes) and bundle.manifest["release"]["data"] == str(data / "full")
+    # --no-release: the checkpoint only
+    proc = run_cli("extend.py", "--checkpoint", parent, "--data", data / "full", "--steps", "0", "--workers", "0",
+                   "--no-progress", "--no-release", "--artifacts", tmp_path / "plain")
+    assert (tmp_path / "plain" / "uni" / "exp1" / "best.pt").is_file() and not (tmp_path / "plain" / "bundles").exists()
 
 
 def test_a_task_centric_checkpoint_is_extended_by_one_more_task_model(data, tmp_path):
@@ -216,6 +214,7 @@ def test_a_task_centric_checkpoint_is_extended_by_one_more_task_model(data, tmp_
                    "--artifacts", tmp_path / "ext")
     child = tmp_path / "ext" / f"task_{NEW}" / "exp1" / "best.pt"
     assert str(child) in proc.stdout and child.is_file()
+    assert released(proc, tmp_path / "ext" / "bundles").manifest["paradigm"]["task"] == NEW
     ck, parent = checkpoints.load(child), checkpoints.load(parent_path)
     assert ck.paradigm.name == "task" and ck.paradigm.task == NEW and list(ck.paradigm.classes) == ["normal", NEW]
     for k in ("backbone", "crop", "epochs", "lr", "branch_mid"):
@@ -231,7 +230,7 @@ def test_train_heads_moves_the_heads_only(parent, data, tmp_path):
     heads' old rows moved; the fine-tune is the parent's own training step (engine.train_one_epoch)."""
     from models.extend import extend
     child = extend(parent, load_spec(data / "full"), tmp_path / "uni" / "exp1",
-                   Options(steps=3, train="heads", batch_size=8, workers=0, progress=False), refit=False)
+                   Options(steps=3, train="heads", batch_size=8, workers=0, progress=False))
     old, new = checkpoints.load(parent).model.state_dict(), checkpoints.load(child).model.state_dict()
     body = [k for k in old if ".heads." not in k]
     assert body and all(torch.equal(old[k], new[k]) for k in body)  # weights and running statistics

@@ -274,3 +274,32 @@ def test_a_malicious_or_broken_evaluation_cache_is_inferred_again(artifacts, tin
         assert again.inferred == ["test"] and torch.equal(z, logits)
         err = capsys.readouterr()
         assert "unusable cache entry" in err.err and "pwned" not in err.out
+
+
+def test_the_evaluation_cache_knows_a_checkpoint_by_its_content(artifacts, tiny_data, tmp_path):
+    """A copied or touched checkpoint keeps its cached outputs; another checkpoint at the same path
+    gets its own."""
+    import os
+    import shutil
+    from data.images import content_hash
+    from data.spec import load_spec
+    from evaluation.inference import CachedPredictor
+    from models.checkpoint import load
+    spec = load_spec(tiny_data)
+    items = spec.split_samples("test")[:4]
+    first = tmp_path / "a" / "best.pt"
+    first.parent.mkdir()
+    shutil.copy(artifacts / "uni" / "exp1" / "best.pt", first)
+    pred = CachedPredictor(load(first, spec), tmp_path / "cache", progress=False)
+    logits, _ = pred("test", items)
+    assert pred.inferred == ["test"] and pred.key == content_hash(first)[:16] == pred.sha256[:16]
+    copy = tmp_path / "b" / "best.pt"
+    copy.parent.mkdir()
+    shutil.copy(first, copy)
+    os.utime(copy, (1, 1))
+    again = CachedPredictor(load(copy, spec), tmp_path / "cache", progress=False)
+    assert torch.equal(again("test", items)[0], logits) and again.inferred == []
+    shutil.copy(artifacts / "multi" / "exp1" / "best.pt", copy)
+    other = CachedPredictor(load(copy, spec), tmp_path / "cache", progress=False)
+    other("test", items)
+    assert other.inferred == ["test"] and len(list((tmp_path / "cache").glob("*.pt"))) == 2
