@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from evaluation.significance import calibration_groups
 from evaluation.stats import (accuracy_stat, auroc_stat, ece_stat, interval, mean_of_first, median_interval,
                               paired_difference)
 
@@ -115,8 +116,7 @@ def c4_multi_weakest(results, spec, task_run) -> dict:
 
 
 def c5_calibration(results) -> dict:
-    trials = [[np.c_[np.asarray(raw["calibration"][0], float), np.asarray(raw["calibration"][1], float)]]
-              for _, raw in _trials(results, "uni")]
+    trials = calibration_groups(results, "uni")
     r = interval(ece_stat, trials) if trials else None
     return {"id": "C5", "claim": "the efficiency-centric model is well calibrated",
             "paper": "calibrated well enough for top-n predictions (no figure given)",

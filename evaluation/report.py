@@ -1,7 +1,8 @@
 """`evaluate.py report`: evaluate every trial under an artifacts folder and write results/.
 
-Layout read: ARTIFACTS/<run>/<trial>/best.pt with run = uni | multi | task_<task>. Written:
-REPORT.md, one CSV per table, per-trial JSON under runs/, and the figures of
+Layout read: ARTIFACTS/<run>/<trial>/best.pt with run = uni | multi | task_<task> (a folder of
+release bundles there is passed over). Written: REPORT.md, one CSV per table, per-trial JSON under
+runs/, each run's figures with intervals in summary.json (evaluation/summary.py), and the figures of
 evaluation.figures (draw_figures). Rows: efficiency-centric, multi-task, task-centric (per task where a table
 compares whole models; in Tables 1-3 one task-centric row whose task columns each come from
 that task's own model, as in the paper).
@@ -22,7 +23,9 @@ from models import checkpoint as checkpoints
 from models.checkpoint import CheckpointError
 from models.paradigms import RANKINGS, TITLES, build_paradigm, run_label, spec_paradigms
 from models.scores import SCORERS
+from evaluation.summary import write_summary
 from evaluation.tables import ReportTable
+from pipeline.bundle import MANIFEST as BUNDLE_MANIFEST
 
 UNI, MULTI, TASK = TITLES["uni"], TITLES["multi"], TITLES["task"]
 display = run_label
@@ -42,6 +45,8 @@ def find_checkpoints(artifacts: Path, spec: Spec) -> dict[str, dict[str, Path]]:
     found: dict[str, dict[str, Path]] = {}
     for run_dir in sorted(p for p in artifacts.iterdir() if p.is_dir()):
         if (run_dir / "EXTEND.md").is_file():  # run/extend.sh's experiment: a section, not a run
+            continue
+        if any(run_dir.glob(f"*/{BUNDLE_MANIFEST}")):  # release bundles (models/release.py), not a run
             continue
         if run_dir.name not in known:
             print(f"warning: {run_dir}: not a run of {spec.file} ({', '.join(known)}); ignored", file=sys.stderr)
@@ -99,6 +104,7 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
             (folder / run).mkdir(parents=True, exist_ok=True)
             for trial, (metrics_, _) in trials.items():
                 (folder / run / f"{trial}.json").write_text(to_json(metrics_))
+    write_summary(results, spec, out)
     header = describe(results, spec)
     tables = make_tables(results, spec) + ablation_tables(results, variant_results, spec)
     eff = efficiency.table7(first_models, spec, device, efficiency_images, batch_size)
@@ -115,7 +121,8 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
              "Every number below is mean ± std (population std) over the trials. Bold in Tables 1, 2 and 4: the "
              "best paradigm where its paired interval against each other paradigm excludes 0; elsewhere the best "
              "mean. "
-             "Per-trial metrics: `runs/<run>/<trial>.json`.", ""]
+             "Per-trial metrics: `runs/<run>/<trial>.json`; each run's test and OOD figures with 95 % "
+             "intervals (what a release's model card carries): `summary.json`.", ""]
     with open(out / "claims.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(claim_rows[0]))
         w.writeheader()

@@ -60,3 +60,9 @@ def rejection_groups(results, run: str, sets: list[str], scorer: str, default: s
         if name and all(p is not None for p in pairs):
             out.append([np.asarray(pairs[0][0]), *[np.asarray(p[1]) for p in pairs]])
     return out
+
+
+def calibration_groups(results, run: str) -> list:
+    """Per trial (sorted): [(confidence, correct) per decision of `run` on the test split]."""
+    return [[np.c_[np.asarray(raw["calibration"][0], float), np.asarray(raw["calibration"][1], float)]]
+            for _, raw in (results[run][t] for t in sorted(results.get(run, {})))]

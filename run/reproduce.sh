@@ -6,7 +6,9 @@
 # The main job: create .venv, generate the embedded dataset if absent, check the dataset
 # (python -m data.spec), train every paradigm --trials times (seeds 0..N-1): uni, multi (when the
 # spec has a 'multitask:' section) and one task-centric model per task of the spec; evaluate every
-# trial and write OUT/REPORT.md.
+# trial and write OUT/REPORT.md; release the efficiency-centric (uni) trial with the highest
+# validation accuracy, its model card holding the report's figures, to ARTIFACTS/bundles/<id>
+# (python -m models.release --best; what serving reads).
 #   --trials N     trials per paradigm (default 3)
 #   --jobs         training runs side by side, over all paradigms (default auto: as many as there
 #                  are runs, up to one per core and 4 in all, the cores shared out; one on a GPU;
@@ -106,5 +108,10 @@ echo "==== evaluate.py report --artifacts $artifacts --data $data --out $results
 $PY evaluate.py report --artifacts "$artifacts" --data "$data" --out "$results" $eval_flags
 echo "==== python -m evaluation.notebooks --out $results/notebooks"  # the notebooks with their outputs, as HTML
 $PY -m evaluation.notebooks --artifacts "$artifacts" --data "$data" --cache-dir "$results/cache" --out "$results/notebooks"
+evaluated=$(date +%s)
+echo "==== python -m models.release --best $artifacts/uni --report $results --out $artifacts/bundles"
+$PY -m models.release --best "$artifacts/uni" --data "$data" --report "$results" --out "$artifacts/bundles" \
+    --device "$device"
 end=$(date +%s)
-echo "==== done in $((end - start)) s (training $((trained - start)) s, evaluation $((end - trained)) s): $results/REPORT.md"
+echo "==== done in $((end - start)) s (training $((trained - start)) s, evaluation $((evaluated - trained)) s," \
+     "release $((end - evaluated)) s): $results/REPORT.md; the release bundle is in $artifacts/bundles"

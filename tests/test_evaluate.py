@@ -31,6 +31,9 @@ def test_perfectly_separated_scores():
     y2, s2 = np.array([1, 1, 1, 1, 0, 0]), np.array([0.9, 0.8, 0.7, 0.3, 0.5, 0.1])
     assert metrics.fpr_at_tpr(y2, s2) == 0.5 and metrics.auroc(y2, s2) == 0.875
     assert math.isnan(metrics.auroc([1, 1], [0.2, 0.3]))
+    from models import detection  # one definition: the release chooses its default scorer with them
+    assert (metrics.auroc, metrics.aupr, metrics.fpr_at_tpr, metrics.detection) == \
+        (detection.auroc, detection.aupr, detection.fpr_at_tpr, detection.detection)
 
 
 def test_accuracy_and_macro_f1():
@@ -225,8 +228,11 @@ def test_run_one_checkpoint_and_cache(tiny_data, artifacts, tmp_path):
         assert plain["n"] > 0 and set(plain["topk"]) == set(mset.labels)
     assert 0 <= m["calibration"]["ece"] <= 1
     n_sets = 1 + sum(len(s) for s in spec.external.values()) + len(spec.ood) + len(spec.multilabel)
-    # train, val and ood_val too when the checkpoint's detector file had not been written yet
+    # train, val and ood_val too (the OOD filter is fitted on them), each once
     assert len([s for s in m["inferred_sets"] if s not in ("train", "val") and not s.startswith("ood_val/")]) == n_sets
+    assert len(m["inferred_sets"]) == len(set(m["inferred_sets"]))
+    from data.images import content_hash
+    assert m["checkpoint_sha256"] == content_hash(ckpt)
     again = json.loads(evaluate.main(argv).read_text())
     assert again["inferred_sets"] == []  # every set came from the cache
     assert again["tasks"] == m["tasks"]
@@ -330,6 +336,45 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
             {k: v for k, v in again.items() if k != "method" and "train" not in k}
     assert "## Ablation, efficiency-centric: OOD rejection (default scorer), calibration, top-2" in report
     assert len(list((out / "runs" / "variants" / "again").glob("*/*.json"))) == 5
+    # summary.json: each run's figures with 95 % intervals, its trials by checkpoint content
+    summary = json.loads((out / "summary.json").read_text())
+    from data.images import content_hash
+    assert summary["dataset"] == spec.name and set(summary["runs"]) == {"uni", "multi", "task_defect", "task_dirt"}
+    uni = summary["runs"]["uni"]
+    sha = content_hash(artifacts / "uni" / "exp1" / "best.pt")
+    assert uni["trials"] == {"exp1": sha, "exp2": sha} and set(uni["default_scorers"]) == {"exp1", "exp2"}
+    figures = {(f["figure"], f["set"]): f for f in uni["figures"]}
+    assert {("accuracy", "test"), ("ECE (15 bins)", "test"), ("OOD AUROC, default scorer", "mean over the OOD sets"),
+            *[(f"accuracy, task {t}", s) for t, s in cols_of(spec)], *[("OOD AUROC, default scorer", o)
+                                                                       for o in spec.ood]} == set(figures)
+    assert all(f["lo"] <= f["value"] <= f["hi"] and f["trials"] == 2 for f in figures.values())
+    t6 = {r["method"]: r for r in rows("table6_calibration.csv")}["efficiency-centric"]
+    assert figures[("accuracy", "test")]["value"] == pytest.approx(float(t6["accuracy mean"]), abs=1e-5)
+    assert figures[("ECE (15 bins)", "test")]["value"] == pytest.approx(float(t6["ECE (15 bins) mean"]), abs=1e-5)
+    assert figures[("accuracy, task defect", "test")]["value"] == pytest.approx(float(t1[0]["defect: test mean"]),
+                                                                                abs=1e-5)
+    task = {(f["figure"], f["set"]) for f in summary["runs"]["task_defect"]["figures"]}
+    assert ("accuracy, task defect", "test") in task and not any("task dirt" in f for f, _ in task)
+    assert "`summary.json`" in report
+
+
+def cols_of(spec):
+    """(task, image set): the test split and each task's external sets."""
+    return [(t, s) for t in spec.tasks for s in ["test", *spec.external.get(t, {})]]
+
+
+def test_a_folder_of_release_bundles_among_the_runs_is_passed_over(tiny_data, artifacts, tmp_path, capsys):
+    from data.spec import load_spec
+    from evaluation.report import find_checkpoints
+    (tmp_path / "uni" / "exp1").mkdir(parents=True)
+    (tmp_path / "uni" / "exp1" / "best.pt").symlink_to(artifacts / "uni" / "exp1" / "best.pt")
+    (tmp_path / "bundles" / "0123456789abcdef").mkdir(parents=True)
+    (tmp_path / "bundles" / "0123456789abcdef" / "bundle.json").write_text("{}")
+    (tmp_path / "notes").mkdir()
+    found = find_checkpoints(tmp_path, load_spec(tiny_data))
+    assert found == {"uni": {"exp1": tmp_path / "uni" / "exp1" / "best.pt"}}
+    err = capsys.readouterr().err
+    assert "notes: not a run" in err and "bundles" not in err
 
 
 def test_unreadable_image_gives_a_nan_row(tiny_data, artifacts, tmp_path, capsys):

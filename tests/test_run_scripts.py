@@ -3,6 +3,7 @@ one's own (tasks named other than SOFAR's, no 'multitask:' section), called from
 relative paths."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY_TRAIN
+from tests.conftest import ROOT, TINY_TRAIN, run_cli
 
 RENAME = {"defect": "scratch", "dirt": "stain"}  # task names that no script knows
 SCRIPTS = sorted(p.name for p in (ROOT / "run").glob("*.sh") if p.read_text().startswith("#!"))  # not the sourced
@@ -81,6 +82,10 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
     assert "## Ablation, efficiency-centric: OOD rejection (default scorer), calibration, top-2" in report
     assert "| mix_cutmix |" in report and "epochs_run=1 (2 trials); mix_cutmix: " in report
     assert "mix=cutmix, mix_prob=0.5, zero_grad=none, bn_stats=step, jigsaw=cycle, epochs_run=1 (1 trial)." in report
+    # then the release: the uni trial with the highest validation accuracy, beside the runs, its card
+    # holding the report's figures
+    best = released_best(proc.stdout, tmp_path / "art", tmp_path / "res")
+    assert f"the release bundle is in {tmp_path / 'art' / 'bundles'}" in proc.stdout.splitlines()[-1]
     # trials of an earlier run in the same folder are named before training (here train.py then
     # refuses a bad flag: nothing trains)
     proc = subprocess.run(["sh", str(ROOT / "run" / "train_trials.sh"), "--paradigm", "uni", "--data", "mine",
@@ -96,6 +101,7 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "plain fine-tuning for the wall-clock of PMG:" in proc.stdout
+    assert "bundles" not in proc.stderr and best.is_dir()  # the report passes the release folder over
     for name in ("plain", "plain_time"):
         args = yaml.safe_load((tmp_path / "art_variants" / name / "uni" / "exp1" / "args.yaml").read_text())
         assert args["method"] == "plain"
@@ -104,6 +110,26 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
     report = (tmp_path / "res" / "REPORT.md").read_text()
     assert "| plain |" in report and "| plain_time |" in report and "method=plain" in report
     assert "| bn_all |" in report and "bn_stats=all" in report
+
+
+def released_best(stdout: str, artifacts: Path, results: Path) -> Path:
+    """The bundle reproduce.sh released: of the uni trial with the highest validation accuracy (the
+    first on a tie), verified from a shell, its card holding every figure of the run's summary."""
+    from data.images import content_hash
+    from models import checkpoint as checkpoints
+    accs = {p.parent.name: checkpoints.read(p)["best_val_acc"] for p in sorted(artifacts.glob("uni/exp*/best.pt"))}
+    best = max(accs, key=accs.get)
+    (bundle,) = (artifacts / "bundles").iterdir()
+    assert f"by validation accuracy: {best} (" in stdout and f"wrote {bundle} (" in stdout
+    assert json.loads(run_cli("-m", "pipeline.bundle", bundle).stdout)["verified"] is True
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["provenance"]["checkpoint_sha256"] == content_hash(artifacts / "uni" / best / "best.pt")
+    card = (bundle / "MODEL_CARD.md").read_text()
+    summary = json.loads((results / "summary.json").read_text())["runs"]["uni"]
+    assert f"This checkpoint is trial {best};" in card and len(summary["figures"]) > 3
+    for f in summary["figures"]:
+        assert f"| {f['figure']} | {f['set']} | {f['value']:.3f} | [{f['lo']:.3f}, {f['hi']:.3f}] |" in card
+    return bundle
 
 
 def test_reproduce_checks_the_dataset_before_training(own_data, tmp_path):
@@ -140,7 +166,7 @@ def test_output_dir_is_the_old_name_of_artifacts(own_data, tmp_path):
 
 def test_extend_script_runs_the_hold_out_experiment_end_to_end(tmp_path):
     """run/extend.sh at its smallest: data with one class held out, the parent, the extension, the
-    imprint-only and naive rows, a full retrain with its detector file, and EXTEND.md over them."""
+    imprint-only and naive rows, a full retrain, each released, and EXTEND.md over them."""
     import os
     env = {**os.environ, "ROOT": "ext", "TRAIN_IMAGES": "2", "VAL_IMAGES": "1", "TEST_IMAGES": "2",
            "EXT_IMAGES": "1", "OOD_IMAGES": "2"}
@@ -150,8 +176,10 @@ def test_extend_script_runs_the_hold_out_experiment_end_to_end(tmp_path):
     trial = tmp_path / "ext" / "exp1"
     times = dict(line.split("\t") for line in (trial / "times.tsv").read_text().splitlines())
     assert list(times) == ["before", "extended", "imprint", "naive", "full"]
-    fitted = f"wrote {trial / 'full' / 'uni' / 'exp1' / 'best.pt.detectors.pt'}"
-    assert proc.stdout.index(fitted) < proc.stdout.index("==== python -m evaluation.extension")  # timed with it
+    released = f"wrote {trial / 'full' / 'bundles'}/"
+    assert proc.stdout.index(released) < proc.stdout.index("==== python -m evaluation.extension")  # timed with it
+    for row in ("extended", "imprint", "naive", "full"):  # every row but the parent is released beside it
+        assert len([b for b in (trial / row / "bundles").iterdir() if (b / "bundle.json").is_file()]) == 1, row
     report = (tmp_path / "ext" / "EXTEND.md").read_text()
     for row in ("before extension", "imprinted, no fine-tune", "extended: imprint + replay", "naive:", "full retrain"):
         assert sum(line.startswith(f"| {row}") for line in report.splitlines()) == 1, (row, report)
