@@ -119,3 +119,19 @@ def test_every_paradigm_is_served_from_its_bundle_with_the_torch_rows(run, model
     assert {r["top1_label"] for r in rows.values()} | {r["top2_label"] for r in rows.values()} <= labels
     if run == "multi":  # the multi-task row ranks every head's labels, the shared negative included
         assert "normal" in labels and len(labels) == len(load_spec(tiny_data).class_names)
+
+
+def test_the_readme_python_example_runs_on_a_bundle_without_torch(bundles, tiny_data, tmp_path):
+    """The README's Python example, with its bundle and image names filled in, in a process that
+    cannot import torch: one row per image."""
+    import re as regex
+    blocks = regex.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), regex.S)
+    [example] = [b for b in blocks if "Predictor.load" in b]
+    images = sorted(tiny_data.rglob("*.jpg"))[:2]
+    code = (example.replace("bundles/<id>", str(bundles["uni"]))
+            .replace('"a.jpg"', repr(str(images[0]))).replace('"b.jpg"', repr(str(images[1]))))
+    code = "import sys\nsys.modules.update(torch=None, torchvision=None)\n" + code + \
+        "\nassert len(rows) == 2 and all(r['status'] in ('ok', 'ood') for r in rows)\nprint(rows[0]['model_version'])"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == bundles["uni"].name
