@@ -68,7 +68,7 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
                      "--epochs", "1", *TINY_TRAIN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no 'multitask:' section: skipping the multi-task model" in proc.stdout
-    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["task_scratch", "task_stain", "uni"]
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["bundles", "task_scratch", "task_stain", "uni"]
     for run in ("task_scratch", "task_stain", "uni"):
         assert sorted(p.name for p in (tmp_path / "art" / run).glob("exp*/best.pt")) == ["best.pt"] * 2
     report = (tmp_path / "res" / "REPORT.md").read_text()
