@@ -198,12 +198,14 @@ def speed_modes(sweep: bool) -> dict[str, dict]:
              "batch pipeline, 1 stream, decode and forward take turns (ahead 0)": dict(streams=1, ahead=0),
              "batch pipeline, 1 stream, decode 1 batch ahead": dict(streams=1, ahead=1),
              mark(f"batch pipeline, {n} streams x 1 inference thread", n, 1): dict(threads=1, streams=n),
-             f"batch pipeline, {2 * n} streams x 1 inference thread": dict(threads=1, streams=2 * n),
+             mark(f"batch pipeline, {2 * n} streams x 1 inference thread", 2 * n, 1): dict(threads=1, streams=2 * n),
              f"batch pipeline, 2 decode processes beside a {procs}-thread forward": dict(workers=2, threads=procs),
              mark(f"queue consumer (message batches of {MESSAGE_BATCH}), 1 stream", 1, n):
                  dict(consumer=True, streams=1),
              mark(f"queue consumer (message batches of {MESSAGE_BATCH}), {n} streams x 1 inference thread", n, 1):
                  dict(consumer=True, threads=1, streams=n),
+             mark(f"queue consumer (message batches of {MESSAGE_BATCH}), {2 * n} streams x 1 inference thread",
+                  2 * n, 1): dict(consumer=True, threads=1, streams=2 * n),
              f"queue consumer (message batches of 32), {n} streams x 1 inference thread":
                  dict(consumer=True, threads=1, streams=n, messages=32),
              "bare forward (1 inference thread)": dict(forward=True, threads=1),

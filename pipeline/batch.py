@@ -36,6 +36,7 @@ from pipeline.table import PredictionTable
 from provenance import cores, default_workers
 
 DECODE_AHEAD = 3  # measured: pipeline/README.md "Performance"
+STREAMS_PER_CORE = 2  # measured: pipeline/README.md "Results"
 MAX_STREAMS = 8  # in-process streams at most (a queue consumer on a large machine: 8 streams, cores/8 threads each)
 
 
@@ -57,12 +58,14 @@ def stream_batch(n: int, batch_size: int, streams: int) -> int:
 
 
 def default_streams(workers: int | None = None) -> int:
-    """Decode -> infer streams (`in_streams`): with in-process decoding one per core, each at one
-    inference thread, so no decoder ever preempts a thread of a shared thread pool (measured on 2 cores,
-    two CPUs, 64 and 224 px, embedded files and phone photos: as fast as one stream with decode
-    threads or faster, pipeline/README.md "Performance"); beside decode processes, one."""
+    """Decode -> infer streams (`in_streams`): with in-process decoding two per core (at most
+    MAX_STREAMS), each at one inference thread, so no decoder ever preempts a thread of a shared
+    thread pool, and while one stream of a core holds the GIL (decoding, numpy) the other runs its
+    forward, which releases it (measured on 2 cores, 64 and 224 px, embedded files and phone
+    photos: 4 streams 1.05-1.20x 2 streams, pipeline/README.md "Results"); beside decode processes,
+    one."""
     workers = default_workers() if workers is None else workers
-    return 1 if workers > 0 else min(cores(), MAX_STREAMS)
+    return 1 if workers > 0 else min(STREAMS_PER_CORE * cores(), MAX_STREAMS)
 
 
 def default_threads(workers: int | None = None, streams: int | None = None) -> int:

@@ -175,7 +175,7 @@ def test_dct_scaling_only_for_large_jpegs_and_close_to_the_full_decode(tmp_path)
 ])
 def test_cores_and_the_thread_rules_follow_the_cpu_quota(monkeypatch, tmp_path, cpu_max, affinity, expected):
     """cores() is the CPU set capped by a container's cgroup v2 CPU quota; up to 8 cores decoding
-    is in-process, one stream per core at one inference thread each (one stream: the forward and
+    is in-process, two streams per core (8 at most) at one inference thread each (one stream: the forward and
     the decoders each get every core), above that decode processes take a quarter and one stream
     the rest; a queue consumer (in-process) has at most 8 streams sharing the cores."""
     import provenance
@@ -189,13 +189,13 @@ def test_cores_and_the_thread_rules_follow_the_cpu_quota(monkeypatch, tmp_path, 
     assert batch.cores() == expected
     assert utils.trial_jobs(4, cuda=False) == (min(expected, 4), expected // min(expected, 4))  # training runs too
     if expected <= 8:
-        assert batch.default_workers() == 0 and batch.default_streams() == expected
+        assert batch.default_workers() == 0 and batch.default_streams() == min(2 * expected, 8)
         assert batch.default_threads() == 1
     else:
         assert batch.default_workers() == expected // 4 and batch.default_streams() == 1
         assert batch.default_threads() == expected - expected // 4
-    assert batch.default_streams(workers=0) == min(expected, 8)
-    assert batch.default_threads(workers=0) == max(1, expected // min(expected, 8))
+    assert batch.default_streams(workers=0) == min(2 * expected, 8)
+    assert batch.default_threads(workers=0) == max(1, expected // min(2 * expected, 8))
     assert batch.decode_threads() == batch.default_threads(workers=0, streams=1) == expected
     assert batch.default_threads(workers=1) == max(1, expected - 1)
     # streams share the cores out, and the images evenly enough that no stream idles at the end
