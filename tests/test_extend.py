@@ -197,6 +197,12 @@ def test_extended_checkpoint_round_trips_and_is_released(parent, data, tmp_path)
     bundle = released(proc, out / "bundles")
     assert bundle.manifest["provenance"]["checkpoint_sha256"] == content_hash(child)
     assert bundle.classes == list(ck.paradigm.classes) and bundle.manifest["release"]["data"] == str(data / "full")
+    # the pipeline serves the new version: its rows can carry the new class, under the new bundle id
+    db = tmp_path / "p.db"
+    summary = json.loads(run_cli("-m", "pipeline", "predict", "--bundle", bundle.path, "--source", data / NEW,
+                                 "--table", db, "--no-progress").stdout.strip().splitlines()[-1])
+    assert summary["version"] == bundle.id and summary["images"] > 0 and not summary["error"]
+    assert NEW in bundle.manifest["paradigm"]["labels"]
     # --no-release: the checkpoint only
     proc = run_cli("extend.py", "--checkpoint", parent, "--data", data / "full", "--steps", "0", "--workers", "0",
                    "--no-progress", "--no-release", "--artifacts", tmp_path / "plain")
