@@ -74,6 +74,29 @@ def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
+SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+URL_FORMS = "postgresql://user@host:port/db, sqlite:///relative.db, sqlite:////abs/path.db or a file path"
+
+
+def check_url(url: str) -> None:
+    """TableError (one line) for a --table that names no database this code can open: an unknown
+    scheme (mysql://...), a sqlite URL without a file, an empty value."""
+    scheme = SCHEME.match(url)
+    if not url.strip():
+        raise TableError(f"--table is empty; give {URL_FORMS}")
+    if scheme and url[scheme.end():].startswith("//") and not is_postgres(url):
+        if scheme.group(1).lower() != "sqlite":
+            raise TableError(f"--table: unknown database scheme '{scheme.group(1)}://'; give {URL_FORMS}")
+        if not url.startswith("sqlite:///") or not sqlite_path(url).strip():
+            raise TableError(f"--table {url}: a SQLite URL names its file, as sqlite:///relative.db or "
+                             f"sqlite:////abs/path.db")
+
+
+def redacted(url: str) -> str:
+    """`url` with any password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 def sqlite_path(url: str) -> str:
     return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
 
@@ -121,6 +144,7 @@ class PredictionTable:
     def __init__(self, url: str = DEFAULT_URL, name: str = DEFAULT_TABLE):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
             raise TableError(f"table name '{name}': use letters, digits and _ (not starting with a digit)")
+        check_url(url)
         self.url, self.name, self.pg = url, name, is_postgres(url)
         self.conn = None
         self.create()
@@ -131,14 +155,26 @@ class PredictionTable:
                 import psycopg
             except ImportError:
                 raise TableError("PostgreSQL URLs need psycopg: pip install 'psycopg[binary]'") from None
-            self.conn = psycopg.connect(self.url, connect_timeout=10)
+            try:
+                self.conn = psycopg.connect(self.url, connect_timeout=10)
+            except psycopg.ProgrammingError as e:  # a URL psycopg cannot parse: no retry will help
+                raise TableError(f"--table {redacted(self.url)}: not a usable PostgreSQL URL "
+                                 f"({str(e).splitlines()[0].replace(self.url, redacted(self.url))}); give "
+                                 f"postgresql://user@host:port/db") from None
         else:
             path = sqlite_path(self.url)
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             # Several consumer processes may share one file: WAL + a generous busy timeout.
             self.conn = sqlite3.connect(path, timeout=60)
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.DatabaseError as e:
+                if isinstance(e, sqlite3.OperationalError):
+                    raise
+                self.close()
+                raise TableError(f"{path}: not a SQLite database ({e}); give --table a new file or a "
+                                 f"prediction table's SQLite file") from None
 
     def close(self) -> None:
         if self.conn is not None:

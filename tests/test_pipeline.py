@@ -310,3 +310,22 @@ def test_cuda_without_its_execution_provider_is_one_error_line(uni, tmp_path):
                         "--device", "cuda", check=False)
     assert proc.returncode == 1 and proc.stderr.startswith("error: --device cuda needs ONNX Runtime's CUDA")
     assert "Traceback" not in proc.stderr and not (tmp_path / "p.db").exists()
+
+
+@pytest.mark.parametrize("url,message", [
+    ("sqlite:///", "a SQLite URL names its file"), ("sqlite://x.db", "a SQLite URL names its file"),
+    ("mysql://root@127.0.0.1/x", "unknown database scheme 'mysql://'"),
+    ("postgresql://user:s3cret@[::1", "not a usable PostgreSQL URL"), ("NOT_A_DB", "not a SQLite database")])
+def test_a_table_url_that_names_no_usable_database_is_one_line(uni, tmp_path, url, message):
+    """Refused before any image is read, with nothing created where the URL pointed and no
+    password shown."""
+    write_images(tmp_path / "src", 2)
+    if url == "NOT_A_DB":
+        url = str(tmp_path / "notes.txt")
+        (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--bundle", str(uni), "--source",
+                           str(tmp_path / "src"), "--table", url, "--no-progress"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: ") and message in proc.stderr and "s3cret" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src"] + (["notes.txt"] if "notes" in url else []))
