@@ -32,12 +32,22 @@ def file_kind(mode: int) -> str | None:
     return next((kind for test, kind in kinds.items() if test(mode)), "not a file")
 
 
+def printable(path: str | Path) -> str:
+    """`path` as text that any terminal, log or database takes: bytes that are not UTF-8 (a CP949
+    name from a Windows zip) as \\xNN escapes, a NUL byte as \\x00."""
+    text = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+    return text.replace("\x00", "\\x00")
+
+
 def open_regular(path: Path):
     """`path` opened for binary reading if it is a regular file, else ImageError naming what it is.
 
     The open does not block (O_NONBLOCK) and the check is on the opened file, so a FIFO or a device
     swapped in after a listing is refused, never waited on or read without end.
     """
+    if "\x00" in str(path):  # os.open would raise ValueError: no file has such a name
+        raise ImageError(f"{printable(path)}: the path holds a NUL byte; no file has such a name (fix the list "
+                         f"or message that gave it)")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:

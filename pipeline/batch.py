@@ -28,7 +28,7 @@ import multiprocessing
 
 import numpy as np
 
-from data.images import ImageError
+from data.images import ImageError, printable
 from pipeline.model import Predictor
 from pipeline.pixels import Pixels
 from pipeline.sources import SourceImage
@@ -144,7 +144,8 @@ def infer(predictor: Predictor, items: list[SourceImage], x, good: list[int], er
     rows = []
     for i, item in enumerate(items):
         row = preds.get(i) or predictor.error_row(errors.get(i, "no prediction"))
-        rows.append({"image_id": item.image_id, "source": item.path, "captured_date": item.captured_date,
+        rows.append({"image_id": printable(item.image_id), "source": printable(item.path),
+                     "captured_date": item.captured_date,
                      **row})
     return rows
 

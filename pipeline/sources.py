@@ -31,7 +31,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from data.folders import IMAGE_EXTENSIONS
-from data.images import ImageError, content_hash, file_kind
+from data.images import ImageError, content_hash, file_kind, printable
 
 HASH_CHARS = 16  # 64 bits of SHA-256: the id also carries the path, so collisions need both
 
@@ -62,7 +62,7 @@ def zone(tz: str | None) -> ZoneInfo:
 def mtime_date(path: Path, tz: str | None = None) -> str | None:
     try:
         return dt.datetime.fromtimestamp(path.stat().st_mtime, zone(tz)).date().isoformat()
-    except OSError:
+    except (OSError, ValueError):  # gone, or a name no file can have (a NUL byte)
         return None
 
 
@@ -156,6 +156,9 @@ def walk_folder(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
                 stack.append(p)
             elif image and file_kind(mode):
                 skipped.append((str(p), file_kind(mode)))
+            elif image and printable(p) != str(p):
+                skipped.append((printable(p), "its name is not valid UTF-8, which the table and the queue cannot "
+                                              "hold; rename it (e.g. convmv -f cp949 -t utf-8 --notest)"))
             elif image:
                 files.append(p)
     return files, sorted(skipped)

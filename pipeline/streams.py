@@ -74,6 +74,8 @@ def payload_error(fields: dict) -> str | None:
     """Why a message cannot be an image to predict, or None: poison on its own content."""
     if not (fields.get("image_id") and fields.get("path")):
         return f"malformed message, fields {sorted(fields)}"
+    if any("\x00" in str(v) for v in fields.values()):
+        return "malformed message, a field holds a NUL byte (no file or table text can)"
     if fields.get("captured_date"):
         try:
             dt.date.fromisoformat(fields["captured_date"])

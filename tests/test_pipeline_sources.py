@@ -105,3 +105,32 @@ def test_a_fifo_named_by_a_manifest_is_an_error_row_at_once(bundles, tmp_path):
     rows = by_path(PredictionTable(str(db)).query())
     assert rows["fifo.jpg"]["status"] == "error" and "not a regular file (a FIFO)" in rows["fifo.jpg"]["error"]
     assert rows["part0/img_00000.jpg"]["status"] in ("ok", "ood")
+
+
+def test_a_name_that_is_not_utf8_is_skipped_and_a_nul_path_is_one_error_row(bundles, tmp_path):
+    """A CP949 file name from a Windows zip (not UTF-8, which the table and the queue need) is
+    skipped, named with its bytes escaped, and the other files are predicted; a manifest path with
+    a NUL byte is one error row; a queued message carrying one is malformed on its own."""
+    import shutil
+    write_images(tmp_path / "src", 3)
+    good = tmp_path / "src" / "part0" / "img_00000.jpg"
+    shutil.copy(good, os.path.join(os.fsencode(tmp_path / "src"), "한글".encode("cp949") + b".jpg"))
+    db = tmp_path / "p.db"
+    proc = pipeline("predict", "--bundle", bundles["uni"], "--source", tmp_path / "src", "--table", db,
+                    "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 3 and summary["skipped"] == 1 and not summary["error"]
+    assert "src/\\xc7" in proc.stderr and "\\xdb.jpg: skipped" in proc.stderr and "not valid UTF-8" in proc.stderr
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f'path,captured_date\n{good},{DAY}\n"{tmp_path}/a\x00b.jpg",{DAY}\n')
+    proc = pipeline("predict", "--bundle", bundles["uni"], "--source", manifest, "--table", tmp_path / "m.db",
+                    "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    from pipeline.table import PredictionTable
+    rows = {r["source"]: r for r in PredictionTable(str(tmp_path / "m.db")).query()}
+    nul = rows[f"{tmp_path}/a\\x00b.jpg"]
+    assert nul["status"] == "error" and "NUL byte" in nul["error"] and rows[str(good)]["status"] in ("ok", "ood")
+    from pipeline.streams import payload_error
+    assert "NUL byte" in payload_error({"image_id": "x", "path": "/a\x00b.jpg"})
+    assert payload_error({"image_id": "x", "path": "/a.jpg", "captured_date": DAY}) is None
