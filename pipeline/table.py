@@ -48,6 +48,14 @@ DEFAULT_URL = "predictions.db"
 TRANSIENT_ERRORS = ("file not found", "cannot be opened")
 
 
+# PostgreSQL SQLSTATEs decided against their exception class: a read-only transaction (25006: a
+# standby during a failover, a database set read-only for maintenance) is the server's state, so
+# retried like an outage; a program limit (54xxx: an index row too large for a very long image id)
+# is the statement's content, however OperationalError psycopg calls it, so never retried for ever.
+SERVER_STATES = ("25006",)
+STATEMENT_FAULTS = ("54000", "54001", "54011", "54023")
+
+
 class TableError(ValueError):
     """A table URL or name that cannot be used; the message says why."""
 
@@ -62,8 +70,11 @@ def unavailable(e: Exception) -> bool:
     connection that failed or broke, a shutdown, too many clients. When in doubt this says yes:
     retrying a batch costs time, dead-lettering it loses predictions."""
     psycopg = sys.modules.get("psycopg")
-    return isinstance(e, (sqlite3.OperationalError, OSError)) or (
-        psycopg is not None and isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)))
+    if psycopg is not None and getattr(e, "sqlstate", None) in STATEMENT_FAULTS:
+        return False
+    return isinstance(e, (sqlite3.OperationalError, OSError)) or (psycopg is not None and (
+        isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError))
+        or getattr(e, "sqlstate", None) in SERVER_STATES))
 
 
 def transient(error: str | None) -> bool:

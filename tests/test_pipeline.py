@@ -329,3 +329,18 @@ def test_a_table_url_that_names_no_usable_database_is_one_line(uni, tmp_path, ur
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error: ") and message in proc.stderr and "s3cret" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["src"] + (["notes.txt"] if "notes" in url else []))
+
+
+def test_a_read_only_database_is_an_outage_and_a_program_limit_is_the_rows_fault():
+    """What a consumer does with a PostgreSQL error is decided by its SQLSTATE: a read-only
+    transaction (a failover) is retried like an outage, never dead-lettered; a program limit (an
+    index row too large) is the row's own fault, never retried for ever."""
+    import sqlite3
+
+    import psycopg.errors as pg
+
+    from pipeline.table import unavailable
+    assert unavailable(pg.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"))
+    assert unavailable(pg.AdminShutdown("terminating connection")) and unavailable(sqlite3.OperationalError("locked"))
+    assert not unavailable(pg.ProgramLimitExceeded("index row size 3216 exceeds btree version 4 maximum 2704"))
+    assert not unavailable(pg.UniqueViolation("duplicate key")) and not unavailable(ValueError("bad row"))
