@@ -282,6 +282,11 @@ def user_error(e: Exception) -> str | None:
                 "pip install -r requirements-serve.txt (batch mode, predict and query, runs without it)")
     if redis is None:
         return None
+    if isinstance(e, redis.OutOfMemoryError):
+        return (f"error: Redis is full and refuses writes ({e}; maxmemory with noeviction): what was "
+                f"published so far stays queued and a re-run publishes only the rest. Let consumers drain the "
+                f"stream, run `python -m pipeline trim`, empty the dead-letter stream, or raise Redis's maxmemory "
+                f"(deploy/k8s/redis.yaml)")
     if isinstance(e, redis.AuthenticationError):
         # A wrong password is not an outage: fail at once instead of retrying for ever.
         return (f"error: Redis refused the credentials of --redis / REDIS_URL ({e}); "

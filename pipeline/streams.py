@@ -62,7 +62,14 @@ def connect(url: str, block_ms: int = 1000) -> redis.Redis:
 
 
 def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
-    """Create the stream and group (reading from the start) unless they exist."""
+    """Create the stream and group (reading from the start) unless they exist. An existing group
+    is looked up first (XINFO reads, needs no memory), so a Redis at maxmemory, which refuses
+    XGROUP CREATE, still lets consumers start and drain the stream."""
+    try:
+        if any(g["name"] == group for g in r.xinfo_groups(stream)):
+            return
+    except redis.ResponseError:  # no such stream yet
+        pass
     try:
         r.xgroup_create(stream, group, id="0", mkstream=True)
     except redis.ResponseError as e:

@@ -180,3 +180,27 @@ def test_sigterm_finishes_and_acks_the_current_batch(bundles, server, tmp_path):
     rows = rows_of(db)
     assert len(rows) == group["entries-read"] == stats["ok"] + stats["ood"] + stats["error"]
     assert held_ids <= {row["image_id"] for row in rows}
+
+
+def test_a_full_redis_is_one_line_and_consumers_still_drain_it(bundles, server, tmp_path):
+    """Redis at maxmemory with noeviction (deploy/k8s/redis.yaml): produce, redrive and a new
+    group say so in one line naming the fixes; consumers whose group exists start and drain the
+    stream; a produce re-run once there is room publishes only the rest."""
+    write_images(tmp_path / "first", 120, mtime=NOON)
+    write_images(tmp_path / "more", 120, mtime=NOON, seed=5)
+    assert json.loads(pipeline_cli("produce", "--source", tmp_path / "first", "--date", DAY, "--redis",
+                                   server.url).stdout)["published"] == 120
+    r = redis.Redis.from_url(server.url, decode_responses=True)
+    r.config_set("maxmemory", r.info("memory")["used_memory"])  # full now: every write is refused
+    proc = pipeline_cli("produce", "--source", tmp_path / "more", "--date", DAY, "--redis", server.url, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: Redis is full and refuses writes")
+    assert "python -m pipeline trim" in proc.stderr and "maxmemory" in proc.stderr
+    db = tmp_path / "p.db"
+    [stats] = finish([start_consumer(bundles["uni"], db, server.url, "c0", tmp_path, "--trim-interval", "0")])
+    assert stats["ok"] + stats["ood"] == r.xlen(STREAM) and len(rows_of(db)) == r.xlen(STREAM) >= 120
+    assert r.xinfo_groups(STREAM)[0]["pending"] == 0
+    r.config_set("maxmemory", 0)  # room again: the re-run publishes what the refused run did not
+    out = json.loads(pipeline_cli("produce", "--source", tmp_path / "more", "--date", DAY, "--redis",
+                                  server.url).stdout)
+    assert out["published"] + out["already_queued"] == 120 and r.xlen(STREAM) == 240
