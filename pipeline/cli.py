@@ -31,7 +31,7 @@ import os
 import sys
 
 from pipeline.queue_defaults import GROUP, MAX_OUTAGE_S, MESSAGE_BATCH, STREAM, RedisOutage
-from pipeline.table import DEFAULT_TABLE, DEFAULT_URL
+from pipeline.table import DEFAULT_TABLE, DEFAULT_URL, redacted
 
 ENV = {"bundle": "PIPELINE_BUNDLE", "checkpoint": "PIPELINE_CHECKPOINT", "bundles": "PIPELINE_BUNDLES", "table": "PIPELINE_TABLE", "table_name": "PIPELINE_TABLE_NAME",
        "source": "PIPELINE_SOURCE", "redis": "REDIS_URL", "stream": "PIPELINE_STREAM", "group": "PIPELINE_GROUP",
@@ -218,7 +218,8 @@ def main(argv=None) -> int:
                             streams=args.streams)
         print(json.dumps({"model": pred.name, "version": pred.version, "bundle": str(pred.bundle.path),
                           "score": pred.score, "threshold": pred.threshold,
-                          "table": f"{args.table}#{args.table_name}", **summary, "skipped": len(skipped)}))
+                          "table": f"{redacted(args.table)}#{args.table_name}", **summary,
+                          "skipped": len(skipped)}))
     elif args.command == "produce":
         from pipeline.publish import produce
         table = PredictionTable(args.table, args.table_name) if args.table else None
@@ -246,7 +247,7 @@ def main(argv=None) -> int:
         table = PredictionTable(args.table, args.table_name)
         if not args.labels:
             sys.exit(f"error: query needs --labels (the top-2 labels to look for); the labels in "
-                     f"{args.table}#{args.table_name} are: {', '.join(table.labels()) or 'none yet'}")
+                     f"{redacted(args.table)}#{args.table_name} are: {', '.join(table.labels()) or 'none yet'}")
         for row in table.inspect(days(args)[0], args.labels):
             print(json.dumps(row))
     return 0

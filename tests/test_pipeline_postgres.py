@@ -65,3 +65,19 @@ def test_question_marks_and_percent_signs_in_sql_text_stay_text(postgres, tmp_pa
         assert [r["image_id"] for r in got] == ["100%.jpg", "what?.jpg"]
         assert t.labels() == ["defect", "dirt", "normal"]
         assert t.existing_ids(["what?.jpg", "nope?"], "v1") == {"what?.jpg"}
+
+
+def test_the_database_password_is_never_printed(postgres, bundles, tmp_path):
+    """predict's JSON and query's error line name the table with the password masked (trust
+    authentication ignores the password, so the URL works as given)."""
+    import json
+
+    from tests.test_pipeline_support import pipeline_cli
+    url = postgres.url.replace("postgres@", "postgres:s3cret@")
+    write_images(tmp_path / "src", 3)
+    predict = pipeline_cli("predict", "--bundle", bundles["uni"], "--source", tmp_path / "src", "--table", url,
+                           "--table-name", "masked", "--no-progress")
+    assert json.loads(predict.stdout.strip().splitlines()[-1])["table"] == url.replace("s3cret", "***") + "#masked"
+    query = pipeline_cli("query", "--table", url, "--table-name", "masked", check=False)
+    assert query.returncode == 1 and "***" in query.stderr
+    assert "s3cret" not in predict.stdout + predict.stderr + query.stdout + query.stderr
