@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing
+import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-
-import multiprocessing
 
 import numpy as np
 
@@ -207,16 +207,17 @@ def run_batch(predictor: Predictor, table: PredictionTable | None, items: list[S
     """Predict every item and upsert each batch (one transaction each); returns the summary
     counts and images/s. `workers`, `threads`, `ahead`, `streams`: as `predicted` and `prefetched`."""
     from tqdm import tqdm
-    counts = {"ok": 0, "ood": 0, "error": 0}
+    counts = {"ok": 0, "ood": 0, "error": 0, "refused": 0}
     start = time.perf_counter()
     with tqdm(total=len(items), unit="img", disable=not progress, desc="predict") as bar:
         for _, rows in predicted(predictor, items, batch_size, workers, threads, ahead, streams):
-            if table is not None:
-                table.upsert(rows)
+            refused = table.upsert_split(rows) if table is not None else {}
+            for i, error in refused.items():  # the row's own content: named, counted, the others kept
+                print(f"warning: {rows[i]['source']}: the table refused its row ({error})", file=sys.stderr)
             if on_rows is not None:
                 on_rows(rows)
-            for r in rows:
-                counts[r["status"]] += 1
+            for i, r in enumerate(rows):
+                counts["refused" if i in refused else r["status"]] += 1
             bar.update(len(rows))
             bar.set_postfix(counts)
     seconds = time.perf_counter() - start

@@ -259,24 +259,9 @@ class Consumer:
                 self.stats[row["status"]] += 1
 
     def write(self, ids: list[str], rows: list[dict]) -> dict[str, str]:
-        """Upsert `rows`; {message id: error} of those the table refuses for their content, found
-        by writing them one at a time, so that one bad row does not hold back its batch."""
-        try:
-            self.table.upsert(rows)
-            return {}
-        except TableUnavailable:
-            raise
-        except Exception:
-            pass
-        refused = {}
-        for mid, row in zip(ids, rows):
-            try:
-                self.table.upsert([row])
-            except TableUnavailable:
-                raise
-            except Exception as e:
-                refused[mid] = f"{type(e).__name__}: {e}"[:1000]
-        return refused
+        """Upsert `rows`; {message id: error} of those the table refuses for their content
+        (`PredictionTable.upsert_split`), so that one bad row does not hold back its batch."""
+        return {ids[i]: error for i, error in self.table.upsert_split(rows).items()}
 
     def hand_back(self, ids: list[str], counts: dict[str, int]) -> None:
         """Stopped while the table is down: leave the batch pending for the next consumer, idle

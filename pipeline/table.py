@@ -263,6 +263,27 @@ class PredictionTable:
                f"ON CONFLICT (image_id, model_version) DO UPDATE SET {update}")
         self._run(sql, values, many=True)
 
+    def upsert_split(self, rows: list[dict]) -> dict[int, str]:
+        """`upsert`, and when the batch is refused for its content, each row on its own, so that one
+        bad row (an id too long for the index, text the database cannot hold) does not hold back
+        the others: {index in rows: error} of the rows refused. TableUnavailable propagates."""
+        try:
+            self.upsert(rows)
+            return {}
+        except TableUnavailable:
+            raise
+        except Exception:
+            pass
+        refused = {}
+        for i, row in enumerate(rows):
+            try:
+                self.upsert([row])
+            except TableUnavailable:
+                raise
+            except Exception as e:
+                refused[i] = f"{type(e).__name__}: {e}"[:1000]
+        return refused
+
     def query(self, where: str = "", params=(), columns: str = "*") -> list[dict]:
         """Rows as plain Python values (dates and times as ISO strings, is_ood as bool)."""
         return [plain(r) for r in self._run(f"SELECT {columns} FROM {self.name} {where}", params, fetch=True)]

@@ -344,3 +344,24 @@ def test_a_read_only_database_is_an_outage_and_a_program_limit_is_the_rows_fault
     assert unavailable(pg.AdminShutdown("terminating connection")) and unavailable(sqlite3.OperationalError("locked"))
     assert not unavailable(pg.ProgramLimitExceeded("index row size 3216 exceeds btree version 4 maximum 2704"))
     assert not unavailable(pg.UniqueViolation("duplicate key")) and not unavailable(ValueError("bad row"))
+
+
+def test_a_row_the_table_refuses_is_named_and_the_rest_of_its_batch_lands(uni, tmp_path, capsys):
+    """Batch mode: when the table refuses one row for its content, the batch is written row by row;
+    that row is named on stderr and counted as `refused`, every other row lands."""
+    from pipeline.batch import run_batch
+    from pipeline.model import Predictor
+    from pipeline.sources import list_source
+    from pipeline.table import PredictionTable
+
+    class Picky(PredictionTable):
+        def upsert(self, rows):
+            if any(r["source"].endswith("img_00003.jpg") for r in rows):
+                raise ValueError("index row size exceeds the maximum")
+            super().upsert(rows)
+
+    write_images(tmp_path / "src", 10)
+    table = Picky(str(tmp_path / "p.db"))
+    summary = run_batch(Predictor.load(uni), table, list_source(tmp_path / "src"), 8, 0, False)
+    assert summary["refused"] == 1 and summary["images"] == 10 and summary["ok"] + summary["ood"] == 9
+    assert len(table.query()) == 9 and "img_00003.jpg: the table refused its row (ValueError" in capsys.readouterr().err
