@@ -11,7 +11,8 @@ docs/performance.md, "The GPU profile") and OUT/summary.json:
    AMP, AMP + channels_last), peak GPU memory of each, and that every AMP loss was finite;
 2. `train.py --profile paper --pretrained none` for --epochs epochs on the embedded dataset
    (generated when --data has none): training images/s, peak GPU memory, val accuracy;
-3. `python -m pipeline predict --device DEVICE` over the dataset's test split: images/s;
+3. `python -m pipeline predict --checkpoint` (its release bundle on ONNX Runtime: the CUDA provider
+   when onnxruntime-gpu is installed, else the CPU) over the dataset's test split: images/s;
 4. `pytest -m cuda`: the tests that need a GPU (tests/test_devices.py).
 A step that fails is recorded with its exit status and the end of its output; the others still run.
 The exit status is 1 when any step failed. --smoke shrinks every size (ResNet-18, 32 px, one step)
@@ -108,7 +109,9 @@ def predict(a, data: Path, checkpoint: str, out_dir: Path, log) -> dict:
     table = out_dir / "predictions.db"
     table.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "pipeline", "predict", "--checkpoint", checkpoint, "--source", data / "test",
-           "--table", table, "--data", data, "--device", a.device, "--no-progress"]
+           "--table", table, "--data", data, "--no-progress",
+           # serving runs the checkpoint's release bundle on ONNX Runtime: CUDA where onnxruntime-gpu is installed
+           "--device", "auto" if a.device == "cuda" else a.device]
     rc, out, seconds = run(cmd, log, a.timeout)
     if rc != 0:
         return failed(rc, out)
