@@ -113,7 +113,7 @@ def test_run_script_trains_n_trials_with_different_seeds(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("cli", [["train.py"], ["extend.py"], ["evaluate.py", "report"], ["-m", "pipeline", "predict"],
-                                 ["-m", "models.ood", "fit"]])
+                                 ["-m", "models.release"]])
 def test_every_cli_names_the_runs_folder_artifacts_and_defaults_to_device_auto(cli):
     """One name per concept: --artifacts is the folder of training runs (--output-dir, its old name,
     is taken but not shown) and --device defaults to auto, in every command that has them."""
