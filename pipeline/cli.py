@@ -33,7 +33,8 @@ import sys
 from pipeline.queue_defaults import GROUP, MAX_OUTAGE_S, MESSAGE_BATCH, STREAM, RedisOutage
 from pipeline.table import DEFAULT_TABLE, DEFAULT_URL, redacted
 
-ENV = {"bundle": "PIPELINE_BUNDLE", "checkpoint": "PIPELINE_CHECKPOINT", "bundles": "PIPELINE_BUNDLES", "table": "PIPELINE_TABLE", "table_name": "PIPELINE_TABLE_NAME",
+ENV = {"bundle": "PIPELINE_BUNDLE", "checkpoint": "PIPELINE_CHECKPOINT", "bundles": "PIPELINE_BUNDLES",
+       "table": "PIPELINE_TABLE", "table_name": "PIPELINE_TABLE_NAME",
        "source": "PIPELINE_SOURCE", "redis": "REDIS_URL", "stream": "PIPELINE_STREAM", "group": "PIPELINE_GROUP",
        "tz": "PIPELINE_TZ", "heartbeat": "PIPELINE_HEARTBEAT"}
 
@@ -109,7 +110,8 @@ def model_flags(p):
                    help="auto (ONNX Runtime's CUDA provider when installed, else the CPU) | cpu | cuda (default auto)")
     p.add_argument("--streams", type=positive_int,
                    help="in-process decode -> infer streams, each decoding and inferring whole batches (default: "
-                        "one per core up to 8 cores, else 1 beside decode processes; pipeline.batch.default_streams)")
+                        "two per core, at most 8, when images are decoded in-process (up to 8 cores); 1 beside "
+                        "decode processes; pipeline.batch.default_streams)")
     p.add_argument("--threads", type=positive_int,
                    help="ONNX Runtime intra-op threads (default: the cores shared out over the streams, so 1 per "
                         "stream; pipeline.batch.default_threads)")
