@@ -6,15 +6,17 @@ A file that cannot be decoded becomes an `error` row carrying the decoder's mess
 single file contains stops the run.
 
 How decoding shares the machine with the model: by default (`workers=None`) up to 8 cores images
-are decoded in-process by `default_streams()` streams, one per core (`in_streams`): each thread
+are decoded in-process by `default_streams()` streams, two per core (`in_streams`): each thread
 decodes a whole batch and runs the forward on it at one inference thread (`default_threads()`;
 the CLI's --streams and --threads), so every core works decode -> forward -> decode with no
-thread-pool barrier that a decoder can stall, and with no worker processes to start, feed and pickle back.
-Batches are evened out so that no stream idles at the end (`stream_batch`). The other in-process
-layout, one stream (`--streams 1`), gives the forward every core while `decode_threads()`
-background threads decode the next batches (`prefetched`). Queue consumers use the same path
-(`predicted`), one message batch at a time, shared out over the streams. With more than 8 cores
-decode processes (`default_workers()`) decode beside one stream that gets the cores they leave. bench/bench_pipeline.py measures every layout (pipeline/README.md "Performance").
+thread-pool barrier that a decoder can stall, no worker processes to start, feed and pickle back,
+and a core's second stream runs its forward while the first holds the GIL. Batches are evened out
+so that no stream idles at the end (`stream_batch`). The other in-process layout, one stream
+(`--streams 1`), gives the forward every core while `decode_threads()` background threads decode
+the next batches (`prefetched`). Queue consumers use the same path (`predicted`), one message
+batch at a time, shared out over the streams. With more than 8 cores decode processes
+(`default_workers()`) decode beside one stream that gets the cores they leave.
+bench/bench_pipeline.py measures every layout (pipeline/README.md "Performance").
 """
 from __future__ import annotations
 
