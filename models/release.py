@@ -45,6 +45,7 @@ from models.serving import OPSETS, export_onnx
 from pipeline import bundle as layout
 from pipeline.model import DEFAULT_TOP2, DEFAULT_TPR
 from provenance import provenance
+from utils import to_numpy
 
 ATOL = RTOL = 1e-4  # ONNX Runtime v eager: |onnx - eager| <= ATOL + RTOL * |eager|, logits and features
 CHECK_BATCHES = (1, 3)
@@ -108,7 +109,7 @@ def detector_arrays(filt: ood.OODFilter) -> tuple[dict, dict[str, np.ndarray]]:
         params[name] = {}
         for key, value in det.state().items():
             if isinstance(value, torch.Tensor):
-                arrays[f"{name}.{key}"] = value.detach().cpu().numpy()
+                arrays[f"{name}.{key}"] = to_numpy(value)
             else:
                 params[name][key] = value
     return params, arrays

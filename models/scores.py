@@ -22,7 +22,6 @@ def _scorer(name: str):
 
 
 SCORERS = {name: _scorer(name) for name in LOGIT_SCORERS}
-max_logit, max_softmax, energy, kl_uniform = (SCORERS[n] for n in ("max_logit", "max_softmax", "energy", "kl_uniform"))
 
 
 def all_scores(logits: torch.Tensor, paradigm) -> dict[str, torch.Tensor]:

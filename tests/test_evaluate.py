@@ -14,7 +14,7 @@ from evaluation import metrics
 from models import build_paradigm
 from models.checkpoint import CheckpointError
 from models.paradigms import NoAnswer
-from models.scores import SCORERS, all_scores, kl_uniform
+from models.scores import SCORERS, all_scores
 from tests.builders import make_dataset
 from tests.conftest import run_cli
 
@@ -80,14 +80,14 @@ def test_scorers_on_known_logits():
 def test_kl_to_uniform_multi(toy):
     heads = build_paradigm("multi", toy)  # defect, dirt, bubble_wash (binary) + others (seat, dashboard)
     uniform = torch.zeros(2, 5)  # sigmoid(0) = 0.5 on each binary head, equal logits on the softmax head
-    assert kl_uniform(uniform, heads).tolist() == pytest.approx([0.0, 0.0], abs=1e-7)
+    assert SCORERS["kl_uniform"](uniform, heads).tolist() == pytest.approx([0.0, 0.0], abs=1e-7)
     confident = torch.tensor([[30.0, -30.0, -30.0, 30.0, -30.0]])
-    kl = kl_uniform(confident, heads)
+    kl = SCORERS["kl_uniform"](confident, heads)
     assert kl.shape == (1,)  # one score per image, summed over heads
     assert kl.item() == pytest.approx(4 * math.log(2), rel=1e-4)  # 3 x log 2 (binary) + log 2 (K = 2)
     one_head = torch.tensor([[math.log(3.0), 0, 0, 0, 0]])  # p = 0.75 on the defect head only
     expected = 0.75 * math.log(0.75) + 0.25 * math.log(0.25) + math.log(2)
-    assert kl_uniform(one_head, heads).item() == pytest.approx(expected, rel=1e-5)
+    assert SCORERS["kl_uniform"](one_head, heads).item() == pytest.approx(expected, rel=1e-5)
     scores = all_scores(confident, heads)
     assert set(scores) == {"max_logit", "max_softmax", "energy", "kl_uniform"}
     assert scores["max_softmax"].item() == pytest.approx(1.0, abs=1e-6)
