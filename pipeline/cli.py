@@ -8,6 +8,8 @@
     python -m pipeline trim      --redis URL
     python -m pipeline.health    --heartbeat /tmp/heartbeat --max-age 120 [--ready]   (a probe: no torch)
     python -m pipeline query     --table URL --date today --labels dirt defect
+    python -m pipeline review    --table URL --source DIR [--port 8000] [--read-only]   (docs/review.md)
+    python -m pipeline export-reviews --table URL --out DIR
 
 Days are YYYY-MM-DD, `today` or `yesterday` in --tz (an IANA time zone, default UTC), which also
 dates a file by its modification time. Every server/table flag also reads an environment variable
@@ -190,6 +192,25 @@ def parser() -> argparse.ArgumentParser:
     day_flags(p, "today", span=False)
     p.add_argument("--labels", nargs="+", help="top-2 labels to look for, e.g. dirt defect (required; "
                                                 "without it the command lists the table's labels)")
+
+    p = sub.add_parser("review", help="a web page over the table: overview, filtered thumbnails, corrections")
+    table_flags(p, required=False)
+    p.add_argument("--source", action="append", required=True,
+                   help="folder the table's images were predicted from; repeat for several (images are read "
+                        "only inside these)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--read-only", action="store_true", help="show the rows, accept no correction")
+    p.add_argument("--reviewer", default=os.environ.get("USER", ""), help="the form's default reviewer name")
+
+    p = sub.add_parser("export-reviews", help="the reviewed images as dataset folders (for data.concat add)")
+    table_flags(p, required=False)
+    p.add_argument("--out", required=True, help="folder to write (new or empty)")
+    p.add_argument("--source", action="append", help="read images only inside these folders (default: each "
+                                                     "row's source path as recorded)")
+    p.add_argument("--splits", default="train=0.7,val=0.15,test=0.15",
+                   help="split=share pairs the labelled images are shared out over (default %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     return ap
 
 
@@ -252,7 +273,23 @@ def main(argv=None) -> int:
                      f"{redacted(args.table)}#{args.table_name} are: {', '.join(table.labels()) or 'none yet'}")
         for row in table.inspect(days(args)[0], args.labels):
             print(json.dumps(row))
+    elif args.command == "review":
+        from pipeline.review.serve import serve
+        serve(args)
+    elif args.command == "export-reviews":
+        from pipeline.review.export import export, parse_splits
+        from pipeline.review.roots import Roots
+        roots = Roots(args.source) if args.source else None
+        print(json.dumps(export(open_existing(args), args.out, roots, parse_splits(args.splits), args.force)))
     return 0
+
+
+def open_existing(args):
+    """The table of --table, which must exist already (a typo must not create an empty SQLite file)."""
+    from pipeline.table import PredictionTable, TableError, is_postgres, sqlite_path
+    if not is_postgres(args.table) and not os.path.isfile(sqlite_path(args.table)):
+        raise TableError(f"--table {args.table}: no such SQLite file; give the table `predict` wrote")
+    return PredictionTable(args.table, args.table_name)
 
 
 def run() -> None:
@@ -270,7 +307,10 @@ def run() -> None:
 USER_ERRORS = {"data.images": ("ImageError",), "data.folders": ("SpecError",), "models.checkpoint": ("CheckpointError",),
                "models.release": ("ReleaseError",), "pipeline.bundle": ("BundleError",),
                "pipeline.model": ("ServingError",), "pipeline.health": ("HeartbeatError",),
-               "pipeline.sources": ("SourceError",), "pipeline.table": ("TableError", "TableUnavailable")}
+               "pipeline.sources": ("SourceError",), "pipeline.table": ("TableError", "TableUnavailable"),
+               "pipeline.review.roots": ("RootError",), "pipeline.review.export": ("ExportError",)}
+# The web packages of `review` (requirements.txt; not in the worker image's requirements-serve.txt).
+REVIEW_PACKAGES = ("starlette", "jinja2", "uvicorn", "markupsafe", "anyio", "h11", "click")
 
 
 def user_error(e: Exception) -> str | None:
@@ -280,6 +320,9 @@ def user_error(e: Exception) -> str | None:
     redis = sys.modules.get("redis")  # imported by the queue commands alone: without it no Redis error was raised
     if isinstance(e, (*known, RedisOutage)):
         return f"error: {e}"
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in REVIEW_PACKAGES:
+        return (f"error: the review page needs {e.name}: pip install -r requirements.txt (or pip install "
+                f"'efficient-ml-system[review]'); export-reviews runs without it")
     if isinstance(e, ModuleNotFoundError) and e.name == "redis":
         return ("error: queue mode (produce, consume, redrive, trim) needs the Redis client: "
                 "pip install -r requirements-serve.txt (batch mode, predict and query, runs without it)")
