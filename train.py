@@ -18,7 +18,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data.loading import ImageSet, collate_skip_bad, eval_transform, train_transform
+from data.loading import AUGMENTS, ImageSet, collate_skip_bad, eval_transform, train_transform
 from data.spec import SpecError, load_spec
 from engine import METHODS, ZERO_GRAD, Divergence, cosine, evaluate, train_one_epoch
 from models import BACKBONES, PARADIGMS, build_model, build_paradigm
@@ -48,7 +48,7 @@ PROFILES = {
 DEFAULTS = dict(batch_size=16, lr=2e-3, momentum=0.9, weight_decay=5e-4, workers=2, seed=0, trial="exp1",
                 artifacts="artifacts", device="auto", branch_mid=512, branch_out=1024, hidden=512,
                 granularities=[8, 4, 2], jigsaw="cycle", method="pmg", budget="epochs", bn_stats="step", mix="none",
-                mix_prob=0.5, mix_alpha=1.0, threads=0)
+                mix_prob=0.5, mix_alpha=1.0, threads=0, augment="paper")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -87,6 +87,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix", choices=MIXES,
                    help="cutmix | mixup: mix each batch with a partner of another class, soft targets by area "
                         "(or blend weight), before the jigsaw (models/mixing.py); none: single-label images")
+    p.add_argument("--augment", choices=list(AUGMENTS),
+                   help="training augmentation after the paper's crop and flip: paper (nothing more),\n"
+                        "trivialaugment | randaugment | augmix (torchvision's policies), shift (colour,\n"
+                        "blur, resolution, JPEG: what weather or another camera does)")
     p.add_argument("--mix-prob", type=float, help="share of batches that are mixed")
     p.add_argument("--mix-alpha", type=float, help="the mixed share is drawn from Beta(alpha, alpha)")
     p.add_argument("--branch-mid", type=int)
@@ -141,7 +145,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 def load_data(spec, paradigm, args, world: int):
     def items(split):
         return [(p, paradigm.targets(c)) for p, c in spec.split_samples(split, list(paradigm.classes))]
-    train = ImageSet(items("train"), train_transform(args.resize, args.crop))
+    train = ImageSet(items("train"), train_transform(args.resize, args.crop, args.augment))
     val = ImageSet(items("val"), eval_transform(args.resize, args.crop))
     sampler = DistributedSampler(train, seed=args.seed) if world > 1 else None
     loader_gen = torch.Generator()

@@ -10,16 +10,41 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 from torchvision import transforms as T
+from torchvision.transforms import v2 as T2
 
 from data.images import ImageError, load_rgb
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def train_transform(resize: int, crop: int) -> T.Compose:
-    """The paper's: Resize((550,550)) -> RandomCrop(448, padding=8) -> flip; padding scaled with crop."""
+def _shift(crop: int) -> list:
+    """What a weather, season or camera change does to a photo: colour and brightness, blur, a coarser
+    resolution and JPEG compression, each applied at random."""
+    return [T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05)], p=0.8),
+            T.RandomApply([T2.GaussianBlur(kernel_size=2 * max(1, crop // 32) + 1, sigma=(0.1, 2.0))], p=0.3),
+            T.RandomApply([T.Compose([T.Resize(max(8, crop // 2)), T.Resize(crop)])], p=0.2),
+            T.RandomApply([T2.JPEG((30, 90))], p=0.3)]
+
+
+# `--augment`: what is applied after the paper's resize, random crop and flip (torchvision's policies,
+# or `shift`); each value takes the crop size.
+AUGMENTS = {
+    "paper": lambda crop: [],
+    "trivialaugment": lambda crop: [T.TrivialAugmentWide()],
+    "randaugment": lambda crop: [T.RandAugment()],
+    "augmix": lambda crop: [T.AugMix()],
+    "shift": _shift,
+}
+
+
+def train_transform(resize: int, crop: int, augment: str = "paper") -> T.Compose:
+    """The paper's: Resize((550,550)) -> RandomCrop(448, padding=8) -> flip (padding scaled with crop),
+    then the `augment` policy of AUGMENTS on the PIL image."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {augment!r}: one of {', '.join(AUGMENTS)}")
     return T.Compose([T.Resize((resize, resize)), T.RandomCrop(crop, padding=max(1, round(crop / 56))),
-                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                      T.RandomHorizontalFlip(), *AUGMENTS[augment](crop), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def eval_transform(resize: int, crop: int) -> T.Compose:

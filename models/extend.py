@@ -241,7 +241,7 @@ def fine_tune(model, paradigm: Paradigm, spec: Spec, old: list[str], added: list
     full = int(args["epochs"]) * max(1, (len(items) + len(fresh)) // int(args["batch_size"]))  # drop_last, as train.py
     sampler = ReplayBatches(len(items), len(fresh), opts.batch_size, opts.replay,
                             budget(opts, len(fresh), k_new, full), opts.seed)
-    loader = DataLoader(ImageSet(items + fresh, train_transform(args["resize"], args["crop"])), batch_sampler=sampler,
+    loader = DataLoader(ImageSet(items + fresh, train_transform(args["resize"], args["crop"], args.get("augment", "paper"))), batch_sampler=sampler,
                         num_workers=opts.workers, collate_fn=collate_skip_bad)
     groups, frozen = trainable(model, opts.train)
     for g in groups:  # param_groups(1.0) gives the relative lr: 1 for new layers, 1/10 for the backbone

@@ -17,7 +17,7 @@ from tests.conftest import ROOT, TINY_TRAIN, run_cli
 @pytest.mark.parametrize("flags,run", [
     (["--paradigm", "uni"], "uni"),
     (["--paradigm", "task", "--task", "defect"], "task_defect"),
-    (["--paradigm", "task", "--task", "dirt"], "task_dirt"),
+    (["--paradigm", "task", "--task", "dirt", "--augment", "shift"], "task_dirt"),
     (["--paradigm", "multi"], "multi"),
 ])
 def test_one_epoch_per_paradigm(tiny_data, tmp_path, flags, run):
@@ -35,6 +35,7 @@ def test_one_epoch_per_paradigm(tiny_data, tmp_path, flags, run):
     args = yaml.safe_load((run_dir / "args.yaml").read_text())
     assert args["paradigm"] == flags[1] and args["crop"] == 32 and args["seed"] == 0
     assert args["artifacts"] == str(tmp_path) and "output_dir" not in args
+    assert args["augment"] == ("shift" if run == "task_dirt" else "paper")
     ckpt = checkpoint.read(run_dir / "best.pt")
     spec_classes = list(ckpt["spec"]["classes"])
     expected = {"uni": spec_classes, "task_defect": ["normal", "defect"], "task_dirt": ["normal", "dirt"],
@@ -44,6 +45,26 @@ def test_one_epoch_per_paradigm(tiny_data, tmp_path, flags, run):
     if run == "multi":
         assert [h[0] for h in ckpt["heads"]] == ["defect", "dirt", "bubble_wash", "others"]
         assert any(".heads.others." in k for k in ckpt["model"])
+
+
+def test_every_augmentation_gives_the_crop_and_changes_the_pixels():
+    import numpy as np
+    from PIL import Image
+    from data.loading import AUGMENTS, train_transform
+    rng = np.random.default_rng(0)
+    image = Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8))
+
+    def draws(augment):
+        torch.manual_seed(0)
+        return torch.stack([train_transform(36, 32, augment)(image) for _ in range(8)])
+
+    paper = draws("paper")
+    for augment in AUGMENTS:
+        x = draws(augment)
+        assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and torch.isfinite(x).all()
+        assert augment == "paper" or not torch.equal(x, paper), augment
+    with pytest.raises(ValueError, match="unknown augmentation 'fog'.*augmix"):
+        train_transform(36, 32, "fog")
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tiny_data, tmp_path):
