@@ -6,7 +6,8 @@ sets (the task's two classes), each OOD set and each multi-label set of the spec
 
 - RQ1 `tasks.<task>.sets.<set>`: accuracy and macro F1 of the binary task on the set's images of
   the task's two classes (rules: `Paradigm.task_positive`); a softmax head over more classes (uni)
-  also under `restricted`.
+  also under `restricted`; under `bn_adapt` the same by the model whose BatchNorm statistics were
+  re-estimated on the set's own images (models.adapt; for the test split, on all of it).
 - RQ2 `tasks.<task>.one_class`: AUROC of the task's positive class against every other test image,
   scored by the class probability (`auroc`) and by its logit (`auroc_logit`).
 - RQ2 `rejection.<ood set>.<scorer>`: in-distribution = the whole test split (positive) against the
@@ -87,10 +88,11 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
 
     features = {}  # set name -> features of its readable images
 
-    def run(name):
-        logits, feats = predictor(name, sets[name])
+    def run(name, adapt=False):
+        logits, feats = predictor(name, sets[name], adapt)
         ok = valid_rows(logits)
-        features[name] = feats[ok]
+        if not adapt:
+            features[name] = feats[ok]
         return logits[ok], [c for (_, c), k in zip(sets[name], ok.tolist()) if k]
 
     out = {**ckpt.provenance(), "checkpoint_sha256": predictor.sha256, "dataset": spec.name, "params": sum(p.numel() for p in model.parameters()),
@@ -148,6 +150,7 @@ def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, r
             entry["sets"][name] = binary_metrics(paradigm, logits, labels, pair)
         for name, m in entry["sets"].items():
             raw[name] = m.pop("outcome")
+            m["bn_adapt"] = adapted_metrics(paradigm, pair, run, "test" if name == "test" else f"ext/{task}/{name}")
         prob, logit = paradigm.class_score(test_logits, pair[1])
         y = np.array([c == pair[1] for c in test_labels], dtype=int)
         entry["one_class"] = {"auroc": metrics.auroc(y, prob.numpy()), "auroc_logit": metrics.auroc(y, logit.numpy()),
@@ -155,6 +158,18 @@ def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, r
     except NoAnswer as e:
         entry["missing"] = str(e)
     return entry
+
+
+def adapted_metrics(paradigm, pair, run, set_name: str) -> dict:
+    """`binary_metrics` by the model whose BatchNorm statistics were re-estimated on the set's images
+    (models.adapt); {"missing": why} when the set cannot be adapted on."""
+    try:
+        logits, labels = run(set_name, adapt=True)
+    except ValueError as e:
+        return {"missing": str(e)}
+    m = binary_metrics(paradigm, logits, labels, pair)
+    m.pop("outcome")
+    return m
 
 
 def multilabel_entry(paradigm, spec: Spec, logits, labels: list[str]) -> tuple[dict, dict]:

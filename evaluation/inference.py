@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from data.images import content_hash
+from models.adapt import bn_adapted
 from models.checkpoint import Checkpoint
 from models.inference import predict_features
 
@@ -32,9 +33,12 @@ class CachedPredictor:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.inferred: list[str] = []  # set names actually run through the model (not from cache)
 
-    def __call__(self, set_name: str, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, set_name: str, items: list, adapt: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """`adapt`: by the model with its BatchNorm statistics re-estimated on these images
+        (models.adapt.bn_adapted), cached apart from the plain outputs."""
         paths = [str(it[0] if isinstance(it, (tuple, list)) else it) for it in items]
         size = f"{self.ckpt.resize}->{self.ckpt.crop}"
+        set_name = f"bn-adapt:{set_name}" if adapt else set_name
         digest = hashlib.sha256("\n".join([set_name, size, *paths]).encode()).hexdigest()[:16]
         file = self.cache_dir / f"{self.key}_{digest}.pt" if self.cache_dir else None
         if file is not None and file.is_file():
@@ -46,8 +50,12 @@ class CachedPredictor:
                 cached = {}
             if isinstance(cached, dict) and cached.get("paths") == paths and "features" in cached:
                 return cached["logits"], cached["features"]  # (older entries held logits only)
-        logits, features = predict_features(self.ckpt.model, paths, self.ckpt.transform(), self.batch_size,
-                                            self.device, desc=set_name, progress=self.progress, workers=self.workers)
+        model, transform = self.ckpt.model, self.ckpt.transform()
+        if adapt:
+            model = bn_adapted(model, paths, transform, self.batch_size, self.device, f"adapt {set_name}",
+                               self.progress, self.workers)
+        logits, features = predict_features(model, paths, transform, self.batch_size, self.device, desc=set_name,
+                                            progress=self.progress, workers=self.workers)
         self.inferred.append(set_name)
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)

@@ -16,19 +16,29 @@ from tqdm import tqdm
 from data.loading import ImageSet, collate_skip_bad
 
 
-@torch.inference_mode()
-def _infer(model, items: list, transform, batch_size, device, desc, progress, workers,
-           features: bool) -> list[torch.Tensor]:
-    paths = [it[0] if isinstance(it, (tuple, list)) else it for it in items]
-    ds = ImageSet([(p, i) for i, p in enumerate(paths)], transform)
+def paths_of(items: list) -> list:
+    return [it[0] if isinstance(it, (tuple, list)) else it for it in items]
+
+
+def batches(items: list, transform, batch_size, workers, desc, progress):
+    """(images, positions in `items`) per batch of readable images, in order; each unreadable one is
+    named in a warning."""
+    ds = ImageSet([(p, i) for i, p in enumerate(paths_of(items))], transform)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skip_bad)
-    out = None
-    model.eval()
     for images, idx, bad in tqdm(loader, desc=desc, leave=False, disable=not progress):
         for _, msg in bad:
             print(f"warning: skipped {msg}", file=sys.stderr)
-        if images is None:
-            continue
+        if images is not None:
+            yield images, idx
+
+
+@torch.inference_mode()
+def _infer(model, items: list, transform, batch_size, device, desc, progress, workers,
+           features: bool) -> list[torch.Tensor]:
+    paths = paths_of(items)
+    out = None
+    model.eval()
+    for images, idx in batches(items, transform, batch_size, workers, desc, progress):
         x = images.to(device)
         parts = model(x, features=True) if features else (model(x),)
         parts = [p.float().cpu() for p in parts]

@@ -10,6 +10,7 @@ from evaluation import claims, stats
 from evaluation.stats import interval, mean_of_first, paired_difference
 
 SPEC = SimpleNamespace(tasks={"defect": ("normal", "defect"), "dirt": ("normal", "dirt")}, ood={"receipts": "ood/receipts"},
+                       external={"defect": {"ext_snow": "ext/snow"}},
                        multilabel={"both": SimpleNamespace(labels=("defect", "dirt"))})
 
 
@@ -44,7 +45,7 @@ def test_clear_and_unclear_differences():
 
 def trial(correct, id_s, ood_s, ranked, conf_correct):
     outcome = np.c_[np.ones(len(correct), int), np.asarray(correct, int)]  # (label, prediction): right where 1
-    raw = {"tasks": {t: {"test": outcome} for t in SPEC.tasks},
+    raw = {"tasks": {t: {"test": outcome, **{e: outcome for e in SPEC.external.get(t, {})}} for t in SPEC.tasks},
            "rejection": {"receipts": {"max_logit": (np.asarray(id_s, float), np.asarray(ood_s, float))}},
            "multilabel": {"both": {"by_rule": {"plain": ranked}}}, "calibration": conf_correct}
     return {"rejection": {"paper_scorer": "max_logit"}}, raw
@@ -68,8 +69,9 @@ def test_every_claim_holds_on_a_clear_case():
     task = trial(np.ones(n), np.arange(n) + 100, np.arange(n), ranked_both, calibrated)
     multi = trial(np.ones(n), np.arange(n), np.arange(n) + 100, ranked_one, calibrated)
     rows = claims.claims(results(uni, multi, task), SPEC, task_run, rounds(1.0, 2.0))  # T = 2
-    assert [r["id"] for r in rows] == ["C1", "C2", "C3", "C4", "C5", "C6"]
-    assert [r["verdict"] for r in rows] == [claims.HOLDS] * 6, rows
+    assert [r["id"] for r in rows] == ["C1", "C1-ext", "C2", "C3", "C4", "C5", "C6"]
+    assert [r["verdict"] for r in rows] == [claims.HOLDS] * 7, rows
+    assert rows[1]["this run"].startswith("defect ext_snow +0.000")
 
 
 def test_every_claim_fails_on_the_opposite_case():
@@ -80,7 +82,7 @@ def test_every_claim_fails_on_the_opposite_case():
     task = trial(np.ones(n), np.arange(n) + 100, np.arange(n), ranked_one, overconfident)
     multi = trial(np.ones(n), np.arange(n) + 1000, np.arange(n), [["defect", "dirt", "normal"]] * n, overconfident)
     rows = claims.claims(results(uni, multi, task), SPEC, task_run, rounds(2.0, 2.0))
-    assert [r["verdict"] for r in rows] == [claims.FAILS] * 6, rows
+    assert [r["verdict"] for r in rows] == [claims.FAILS] * 7, rows
 
 
 def test_auroc_statistic_equals_the_metric():
@@ -101,7 +103,7 @@ def test_small_noisy_samples_are_inconclusive():
         return trial(rng.integers(0, 2, n), rng.normal(0.3, 1, n), rng.normal(0, 1, n), ranked,
                      (np.full(n, 0.6), rng.integers(0, 2, n).astype(bool)))
     rows = claims.claims(results(noisy(), noisy(), noisy()), SPEC, task_run, rounds(1.8, 2.0))
-    assert [r["verdict"] for r in rows] == [claims.UNSURE] * 6, rows
+    assert [r["verdict"] for r in rows] == [claims.UNSURE] * 7, rows
     assert "| C1 |" in claims.markdown(rows)
 
 

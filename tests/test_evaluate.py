@@ -226,16 +226,47 @@ def test_run_one_checkpoint_and_cache(tiny_data, artifacts, tmp_path):
     for name, mset in spec.multilabel.items():
         plain = m["multilabel"][name]["by_rule"]["plain"]
         assert plain["n"] > 0 and set(plain["topk"]) == set(mset.labels)
+        for s, entry in sets.items():  # the same task answer by the model adapted to the set's statistics
+            assert entry["bn_adapt"]["n"] == entry["n"] and 0 <= entry["bn_adapt"]["accuracy"] <= 1
     assert 0 <= m["calibration"]["ece"] <= 1
-    n_sets = 1 + sum(len(s) for s in spec.external.values()) + len(spec.ood) + len(spec.multilabel)
-    # train, val and ood_val too (the OOD filter is fitted on them), each once
-    assert len([s for s in m["inferred_sets"] if s not in ("train", "val") and not s.startswith("ood_val/")]) == n_sets
+    n_ext = sum(len(s) for s in spec.external.values())
+    n_sets = 1 + n_ext + len(spec.ood) + len(spec.multilabel)
+    # train, val and ood_val too (the OOD filter is fitted on them), each once; BN adapt on test and ext sets
+    adapted = [s for s in m["inferred_sets"] if s.startswith("bn-adapt:")]
+    assert len(adapted) == 1 + n_ext
+    assert len([s for s in m["inferred_sets"] if s not in ("train", "val") and not s.startswith(("ood_val/", "bn-adapt:"))]) == n_sets
     assert len(m["inferred_sets"]) == len(set(m["inferred_sets"]))
     from data.images import content_hash
     assert m["checkpoint_sha256"] == content_hash(ckpt)
     again = json.loads(evaluate.main(argv).read_text())
     assert again["inferred_sets"] == []  # every set came from the cache
     assert again["tasks"] == m["tasks"]
+
+
+def test_bn_adapt_takes_the_statistics_of_the_set_and_leaves_the_model_alone(tmp_path):
+    from PIL import Image
+    from torch import nn
+    from torchvision import transforms as T
+    from models.adapt import bn_adapted
+    colours = [(10, 200, 40), (30, 220, 80), (50, 180, 120), (70, 240, 160)]
+    paths = []
+    for i, c in enumerate(colours):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (4, 4), c).save(paths[-1])
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(48, 2), nn.BatchNorm1d(2)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    adapted = bn_adapted(model, paths, T.ToTensor(), batch_size=2, progress=False)
+    pixels = torch.tensor(colours, dtype=torch.float64) / 255
+    assert torch.allclose(adapted[0].running_mean.double(), pixels.mean(0), atol=1e-6)
+    # the running variance is the average of the two batches' unbiased variances (4 px x 2 images each)
+    var = torch.stack([pixels[i:i + 2].repeat_interleave(16, 0).var(0) for i in (0, 2)]).mean(0)
+    assert torch.allclose(adapted[0].running_var.double(), var, atol=1e-6)
+    assert not adapted.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert torch.equal(adapted[2].weight, model[2].weight)  # learned weights are kept
+    with pytest.raises(ValueError, match="at least two readable images"):
+        bn_adapted(model, paths[:1], T.ToTensor(), progress=False)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        bn_adapted(nn.Sequential(nn.Flatten()), paths, T.ToTensor(), progress=False)
 
 
 def test_checkpoint_of_another_dataset_is_refused(tiny_data, artifacts, tmp_path):
@@ -290,6 +321,10 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
     assert all(0 <= float(r[f"{c} mean"]) <= 1 for r in t1 for c in cols)
     assert t1[0][f"{cols[0]} n"] == "2" and float(t1[0][f"{cols[0]} std"]) == 0.0  # the copied trial
     assert [r["method"] for r in rows("table2_f1.csv")] == [r["method"] for r in t1]
+    adapted = rows("table1_accuracy_bn_adapt.csv")  # each model with BatchNorm statistics of each set
+    assert [r["method"] for r in adapted] == [r["method"] for r in t1]
+    assert all(0 <= float(r[f"{c} mean"]) <= 1 for r in adapted for c in cols)
+    assert "## Table 1: accuracy (RQ1), BatchNorm statistics adapted to each set" in report
     t3 = rows("table3_one_class_auroc.csv")
     assert [r["method"] for r in t3] == ["efficiency-centric", "multi-task", "task-centric"]
     t4 = rows("table4_rejection.csv")
@@ -321,7 +356,7 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
                <= float(r["ms 95 % high mean"]) for r in eff)
     assert "**" in report  # best per column in bold
     claim_rows = rows("claims.csv")
-    assert [r["id"] for r in claim_rows] == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    assert [r["id"] for r in claim_rows] == ["C1", "C1-ext", "C2", "C3", "C4", "C5", "C6"]
     assert {r["verdict"] for r in claim_rows} <= {"holds", "does not hold", "inconclusive"}
     assert "over 9 interleaved rounds" in claim_rows[-1]["this run"]
     assert report.index("## The paper's claims") < report.index("## Table 1")
