@@ -20,7 +20,8 @@ from evaluation.report import (DEFAULT, TASK_METRICS, display, ood_kinds, reject
 from evaluation.tables import ReportTable
 from utils import read_summary
 
-FLAGS = ("method", "budget", "mix", "mix_prob", "zero_grad", "bn_stats", "jigsaw", "epochs_run", "budget_batches")
+FLAGS = ("method", "budget", "mix", "mix_prob", "augment", "zero_grad", "bn_stats", "jigsaw", "epochs_run",
+         "budget_batches")
 
 
 def flags_of(trials: dict) -> str:

@@ -28,8 +28,8 @@ from utils import plain, read_torch_file
 FORMAT = 1
 
 
-PROTOCOL = ("method", "budget", "mix", "mix_prob", "mix_alpha", "zero_grad", "bn_stats", "jigsaw", "lr", "batch_size",
-            "epochs_run", "budget_batches")  # the training flags a report shows beside a run
+PROTOCOL = ("method", "budget", "mix", "mix_prob", "mix_alpha", "augment", "zero_grad", "bn_stats", "jigsaw", "lr",
+            "batch_size", "epochs_run", "budget_batches")  # the training flags a report shows beside a run
 
 
 class CheckpointError(ValueError):

@@ -1,5 +1,6 @@
 #!/bin/sh
-# usage: sh run/ablations.sh [--trials 3] [--only plain,plain_time,zeros,bn_all,steps,mix_cutmix,mix_mixup]
+# usage: sh run/ablations.sh [--trials 3]
+#          [--only plain,plain_time,zeros,bn_all,steps,mix_cutmix,mix_mixup,aug_shift,aug_trivialaugment,aug_augmix]
 #          [--jobs auto|N] [--data datasets/sofar_embedded] [--artifacts artifacts] [--out results]
 #          [--device auto] [train.py flags]
 #
@@ -18,6 +19,9 @@
 #   mix_cutmix   the efficiency-centric model with CutMix (reproduce.sh trains one trial of it, every
 #                trial with --variants; kept when every trial is there)
 #   mix_mixup    the efficiency-centric model with mixup
+#   aug_shift, aug_trivialaugment, aug_augmix
+#                the efficiency-centric model with that training augmentation (--augment shift |
+#                trivialaugment | augmix): robustness on the external sets
 # --trials N: trials per variant (default 3). --jobs: runs side by side, the rule of
 # run/train_trials.sh (default auto), so the variants' seconds per epoch compare with the main
 # runs' when both use the default. --data, --artifacts and --out default as in run/reproduce.sh;
@@ -26,7 +30,7 @@
 . "$(dirname "$0")/help.sh"
 set -e
 . "$(dirname "$0")/setup.sh"  # sets data, artifacts, results from the flags
-only=plain,plain_time,zeros,bn_all,steps,mix_cutmix,mix_mixup
+only=plain,plain_time,zeros,bn_all,steps,mix_cutmix,mix_mixup,aug_shift,aug_trivialaugment,aug_augmix
 trials=3
 jobs=auto
 device=auto
@@ -54,7 +58,7 @@ fi
 wanted() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 variant_flags=
 runs=0  # the runs this script trains, for the pool's share of the cores
-for name in plain plain_time zeros bn_all mix_mixup; do
+for name in plain plain_time zeros bn_all mix_mixup aug_shift aug_trivialaugment aug_augmix; do
   if wanted $name; then runs=$((runs + trials)); fi
 done
 if wanted steps; then
@@ -118,6 +122,12 @@ if wanted mix_mixup; then
   launch train mix_mixup --paradigm uni --data "$data" "$@" --mix mixup
   add mix_mixup
 fi
+for policy in shift trivialaugment augmix; do
+  if wanted "aug_$policy"; then
+    launch train "aug_$policy" --paradigm uni --data "$data" "$@" --augment "$policy"
+    add "aug_$policy"
+  fi
+done
 wait_children "variant(s)' training"
 echo "==== evaluate.py report --artifacts $artifacts --data $data --out $results$variant_flags"
 # shellcheck disable=SC2086  # variant_flags: flags and plain values, split on purpose

@@ -94,9 +94,9 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
     assert proc.returncode == 2 and "unrecognized arguments: --no-such-flag" in proc.stderr
     assert f"note: {tmp_path / 'art' / 'uni'} also holds exp2 from an earlier run" in proc.stdout
     # run/ablations.sh beside those runs: plain fine-tuning at equal epochs and at equal wall-clock,
-    # and the reference's BatchNorm statistics
+    # and the shift augmentation
     proc = subprocess.run(["sh", str(ROOT / "run" / "ablations.sh"), "--data", "mine", "--artifacts", "art",
-                           "--out", "res", "--trials", "1", "--only", "plain,plain_time,bn_all", "--epochs", "1",
+                           "--out", "res", "--trials", "1", "--only", "plain,plain_time,aug_shift", "--epochs", "1",
                            *TINY_TRAIN],
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -105,11 +105,11 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
     for name in ("plain", "plain_time"):
         args = yaml.safe_load((tmp_path / "art_variants" / name / "uni" / "exp1" / "args.yaml").read_text())
         assert args["method"] == "plain"
-    args = yaml.safe_load((tmp_path / "art_variants" / "bn_all" / "uni" / "exp1" / "args.yaml").read_text())
-    assert args["bn_stats"] == "all" and args["method"] == "pmg"
+    args = yaml.safe_load((tmp_path / "art_variants" / "aug_shift" / "uni" / "exp1" / "args.yaml").read_text())
+    assert args["augment"] == "shift" and args["method"] == "pmg"
     report = (tmp_path / "res" / "REPORT.md").read_text()
     assert "| plain |" in report and "| plain_time |" in report and "method=plain" in report
-    assert "| bn_all |" in report and "bn_stats=all" in report
+    assert "| aug_shift |" in report and "augment=shift" in report
 
 
 def released_best(stdout: str, artifacts: Path, results: Path) -> Path:
