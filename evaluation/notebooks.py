@@ -5,14 +5,17 @@ with it; the committed notebooks stay without outputs.
 
     python -m evaluation.notebooks --artifacts artifacts --cache-dir results/cache --out results/notebooks
 
-Each notebook runs in its own folder on the python3 kernel of the interpreter that runs this, with
+Each notebook runs in its own folder on the python3 kernel of the interpreter that runs this (with
+this checkout first on PYTHONPATH, whichever checkout the environment was installed from), with
 one cell added after its `parameters` cell that sets ARTIFACTS, DATA, CACHE and FIGURES (what
 papermill does); a cell that fails stops with the notebook's name and the error.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -36,8 +39,25 @@ def execute(name: str, artifacts, data=None, cache=None, figures=None, timeout: 
     values = {"ARTIFACTS": artifacts, "DATA": data, "CACHE": cache, "FIGURES": figures}
     source = "\n".join(f"{k} = {str(Path(v).resolve()) if v is not None else None!r}" for k, v in values.items())
     nb.cells.insert(params + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
-    NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(folder)}}).execute()
+    # the kernel imports this checkout's code, whichever checkout the environment was installed from
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    with patched_env(PYTHONPATH=path):
+        NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(folder)}}).execute()
     return nb
+
+
+@contextmanager
+def patched_env(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def to_html(nb) -> str:
