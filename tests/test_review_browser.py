@@ -1,14 +1,17 @@
 """The review page in a real browser: playwright (PyPI) drives Debian's chromium against
 `python -m pipeline review`. It opens the overview, filters to the OOD-rejected rows, opens one,
 records a correction with a new label, and `export-reviews` then holds that image under the new
-class. Screenshots (overview, grid, detail) go to the test's tmp folder, kept when it fails. Skipped, with the reason, where playwright or
-chromium is missing (.ci/run installs chromium with apt; playwright never downloads a browser)."""
+class. Screenshots (overview, grid, detail) go to $REVIEW_SCREENSHOTS when set, else to the test's
+tmp folder (kept when it fails). Skipped, with the reason, where playwright or chromium is missing
+(.ci/run installs chromium with apt; playwright never downloads a browser)."""
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,26 +45,28 @@ def server(bundles, tmp_path):
 
 def test_a_correction_made_in_the_browser_comes_out_of_the_export(server, tmp_path):
     url, db = server
+    shots = Path(os.environ.get("REVIEW_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu"])
         page = browser.new_page(viewport={"width": 1100, "height": 760})
         page.goto(url + "/")
         assert page.locator("h1").inner_text() == "Overview"
-        page.screenshot(path=tmp_path / "overview.png")
+        page.screenshot(path=shots / "overview.png")
         page.goto(url + "/rows")
         page.select_option("select[name=status]", "ood")
         page.click("button[type=submit]")
         assert "status=ood" in page.url
         cards = page.locator(".card")
         assert cards.count() > 0 and all(cards.nth(i).locator(".ood").count() for i in range(cards.count()))
-        page.screenshot(path=tmp_path / "rows.png", full_page=True)
+        page.screenshot(path=shots / "rows.png", full_page=True)
         image_id = cards.first.locator(".mono").inner_text()
         cards.first.click()
         assert page.locator("h1").inner_text() == image_id
         assert page.locator("img").evaluate("i => i.naturalWidth") > 0  # the image made from the source root
         page.check("input[name=verdict][value=labels]")
         page.fill("input[name=new_label]", "wheel")
-        page.screenshot(path=tmp_path / "detail.png", full_page=True)
+        page.screenshot(path=shots / "detail.png", full_page=True)
         page.click("form.review button[type=submit]")
         assert "wheel" in page.locator("table").nth(1).inner_text()
         browser.close()
