@@ -18,11 +18,18 @@ alone is not an identity: `--source uploads/day1` and later `--source uploads/da
 `IMG_0001.jpg`, and a camera's file counter wraps; the hash keeps different photos apart and the
 same photo listed again on one id. A manifest's own `image_id` column is used as it is; a file
 that cannot be read when listed has the bare path as id (it has no content to hash).
+
+Ids are bounded (`ID_CHARS`): a path or manifest id longer than ID_PATH_CHARS characters is
+replaced in the id by `~`, the first 16 hex digits of its SHA-256, `/` and its last characters
+(`~5be1c0d2e3f4a5b6/...deep/IMG_0001.jpg#3f2a...`), so that no id outgrows a database's index
+(PostgreSQL's btree refuses an index row over about 2.7 KB). Shorter ones are kept as they are,
+so the ids already in a table stay valid. The full path stays in the row's `source`.
 """
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import os
 import stat
 import sys
@@ -34,6 +41,11 @@ from data.folders import IMAGE_EXTENSIONS
 from data.images import ImageError, content_hash, file_kind, printable
 
 HASH_CHARS = 16  # 64 bits of SHA-256: the id also carries the path, so collisions need both
+ID_PATH_CHARS = 200  # a longer path (or manifest id) is shortened in the id: `bounded`
+ID_CHARS = ID_PATH_CHARS + 1 + HASH_CHARS  # the longest id: path part, '#', content hash
+# The longest id a queued message may carry (one published by hand or by an older producer): well
+# under PostgreSQL's btree limit for an index row (2704 bytes, the model version included).
+MAX_ID_BYTES = 2000
 
 
 class SourceError(ValueError):
@@ -119,7 +131,7 @@ def scan_source(source: str | Path, day=None, tz: str | None = None
     if day is not None:
         days = {parse_date(d, "--date") for d in ([day] if isinstance(day, str) else day)}
         items = [i for i in items if i[2] in days]
-    return sorted((SourceImage(name if fixed else content_id(name, p), str(p), date)
+    return sorted((SourceImage(bounded(name) if fixed else content_id(name, p), str(p), date)
                    for name, p, date, fixed in items), key=lambda i: i.image_id), skipped
 
 
@@ -184,11 +196,20 @@ def link_target(link: Path, top: Path) -> tuple[str | None, str]:
     return None, target
 
 
+def bounded(name: str) -> str:
+    """`name` as the path part of an id: as it is up to ID_PATH_CHARS characters, else `~`, 16 hex
+    digits of its SHA-256, `/` and its tail (the file's own name), ID_PATH_CHARS in all."""
+    if len(name) <= ID_PATH_CHARS:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:HASH_CHARS]
+    return f"~{digest}/{name[-(ID_PATH_CHARS - HASH_CHARS - 2):].lstrip('/')}"
+
+
 def content_id(name: str, path: Path) -> str:
     try:
-        return f"{name}#{content_hash(path)[:HASH_CHARS]}"
+        return f"{bounded(name)}#{content_hash(path)[:HASH_CHARS]}"
     except (ImageError, OSError):
-        return name
+        return bounded(name)
 
 
 def read_manifest(path: Path, tz: str | None = None) -> list[tuple[str, Path, str | None, bool]]:
