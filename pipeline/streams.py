@@ -23,7 +23,7 @@ dead-lettered after --max-deliveries. A Redis outage is ridden out for up to --m
 (every retry logged with the outage so far, then `redis_reconnected`); past that the consumer exits
 1 with one line and its batch stays pending for another consumer.
 
-Every --trim-interval seconds, after an ack, the consumer trims the entries every group has
+Every --trim-interval seconds, busy or idle, the consumer trims the entries every group has
 acknowledged (pipeline/retention.py); with --heartbeat it rewrites a heartbeat file on every turn
 of its loop for the Kubernetes probes (pipeline/health.py). The producer side: pipeline/publish.py.
 """
@@ -42,7 +42,7 @@ import redis
 from pipeline.health import Heartbeat
 from pipeline.queue_defaults import FIELDS, GROUP, MAX_OUTAGE_S, MESSAGE_BATCH, STREAM, RedisOutage
 from pipeline.retention import trim
-from pipeline.sources import SourceImage
+from pipeline.sources import ID_CHARS, MAX_ID_BYTES, SourceImage
 from pipeline.table import TableUnavailable
 
 # A lost or refused connection, a server still loading its append-only file, a reply cut off by a
@@ -83,6 +83,10 @@ def payload_error(fields: dict) -> str | None:
         return f"malformed message, fields {sorted(fields)}"
     if any("\x00" in str(v) for v in fields.values()):
         return "malformed message, a field holds a NUL byte (no file or table text can)"
+    if len(fields["image_id"].encode("utf-8", "surrogateescape")) > MAX_ID_BYTES:
+        return (f"malformed message, an image id of {len(fields['image_id'].encode('utf-8', 'surrogateescape'))} "
+                f"bytes, longer than the {MAX_ID_BYTES} a table index holds (produce writes at most {ID_CHARS} "
+                f"characters)")
     if fields.get("captured_date"):
         try:
             dt.date.fromisoformat(fields["captured_date"])
@@ -137,12 +141,14 @@ class Consumer:
                     self.held = []
                     idle_since = time.monotonic()
                     self.heartbeat.beat("serving")
-                    if self.trim_interval_s > 0 and time.monotonic() - trimmed_at >= self.trim_interval_s:
-                        self.stats["trimmed"] += trim(self.r, self.stream)["trimmed"]
-                        trimmed_at = time.monotonic()
-                elif self.exit_when_empty and self.drained():
+                if self.trim_interval_s > 0 and time.monotonic() - trimmed_at >= self.trim_interval_s:
+                    # also when idle: the last batches' entries go too, so that the stream's length
+                    # (a KEDA trigger, deploy/k8s/keda.yaml) falls to 0 once the work is done
+                    self.stats["trimmed"] += trim(self.r, self.stream)["trimmed"]
+                    trimmed_at = time.monotonic()
+                if not msgs and self.exit_when_empty and self.drained():
                     break
-                elif self.max_idle_s is not None and time.monotonic() - idle_since > self.max_idle_s:
+                if not msgs and self.max_idle_s is not None and time.monotonic() - idle_since > self.max_idle_s:
                     break
             except RETRYABLE as e:
                 if isinstance(e, redis.AuthenticationError):  # a ConnectionError in redis-py: never retried
