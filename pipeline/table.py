@@ -14,6 +14,13 @@ The inspectors' typical query, "every dirty or damaged car captured today", is `
 
 served by the index `<table>_day_idx (captured_date, status, top1_label, top2_label)`.
 
+A path has one current row per model version: a row written for a file supersedes the `error`
+rows of the same file (same `source`) under another id, so a file first seen truncated (its
+error row keyed by the truncated content's hash) and later complete leaves only its good row.
+The superseding delete runs in the upsert's transaction and finds the error rows through the
+partial index `<table>_error_idx (model_version) WHERE status = 'error'`; ok rows are never
+removed by it.
+
 A database that cannot be reached or written now (down, restarting, locked, full) raises
 `TableUnavailable`: not the rows' fault, so a queue consumer keeps them and retries instead of
 counting a failed delivery. An `error` row is final unless its error says "not now" (the file was
@@ -192,18 +199,20 @@ class PredictionTable:
             self.conn.close()
             self.conn = None
 
-    def _run(self, sql: str, params=(), many: bool = False, fetch: bool = False):
-        """Run `sql` (with `?` placeholders) in its own transaction; rows as dicts with `fetch`.
+    def _run(self, sql: str, params=(), many: bool = False, fetch: bool = False, then=()):
+        """Run `sql` (with `?` placeholders), then each (sql, params, many) of `then`, in one
+        transaction; rows of `sql` as dicts with `fetch`.
         A PostgreSQL connection lost since the last call (a server restart) is reopened and the
         statement run once more (every statement here is idempotent); TableUnavailable if the
         database still cannot be used."""
+        steps = [(sql, params, many), *then]
         if self.pg:
-            sql = postgres_sql(sql)
+            steps = [(postgres_sql(q), p, m) for q, p, m in steps]
         for attempt in (1, 2):
             try:
                 if self.conn is None:
                     self.connect()
-                return self._execute(sql, params, many, fetch)
+                return self._execute(steps, fetch)
             except Exception as e:
                 if not unavailable(e):
                     raise
@@ -213,12 +222,14 @@ class PredictionTable:
                     raise TableUnavailable(f"{type(e).__name__}: {e}".strip()[:500] if self.pg else
                                            sqlite_failure(sqlite_path(self.url), e)) from e
 
-    def _execute(self, sql: str, params, many: bool, fetch: bool):
+    def _execute(self, steps: list, fetch: bool):
         cur = self.conn.cursor()
         try:
-            (cur.executemany if many else cur.execute)(sql, params)
-            rows = cur.fetchall() if fetch else None
-            cols = [d[0] for d in cur.description] if fetch else None
+            rows = cols = None
+            for k, (sql, params, many) in enumerate(steps):
+                (cur.executemany if many else cur.execute)(sql, params)
+                if fetch and k == 0:
+                    rows, cols = cur.fetchall(), [d[0] for d in cur.description]
             self.conn.commit()
         except Exception:
             try:
@@ -238,6 +249,8 @@ class PredictionTable:
         self._run(f"CREATE TABLE IF NOT EXISTS {self.name} ({cols}, PRIMARY KEY (image_id, model_version))")
         self._run(f"CREATE INDEX IF NOT EXISTS {self.name}_day_idx ON {self.name} "
                   f"(captured_date, status, top1_label, top2_label)")
+        self._run(f"CREATE INDEX IF NOT EXISTS {self.name}_error_idx ON {self.name} (model_version) "
+                  f"WHERE status = 'error'")
         have = set(self.columns())
         for c, t in COLUMNS:  # a table written by an older version: add what it lacks (NULL there)
             if c not in have:
@@ -252,7 +265,8 @@ class PredictionTable:
         return [r["name"] for r in rows]
 
     def upsert(self, rows: list[dict]) -> None:
-        """Insert or replace rows by (image_id, model_version), in one transaction."""
+        """Insert or replace rows by (image_id, model_version), and remove the error rows they
+        supersede (the same source and model version under another id), in one transaction."""
         if not rows:
             return
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
@@ -261,7 +275,10 @@ class PredictionTable:
         update = ", ".join(f"{c} = excluded.{c}" for c in NAMES[2:])
         sql = (f"INSERT INTO {self.name} ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))}) "
                f"ON CONFLICT (image_id, model_version) DO UPDATE SET {update}")
-        self._run(sql, values, many=True)
+        supersede = (f"DELETE FROM {self.name} WHERE status = 'error' AND model_version = ? AND source = ? "
+                     f"AND image_id <> ?")
+        keys = [(r.get("model_version"), r.get("source"), r.get("image_id")) for r in rows]
+        self._run(sql, values, many=True, then=[(supersede, keys, True)])
 
     def upsert_split(self, rows: list[dict]) -> dict[int, str]:
         """`upsert`, and when the batch is refused for its content, each row on its own, so that one
