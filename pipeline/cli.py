@@ -27,12 +27,13 @@ is none, which needs torch and the training data (--data).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
 import os
 import sys
 
-from pipeline.queue_defaults import GROUP, MAX_OUTAGE_S, MESSAGE_BATCH, STREAM, RedisOutage
+from pipeline.queue_defaults import GROUP, MAX_OUTAGE_S, MESSAGE_BATCH, PUBLISHED_TTL_DAYS, STREAM, RedisOutage
 from pipeline.table import DEFAULT_TABLE, DEFAULT_URL, redacted
 
 ENV = {"bundle": "PIPELINE_BUNDLE", "checkpoint": "PIPELINE_CHECKPOINT", "bundles": "PIPELINE_BUNDLES",
@@ -58,17 +59,33 @@ def day_flags(p, default=None, span=True):
     p.set_defaults(default_day=default)
 
 
+# produce --date DAY publishes the files of DAY and of the LOOK_BACK_DAYS - 1 days before it that
+# are not yet published: a file dated yesterday that arrives after the nightly run is published by
+# the next night's. Within the published sets' TTL (30 days), so a file is never published twice.
+LOOK_BACK_DAYS = 7
+
+
 def days(args) -> list[str] | None:
+    """The days of --date (with the --look-back days before it, for produce) or of --from/--to."""
     from pipeline.sources import SourceError, day_range, resolve_day
     first, last = getattr(args, "first", None), getattr(args, "last", None)
     if first or last:
         if args.date:
             raise SourceError("give --date or --from/--to, not both")
+        if getattr(args, "look_back", None) is not None:
+            raise SourceError("--look-back goes with --date; with --from/--to give the whole range")
         if not first:
             raise SourceError("--to needs --from")
         return day_range(resolve_day(first, args.tz, "--from"), resolve_day(last or "today", args.tz, "--to"))
     day = args.date or args.default_day
-    return None if day is None else [resolve_day(day, args.tz)]
+    if day is None:
+        return None
+    last = resolve_day(day, args.tz)
+    back = (args.look_back or LOOK_BACK_DAYS) if hasattr(args, "look_back") else 1  # produce alone looks back
+    if back > PUBLISHED_TTL_DAYS:
+        raise SourceError(f"--look-back {back}: at most {PUBLISHED_TTL_DAYS} days, how long the published sets "
+                          f"are kept (older days: --from/--to with --table, which skips what has a row)")
+    return day_range((dt.date.fromisoformat(last) - dt.timedelta(days=back - 1)).isoformat(), last)
 
 
 def positive_int(text: str) -> int:
@@ -154,6 +171,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("produce", help="queue mode: publish a day's (or a range of days') new images to the stream")
     env_arg(p, "--source", help="folder tree of images or manifest CSV")
     day_flags(p, "today")
+    p.add_argument("--look-back", type=positive_int, metavar="DAYS",
+                   help=f"with --date: also publish the files of the DAYS - 1 days before it that are not yet "
+                        f"published (a file that arrived after an earlier run); 1: --date alone (default "
+                        f"{LOOK_BACK_DAYS})")
     redis_flags(p)
     p.add_argument("--table", default=os.environ.get("PIPELINE_TABLE"),
                    help="also skip images that have a final row in this table URL; one whose file was not found or "

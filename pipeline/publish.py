@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from pipeline.sources import parse_date, scan_source, warn_skipped
-from pipeline.queue_defaults import FIELDS, GROUP, STREAM
+from pipeline.queue_defaults import FIELDS, GROUP, PUBLISHED_TTL_DAYS, STREAM
 from pipeline.streams import connect, ensure_group, log, payload_error
 
 # Atomic per chunk: publish an id only if this call added it to the day's published set, or if it
@@ -25,7 +25,7 @@ return n
 
 
 def produce(url: str, source, days, stream: str = STREAM, group: str = GROUP, table=None,
-            ttl_days: int = 30, tz: str | None = None) -> dict:
+            ttl_days: int = PUBLISHED_TTL_DAYS, tz: str | None = None) -> dict:
     """Publish the images captured on `days` (one YYYY-MM-DD or a list) that are not yet published
     (each day's set) and have no final row in `table`. A listed file that is not there yet is left
     for a later run; one whose row says it was not found or could not be opened is published again."""

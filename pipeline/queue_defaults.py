@@ -11,6 +11,7 @@ FIELDS = ("image_id", "path", "captured_date")  # a message's payload
 # model needs about 32 images to reach its speed, so 64 feeds two streams; a large-input model
 # (224 px) does slightly better with 32 (`--batch-size 32`). Measured: pipeline/README.md "Performance".
 MESSAGE_BATCH = 64
+PUBLISHED_TTL_DAYS = 30  # how long a day's published set is kept: the longest produce --look-back
 MAX_OUTAGE_S = 3600.0  # a consumer rides out a Redis outage this long (--max-outage), then exits 1
 
 

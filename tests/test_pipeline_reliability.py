@@ -224,7 +224,7 @@ def test_the_nightly_producer_publishes_whole_days_of_its_time_zone():
     assert cron["timeZone"] == tz and zone(tz)
     minute, hour = (int(x) for x in cron["schedule"].split()[:2])
     args = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["produce", "--date", "yesterday"]
+    assert args == ["produce", "--date", "yesterday", "--look-back", "7"]
     # Fired at its time in its zone, it publishes the whole day that has just ended.
     fired = dt.datetime(2026, 11, 21, hour, minute, tzinfo=zone(tz))
     assert fired.date() == dt.date(2026, 11, 21)
