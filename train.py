@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -109,6 +110,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "to each run's share of the cores)")
     p.add_argument("--resume", nargs="?", const="auto",
                    help="continue: no value = last.pt of this run folder, or a checkpoint path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="clear a run folder that holds an earlier run's files, then train afresh (without it such a "
+                        "folder is refused, so that no folder mixes two runs' files; --resume continues it)")
     p.add_argument("--keep-epochs", action="store_true", help="also keep epoch_N.pt for every epoch")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     show_defaults(p)
@@ -197,6 +201,35 @@ def log_skipped(run_dir: Path, epoch: int, skipped: list[str]) -> None:
               f"{run_dir / 'skipped.txt'}", file=sys.stderr)
 
 
+def claim_run_folder(run_dir: Path, args) -> None:
+    """A fresh run starts in an empty run folder, so that no folder mixes two runs' files (an old
+    best.pt beside a new args.yaml): one that holds files is refused unless --resume continues it
+    or --overwrite clears it first."""
+    if args.resume and args.overwrite:
+        raise SystemExit("error: give --resume (continue the run in its folder) or --overwrite (clear it and "
+                         "train afresh), not both")
+    # a lone args.yaml (a run that stopped before its first epoch was saved) is rewritten whole
+    held = sorted(p.name for p in run_dir.iterdir() if p.name != "args.yaml") if run_dir.is_dir() else []
+    if not held or args.resume:
+        return
+    if not args.overwrite:
+        raise SystemExit(f"error: run folder {run_dir} already holds an earlier run ({', '.join(held[:4])}"
+                         f"{', ...' if len(held) > 4 else ''}); continue it with --resume, train into another "
+                         f"--trial or --artifacts, or clear it with --overwrite")
+    shutil.rmtree(run_dir)
+    print(f"--overwrite: cleared {run_dir} ({len(held)} files or folders of an earlier run)", flush=True)
+
+
+def check_finite(epoch: int, val: dict, model) -> None:
+    """Divergence, before anything of the epoch is saved, when its validation loss or a weight or
+    BatchNorm statistic is NaN or infinite: the training loss can stay finite while they are not."""
+    bad = [f"val loss {val['val_loss']}"] if not math.isfinite(val["val_loss"]) else []
+    bad += [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()][:3]
+    if bad:
+        raise Divergence(f"training diverged in epoch {epoch}: {', '.join(bad)} not finite; nothing of this epoch "
+                         f"was saved (try a lower --lr or --no-amp, and check the --pretrained weights)")
+
+
 SELECTION = "highest val accuracy; ties broken by lower val loss; never a non-finite val loss"
 
 
@@ -223,6 +256,7 @@ def end_epoch(args, epoch: int, lr: float, stats: dict, model, paradigm, spec, v
     val = evaluate(model, paradigm, val_loader, device, amp=args.amp, channels_last=args.channels_last,
                    progress=not args.no_progress)
     log_skipped(run_dir, epoch, stats.pop("skipped") + val.pop("val_skipped"))
+    check_finite(epoch, val, model)
     improved = better(val, best)
     best = {"acc": val["val_acc"], "loss": val["val_loss"]} if improved else best
     # Crash-consistent order: best.pt, the summary row, then last.pt (the commit point). Killed
@@ -253,6 +287,8 @@ def main(args: argparse.Namespace) -> Path:
     paradigm = build_paradigm(args.paradigm, spec, args.task)
     run_dir = Path(args.artifacts) / paradigm.run_name / args.trial
     main_proc = rank == 0
+    if main_proc:  # before anything is written: a fresh run never lands among an earlier run's files
+        claim_run_folder(run_dir, args)
     if main_proc:
         print(f"profile {args.profile}: {args.backbone} (pretrained {args.pretrained}), "
               f"{args.resize}->{args.crop}px, {args.epochs} epochs, batch {args.batch_size}, device {device}"

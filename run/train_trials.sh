@@ -16,6 +16,8 @@
 #   --data DIR    dataset folder (default datasets/sofar_embedded, generated when absent)
 #   --artifacts   the folder of training runs (default artifacts)
 # Every other flag goes to train.py (python train.py --help: --profile, --epochs, --device, ...).
+# A trial's run folder from an earlier call is trained afresh (train.py --overwrite clears it
+# first), unless --resume is given, which continues it.
 # Paths are read from the folder you call it from.
 . "$(dirname "$0")/help.sh"
 set -e
@@ -25,6 +27,7 @@ jobs=auto
 device=auto
 run=uni
 task=
+fresh=--overwrite  # train.py refuses a run folder holding an earlier run unless told what to do with it
 n=$#
 prev=
 while [ "$n" -gt 0 ]; do  # keep every flag but --trials and --jobs for train.py
@@ -36,6 +39,7 @@ while [ "$n" -gt 0 ]; do  # keep every flag but --trials and --jobs for train.py
     --paradigm=*) run=${a#*=} ;;
     --task=*) task=${a#*=} ;;
     --device=*) device=${a#*=} ;;
+    --resume|--resume=*) fresh= ;;
   esac
   case $prev in
     --paradigm) run=$a ;;
@@ -58,7 +62,8 @@ if [ "$TRIAL_JOBS" -eq 1 ]; then  # one at a time: train.py's own output and pro
   while [ "$i" -le "$trials" ]; do
     echo "== trial $i/$trials (seed $((i - 1)))"
     # "$@" may name --data again (the same) or --threads (the caller's choice wins)
-    $PY train.py --data "$data" --seed $((i - 1)) --trial "exp$i" --threads "$TRIAL_THREADS" "$@"
+    # shellcheck disable=SC2086  # fresh: one flag or nothing
+    $PY train.py --data "$data" --seed $((i - 1)) --trial "exp$i" --threads "$TRIAL_THREADS" $fresh "$@"
     i=$((i + 1))
   done
   exit 0
@@ -72,7 +77,8 @@ while [ "$i" -le "$trials" ]; do
   echo "== trial $i/$trials (seed $((i - 1))): $run/exp$i started, $TRIAL_THREADS torch thread(s), log $log"
   (
     t0=$(date +%s)
-    $PY train.py --data "$data" --seed $((i - 1)) --trial "exp$i" --threads "$TRIAL_THREADS" --no-progress "$@" \
+    # shellcheck disable=SC2086  # fresh: one flag or nothing
+    $PY train.py --data "$data" --seed $((i - 1)) --trial "exp$i" --threads "$TRIAL_THREADS" $fresh --no-progress "$@" \
       >"$log" 2>&1 &
     tp=$!
     trap 'kill "$tp" 2>/dev/null' TERM
