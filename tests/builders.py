@@ -66,6 +66,15 @@ def write_images(folder: Path, n: int, seed: int = 1, size: int = 32, mtime: flo
     return paths
 
 
+def write_deep_image(root: Path, chars: int = 3200, mtime: float | None = None) -> Path:
+    """One small JPEG about `chars` characters below `root`, in folders of 199-character names (a
+    file system allows 255 per name and 4096 per path): an image id past a database index's limit."""
+    folder = Path(root)
+    while len(str(folder)) - len(str(root)) < chars - 20:  # + part0/img_00000.jpg
+        folder = folder / ("d" * 199)
+    return write_images(folder, 1, seed=3, mtime=mtime)[0]
+
+
 def write_bad_files(folder: Path) -> dict[str, str]:
     """name -> expected status class ('error' or 'good') for every awkward kind of file."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -81,3 +81,30 @@ def test_the_database_password_is_never_printed(postgres, bundles, tmp_path):
     query = pipeline_cli("query", "--table", url, "--table-name", "masked", check=False)
     assert query.returncode == 1 and "***" in query.stderr
     assert "s3cret" not in predict.stdout + predict.stderr + query.stdout + query.stderr
+
+
+def test_a_3_kb_path_is_one_ok_row_and_a_complete_file_supersedes_its_error_row(postgres, bundles, tmp_path):
+    """PostgreSQL's btree refuses an index row over 2.7 KB: a 3.2 KB source path is bounded in its
+    image id (pipeline/sources.py) and predicted like any other. A file first seen truncated and
+    then complete leaves one row, its good one."""
+    import json
+
+    from pipeline.sources import ID_CHARS
+    from pipeline.table import PredictionTable
+    from tests.builders import write_deep_image
+    from tests.test_pipeline_support import pipeline_cli
+    src = tmp_path / "src"
+    deep = write_deep_image(src)
+    [whole] = write_images(src, 1)
+    data = whole.read_bytes()
+    whole.write_bytes(data[: len(data) // 2])
+    predict = lambda: json.loads(pipeline_cli("predict", "--bundle", bundles["uni"], "--source", src,  # noqa: E731
+                                              "--table", postgres.url, "--table-name", "deep", "--no-progress").stdout)
+    assert predict()["error"] == 1
+    whole.write_bytes(data)
+    assert predict()["error"] == 0
+    t = PredictionTable(postgres.url, "deep")
+    rows = {r["source"]: r for r in t.query()}
+    t.close()
+    assert len(rows) == 2 and {r["status"] for r in rows.values()} <= {"ok", "ood"}
+    assert len(str(deep)) > 3200 and len(rows[str(deep)]["image_id"]) <= ID_CHARS
