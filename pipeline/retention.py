@@ -5,7 +5,7 @@ group still needs: for each group of the stream, its oldest pending entry (deliv
 acknowledged: a dead consumer's batch waiting to be reclaimed), or, with nothing pending, the
 first entry after its last-delivered id. Everything below that bound has been delivered to and
 acknowledged by every group, so a trim never removes work; a stream without groups is never
-trimmed. Consumers trim every --trim-interval seconds after acknowledging a batch;
+trimmed. Consumers trim every --trim-interval seconds, busy or idle, and when they exit;
 `python -m pipeline trim` does it once (a CronJob or by hand).
 
 Why not MAXLEN or XDEL: they may remove entries that are still pending or not yet delivered (lost

@@ -23,8 +23,8 @@ dead-lettered after --max-deliveries. A Redis outage is ridden out for up to --m
 (every retry logged with the outage so far, then `redis_reconnected`); past that the consumer exits
 1 with one line and its batch stays pending for another consumer.
 
-Every --trim-interval seconds, busy or idle, the consumer trims the entries every group has
-acknowledged (pipeline/retention.py); with --heartbeat it rewrites a heartbeat file on every turn
+Every --trim-interval seconds, busy or idle, and when it exits, the consumer trims the entries every
+group has acknowledged (pipeline/retention.py); with --heartbeat it rewrites a heartbeat file on every turn
 of its loop for the Kubernetes probes (pipeline/health.py). The producer side: pipeline/publish.py.
 """
 from __future__ import annotations
@@ -172,6 +172,11 @@ class Consumer:
                 if "NOGROUP" not in str(e):
                     raise
                 self.r = None  # the stream or group vanished (e.g. Redis restarted without persistence)
+        if self.trim_interval_s > 0 and self.r is not None:  # leaving: what it acknowledged goes too
+            try:
+                self.stats["trimmed"] += trim(self.r, self.stream)["trimmed"]
+            except RETRYABLE:
+                pass
         log(event="consumer_exit", consumer=self.name, **self.stats)
         return self.stats
 
