@@ -193,7 +193,8 @@ def test_produce_a_past_day_a_range_and_days_in_a_time_zone(server, tmp_path):
     flags = ["produce", "--source", "x", "--tz", "Asia/Seoul"]
     assert days(parser().parse_args([*flags, "--from", "2026-11-30", "--to", "2026-12-01"])) == \
         ["2026-11-30", "2026-12-01"]
-    assert days(parser().parse_args([*flags, "--date", "2026-11-20"])) == ["2026-11-20"]
+    assert days(parser().parse_args([*flags, "--date", "2026-11-20", "--look-back", "1"])) == ["2026-11-20"]
+    assert days(parser().parse_args([*flags, "--date", "2026-11-20"]))[::6] == ["2026-11-14", "2026-11-20"]
     # 23:45 and 00:10 in Seoul are one UTC day apart from what their UTC dates say.
     late = calendar.timegm((2026, 11, 20, 14, 45, 0))  # 2026-11-20 23:45 KST
     early = calendar.timegm((2026, 11, 20, 15, 10, 0))  # 2026-11-21 00:10 KST, 2026-11-20 in UTC
