@@ -23,9 +23,10 @@ dead-lettered after --max-deliveries. A Redis outage is ridden out for up to --m
 (every retry logged with the outage so far, then `redis_reconnected`); past that the consumer exits
 1 with one line and its batch stays pending for another consumer.
 
-Every --trim-interval seconds, busy or idle, and when it exits, the consumer trims the entries every
-group has acknowledged (pipeline/retention.py); with --heartbeat it rewrites a heartbeat file on every turn
-of its loop for the Kubernetes probes (pipeline/health.py). The producer side: pipeline/publish.py.
+Every --trim-interval seconds, busy or idle, and when it exits, the consumer trims the entries
+every group has acknowledged (pipeline/retention.py); with --heartbeat it rewrites a heartbeat file
+on every turn of its loop for the Kubernetes probes (pipeline/health.py). The producer side:
+pipeline/publish.py.
 """
 from __future__ import annotations
 
@@ -83,10 +84,10 @@ def payload_error(fields: dict) -> str | None:
         return f"malformed message, fields {sorted(fields)}"
     if any("\x00" in str(v) for v in fields.values()):
         return "malformed message, a field holds a NUL byte (no file or table text can)"
-    if len(fields["image_id"].encode("utf-8", "surrogateescape")) > MAX_ID_BYTES:
-        return (f"malformed message, an image id of {len(fields['image_id'].encode('utf-8', 'surrogateescape'))} "
-                f"bytes, longer than the {MAX_ID_BYTES} a table index holds (produce writes at most {ID_CHARS} "
-                f"characters)")
+    size = len(fields["image_id"].encode("utf-8", "surrogateescape"))
+    if size > MAX_ID_BYTES:
+        return (f"malformed message, an image id of {size} bytes, longer than the {MAX_ID_BYTES} a table index "
+                f"holds (produce writes at most {ID_CHARS} characters)")
     if fields.get("captured_date"):
         try:
             dt.date.fromisoformat(fields["captured_date"])
