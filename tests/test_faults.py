@@ -166,21 +166,26 @@ def test_keda_sees_the_waiting_work_after_a_redis_restart(bundles, server, tmp_p
 
 def test_a_run_folder_never_mixes_two_runs_and_a_non_finite_validation_stops_before_any_write(artifacts, tiny_data,
                                                                                             tmp_path):
-    """A fresh run over a folder holding an earlier run is refused with one line naming the fixes;
-    --overwrite clears it. Weights whose BatchNorm statistics are NaN train with a finite loss
-    (training uses the batch's statistics) but validate to NaN: exit 1, one line, no checkpoint."""
+    """A fresh run over a folder holding an earlier run is refused with one line naming the fixes
+    (`claim_run_folder`, the first thing train.py does); --overwrite clears it. Weights whose
+    BatchNorm statistics are NaN train with a finite loss (training uses the batch's statistics)
+    but validate to NaN: exit 1, one line, no checkpoint."""
     import torch
     import torchvision
+
+    from train import claim_run_folder, get_args_parser
     run = tmp_path / "task_dirt" / "exp1"
     shutil.copytree(artifacts / "task_dirt" / "exp1", run)
     (run / "epoch_9.pt").write_bytes((run / "best.pt").read_bytes())
     before = sorted(p.name for p in run.iterdir())
     argv = ["train.py", "--data", tiny_data, "--paradigm", "task", "--task", "dirt", "--epochs", "1",
             "--artifacts", tmp_path, *TINY_TRAIN]
-    proc = run_cli(*argv, check=False)
-    assert proc.returncode == 1 and proc.stderr.startswith(f"error: run folder {run} already holds an earlier run")
-    assert "--resume" in proc.stderr and "--overwrite" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert sorted(p.name for p in run.iterdir()) == before
+    for flags, says in (([], f"error: run folder {run} already holds an earlier run (best.pt, "),
+                        (["--resume", "--overwrite"], "error: give --resume")):
+        with pytest.raises(SystemExit) as refused:  # what train.py exits with, before anything is written
+            claim_run_folder(run, get_args_parser().parse_args(flags))
+        assert str(refused.value.code).startswith(says) and "\n" not in str(refused.value.code)
+    assert "--resume" in str(refused.value.code) and sorted(p.name for p in run.iterdir()) == before
     weights = torchvision.models.resnet18(weights=None).state_dict()
     weights["bn1.running_mean"].fill_(float("nan"))
     torch.save(weights, tmp_path / "nan_stats.pth")
