@@ -26,10 +26,10 @@ def test_one_epoch_per_paradigm(tiny_data, tmp_path, flags, run):
     run_dir = tmp_path / run / "exp1"
     rows = list(csv.DictReader(open(run_dir / "summary.csv")))
     assert len(rows) == 1 and 0.0 <= float(rows[0]["val_acc"]) <= 1.0
-    if run == "uni":  # a fresh run into the same folder replaces the old run's rows, never adds to them
-        # (--output-dir: the old name of --artifacts, still taken, with a note)
+    if run == "uni":  # a fresh run over the same folder (--overwrite) replaces the old run's rows, never adds
+        # to them (--output-dir: the old name of --artifacts, still taken, with a note)
         proc = run_cli("train.py", "--data", tiny_data, *flags, "--epochs", "1", "--output-dir", tmp_path,
-                       *TINY_TRAIN)
+                       "--overwrite", *TINY_TRAIN)
         assert proc.stderr.count("note: --output-dir is now --artifacts\n") == 1
         assert [r["epoch"] for r in csv.DictReader(open(run_dir / "summary.csv"))] == ["1"]
     args = yaml.safe_load((run_dir / "args.yaml").read_text())
