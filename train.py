@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 4 train.py --data DIR --paradigm multi --profile paper
 
 Every epoch validates on the val split (never test) and keeps best.pt (highest val accuracy)
-and last.pt; `--resume` continues from last.pt of the same run folder or from a given file.
+and last.pt; `--resume` continues from last.pt of the same run folder or from a given file. At the
+end, best.pt gets its temperature scaling fitted on the val split (models/calibration.py).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from data.loading import AUGMENTS, ImageSet, collate_skip_bad, eval_transform, t
 from data.spec import SpecError, load_spec
 from engine import METHODS, ZERO_GRAD, Divergence, cosine, evaluate, train_one_epoch
 from models import BACKBONES, PARADIGMS, build_model, build_paradigm
-from models import checkpoint
+from models import calibration, checkpoint
 from models.backbones import WeightsError
 from models.jigsaw import PERMUTATIONS
 from models.pmg import BN_STATS
@@ -346,6 +347,11 @@ def main(args: argparse.Namespace) -> Path:
                          (optimizer, scheduler, scaler))
     if world > 1:
         torch.distributed.destroy_process_group()
+    if main_proc and (run_dir / "best.pt").is_file():
+        cal = calibration.calibrate_checkpoint(run_dir / "best.pt", spec, device, args.batch_size, args.workers,
+                                               progress=not args.no_progress)
+        print(f"calibration of best.pt on val: {calibration.describe(cal)}, val ECE "
+              f"{cal['val']['before']['ece']:.4f} -> {cal['val']['after']['ece']:.4f}", flush=True)
     return run_dir
 
 

@@ -1,12 +1,14 @@
-"""Metrics as thin wrappers over scikit-learn, plus ECE (sklearn has none) and the top-2 analysis.
+"""Metrics as thin wrappers over scikit-learn, plus the reliability bins and the top-2 analysis.
 
 The OOD detection metrics (auroc, aupr, fpr_at_tpr, detection) are defined in models/detection.py,
-where the release chooses its default scorer with them, and re-exported here."""
+where the release chooses its default scorer with them, and ECE (sklearn has none) in
+models/calibration.py, where training records the val calibration with it; both re-exported here."""
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
+from models.calibration import ece  # noqa: F401  (re-exported)
 from models.detection import aupr, auroc, detection, fpr_at_tpr  # noqa: F401  (re-exported)
 
 
@@ -16,19 +18,6 @@ def accuracy(y_true, y_pred) -> float:
 
 def macro_f1(y_true, y_pred, labels=(0, 1)) -> float:
     return float(f1_score(y_true, y_pred, labels=list(labels), average="macro", zero_division=0))
-
-
-def ece(confidence, correct, n_bins: int = 15) -> float:
-    """Expected calibration error: sum over equal-width confidence bins of |acc - conf| * share."""
-    conf, corr = np.asarray(confidence, float), np.asarray(correct, float)
-    if conf.size == 0:
-        return float("nan")
-    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # bins (k/n, (k+1)/n]
-    total = 0.0
-    for b in np.unique(idx):
-        m = idx == b
-        total += m.mean() * abs(corr[m].mean() - conf[m].mean())
-    return float(total)
 
 
 def reliability(confidence, correct, n_bins: int = 15) -> dict:

@@ -19,7 +19,9 @@ Every rule dispatches on the kind of head, never on the paradigm's name:
 - labels are ranked by one score per class: a softmax head's probabilities, a binary head's
   sigmoid for its positive class, and for the binary heads' shared negative class the probability
   that none of them fires (heads taken as independent);
-- calibration takes one decision per labelled (image, head) pair (binary: max(p, 1-p)).
+- calibration takes one decision per labelled (image, head) pair (binary: max(p, 1-p)); temperature
+  scaling (models/calibration.py) divides each head's logits by its temperature, applied by
+  `calibrated` through pipeline/outputs.py's `Heads.scale`, the one place serving applies it too.
 
 A ranking's rule (RANKINGS): `plain` sorts the labels by score; `coherent` is the same order, except
 that a label the labels above it exclude moves to the end: each task's negative and positive class
@@ -194,11 +196,16 @@ class Paradigm:
         """Every label per image, best first, under `rule` (RANKINGS)."""
         return self.output_heads.rank_labels(to_numpy(logits), rule)
 
-    def top_labels(self, logits: torch.Tensor, k: int = 2,
-                   rule: str = "plain") -> tuple[list[list[str]], torch.Tensor]:
-        """The k best labels per image under `rule` (RANKINGS) and their scores (the prediction table's top-2)."""
-        labels, scores = self.output_heads.top_labels(to_numpy(logits), k, rule)
+    def top_labels(self, logits: torch.Tensor, k: int = 2, rule: str = "plain",
+                   temperatures=None) -> tuple[list[list[str]], torch.Tensor]:
+        """The k best labels per image under `rule` (RANKINGS) and their scores (the prediction table's
+        top-2), the scores temperature-scaled with `temperatures` (one per head; labels unchanged)."""
+        labels, scores = self.output_heads.top_labels(to_numpy(logits), k, rule, temperatures)
         return labels, torch.from_numpy(scores)
+
+    def calibrated(self, logits: torch.Tensor, temperatures) -> torch.Tensor:
+        """The logits with each head's block divided by its temperature (one per head, in head order)."""
+        return torch.from_numpy(self.output_heads.scale(to_numpy(logits), temperatures))
 
     def decisions(self, logits: torch.Tensor, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(confidence, correct) of every prediction on images with these class labels (module doc)."""

@@ -8,6 +8,13 @@ Labels (`Heads`): the rules of one score per label and of the ranking rules (`RA
 the module doc of models/paradigms.py; `Heads` holds a paradigm's heads and exclusive label pairs
 (from `Paradigm.output_heads`, or from a bundle's bundle.json with `Heads.from_manifest`).
 
+Calibration (`Heads.scale`): temperature scaling divides each head's logits by that head's
+temperature (fitted on val by models/calibration.py, stored in the checkpoint and the bundle). It
+is applied here only: label scores take `temperatures`, and `top_labels` ranks by the unscaled
+scores and reports the scaled ones, so a temperature changes the probabilities a row carries and
+never its labels (within a head the order is the same at any temperature; across the heads of a
+multi-task model it could differ). The OOD scorers always see the unscaled logits.
+
 OOD scores, one number per image, higher = more in-distribution. From the logits (`LOGIT_SCORERS`,
 `f(logits, heads)`):
 - max_logit:   max over the concatenated logits (the paper's detector, Hendrycks et al. [7]);
@@ -70,6 +77,15 @@ def probabilities(kind: str, z: np.ndarray) -> np.ndarray:
     return sigmoid(z) if kind == "binary" else softmax(z)
 
 
+def calibration_name(record: dict | None) -> str:
+    """What a row records of the calibration behind its scores (a checkpoint's or bundle's
+    `calibration`, models/calibration.py): 'temperature 1.37' (one head), 'temperature 1.37,0.92'
+    (one per head, in head order), or 'none' (a bundle released before calibration existed)."""
+    if not record:
+        return "none"
+    return "temperature " + ",".join(f"{float(t):.3g}" for t in record["temperatures"].values())
+
+
 # --- labels -----------------------------------------------------------------------------------
 
 def coherent_order(names: list[str], row: list[int], exclusive) -> list[int]:
@@ -114,6 +130,25 @@ class Heads:
         negative = next((classes[0] for _, kind, classes in self.heads if kind == "binary"), None)
         return names + ([negative] if negative and negative not in names else [])
 
+    def ordered(self, temperatures: dict[str, float]) -> tuple[float, ...]:
+        """{head name: temperature} (a checkpoint's or bundle's calibration) in head order."""
+        missing = [name for name, _, _ in self.heads if name not in temperatures]
+        if missing:
+            raise ValueError(f"calibration has no temperature for head(s) {missing}; it has {sorted(temperatures)}")
+        return tuple(float(temperatures[name]) for name, _, _ in self.heads)
+
+    def scale(self, logits: np.ndarray, temperatures=None) -> np.ndarray:
+        """The logits with each head's block divided by its temperature (one per head, in head
+        order; None: unscaled): the one place a temperature is applied (module doc)."""
+        if temperatures is None:
+            return np.asarray(logits)
+        t = np.asarray(temperatures, np.float64)
+        if t.shape != (len(self.heads),) or not (np.isfinite(t) & (t > 0)).all():
+            raise ValueError(f"temperatures {t.tolist()}: need one positive finite value per head ({len(self.heads)})")
+        z = np.asarray(logits)
+        z = z if np.issubdtype(z.dtype, np.floating) else z.astype(np.float32)
+        return z / np.repeat(t, self.sizes).astype(z.dtype)
+
     def split(self, logits: np.ndarray) -> dict[str, np.ndarray]:
         """The concatenated logits (N, C) cut into one block per head."""
         logits = np.asarray(logits)
@@ -121,11 +156,12 @@ class Heads:
             raise ValueError(f"logits of shape {logits.shape}; these heads need (N, {sum(self.sizes)})")
         return dict(zip((h[0] for h in self.heads), np.split(logits, np.cumsum(self.sizes)[:-1], axis=1)))
 
-    def label_scores(self, logits: np.ndarray) -> tuple[list[str], np.ndarray]:
+    def label_scores(self, logits: np.ndarray, temperatures=None) -> tuple[list[str], np.ndarray]:
         """(self.labels, one float32 score per label (N, K)); the shared negative scores the
-        probability that no binary head fires (heads taken as independent)."""
+        probability that no binary head fires (heads taken as independent). `temperatures`: `scale`."""
         cols, none_fires = [], np.ones((len(logits), 1), np.float32)
-        for (_, kind, _), z in zip(self.heads, self.split(np.asarray(logits, np.float32)).values()):
+        logits = self.scale(np.asarray(logits, np.float32), temperatures)
+        for (_, kind, _), z in zip(self.heads, self.split(logits).values()):
             p = probabilities(kind, z)
             if kind == "binary":
                 none_fires = none_fires * (1 - p)
@@ -135,8 +171,10 @@ class Heads:
             cols.append(none_fires)
         return names, np.concatenate(cols, 1)
 
-    def top_labels(self, logits: np.ndarray, k: int = 2, rule: str = "plain") -> tuple[list[list[str]], np.ndarray]:
-        """The k best labels per image under `rule` (RANKINGS) and their scores (N, min(k, K))."""
+    def top_labels(self, logits: np.ndarray, k: int = 2, rule: str = "plain",
+                   temperatures=None) -> tuple[list[list[str]], np.ndarray]:
+        """The k best labels per image under `rule` (RANKINGS) and their scores (N, min(k, K)):
+        ranked by the unscaled scores, scored with `temperatures` (`scale`; module doc)."""
         if rule not in RANKINGS:
             raise ValueError(f"unknown ranking rule '{rule}'; choose one of {', '.join(RANKINGS)}")
         names, scores = self.label_scores(logits)
@@ -145,6 +183,8 @@ class Heads:
             order = np.array([coherent_order(names, row, self.exclusive) for row in order.tolist()],
                              dtype=np.int64).reshape(order.shape)
         idx = order[:, :k]
+        if temperatures is not None:
+            scores = self.label_scores(logits, temperatures)[1]
         return [[names[j] for j in row] for row in idx.tolist()], np.take_along_axis(scores, idx, 1)
 
     def rank_labels(self, logits: np.ndarray, rule: str = "plain") -> list[list[str]]:
