@@ -115,14 +115,15 @@ def ood_top2_table(run: str, arms: dict, spec, note: str) -> ReportTable:
                         lower_is_better={"ECE", *[f"{k}-OOD FPR@95" for k in kinds]},
                         note=note + " OOD: each trial's default scorer (chosen on val + ood_val), averaged over "
                                     "the sets of each kind; '(paper score)': the paradigm's own score (max logit "
-                                    "for the efficiency-centric model); 'coherent top-2': Table 5's rule.")
+                                    "for the efficiency-centric model); 'coherent top-2': Table 5's rule; ECE: "
+                                    "after each checkpoint's temperature scaling (fitted on val), Table 6's 'after'.")
     for name, res in arms.items():
         cells = {}
         for k, sets in kinds.items():
             cells[f"{k}-OOD AUROC"] = rejection_values(res, run, sets, DEFAULT, "auroc")
             cells[f"{k}-OOD FPR@95"] = rejection_values(res, run, sets, DEFAULT, "fpr95")
             cells[f"{k}-OOD AUROC (paper score)"] = rejection_values(res, run, sets, run_paper_scorer(res, run), "auroc")
-        cells["ECE"] = values(res, run, "calibration", "ece")
+        cells["ECE"] = values(res, run, "calibration", "after", "ece")
         for set_name, labels in ml.items():
             plain, coherent = (("multilabel", set_name, "by_rule", rule) for rule in ("plain", "coherent"))
             cells[f"{set_name}: all in top-2"] = values(res, run, *plain, "all_in_topk")

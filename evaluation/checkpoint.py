@@ -22,7 +22,12 @@ sets (the task's two classes), each OOD set and each multi-label set of the spec
   of models.paradigms.RANKINGS, and `test_top2`: per rule the share of test images whose
   label is in the top-2 (what a rule costs on single-label images); a task-centric model answers
   only its own task: share of images it calls positive (the report takes the union over them).
-- `calibration`: ECE (15 bins) of the model's own decisions on the test split (`Paradigm.decisions`).
+- `calibration`: the model's own decisions on the test split (`Paradigm.decisions`) `before` and
+  `after` temperature scaling (models/calibration.py): ECE (15 bins), NLL, Brier, mean confidence;
+  `accuracy` (the same for both: a temperature changes no decision), the `temperatures` per head and
+  `fitted` (from the checkpoint, or fitted here on the val logits the OOD filter already read when
+  the checkpoint has none), `val` (the val figures they were fitted on). The OOD scores use the
+  unscaled logits.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import torch
 from data.spec import Spec
 from evaluation import metrics
 from evaluation.inference import CachedPredictor
+from models import calibration as calib
 from models import checkpoint as checkpoints
 from models import ood
 from models.inference import valid_rows
@@ -104,7 +110,17 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
         out["tasks"][task] = task_entry(paradigm, spec, task, test_logits, test_labels, run,
                                         raw.setdefault("tasks", {}).setdefault(task, {}))
 
-    filt, _ = ood.fit_filter(ckpt, spec, extract=predictor)
+    kept = {}  # the val outputs the OOD filter reads, kept for calibration (read once, cache or not)
+
+    def extract(name, items):
+        if name in kept:
+            return kept[name]
+        outputs = predictor(name, items)
+        if name == calib.SPLIT:
+            kept[name] = outputs
+        return outputs
+
+    filt, _ = ood.fit_filter(ckpt, spec, extract=extract)
 
     def scores(logits, name):
         return filt.scores(logits, features[name], paradigm)
@@ -129,13 +145,23 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
         logits, _ = run(f"multilabel/{name}")
         out["multilabel"][name], raw["multilabel"][name] = multilabel_entry(paradigm, spec, logits, list(mset.labels))
 
-    conf, correct = paradigm.decisions(test_logits, test_labels)
-    out["calibration"] = {"ece": metrics.ece(conf.numpy(), correct.numpy(), 15), "n_decisions": len(conf),
-                          "accuracy": float(correct.float().mean()) if len(correct) else float("nan"),
-                          "mean_confidence": float(conf.mean()) if len(conf) else float("nan")}
-    raw["calibration"] = (conf.numpy(), correct.numpy())
+    out["calibration"], raw["calibration"] = calibration_entry(ckpt, spec, test_logits, test_labels, extract)
     out["inferred_sets"] = list(predictor.inferred)
     return out, raw
+
+
+def calibration_entry(ckpt, spec: Spec, test_logits, test_labels, extract) -> tuple[dict, dict]:
+    """Test-split calibration before and after the checkpoint's temperatures (module doc); `extract`
+    gives the val outputs the OOD filter read (read only when the checkpoint has no calibration)."""
+    record, fitted = calib.of_checkpoint(ckpt, lambda: calib.val_outputs(ckpt, spec, extract))
+    temps = calib.temperatures(record, ckpt.paradigm)
+    before, raw_before = calib.figures(ckpt.paradigm, test_logits, test_labels)
+    after, raw_after = calib.figures(ckpt.paradigm, test_logits, test_labels, temps)
+    shared = ("accuracy", "n_decisions")
+    entry = {**{k: before[k] for k in shared}, "before": {k: v for k, v in before.items() if k not in shared},
+             "after": {k: v for k, v in after.items() if k not in shared}, "temperatures": record["temperatures"],
+             "fitted": fitted, "method": record["method"], "val": record["val"]}
+    return entry, {"before": raw_before, "after": raw_after}
 
 
 def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, raw: dict) -> dict:

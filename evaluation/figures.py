@@ -168,25 +168,28 @@ def plot_score_histograms(results, spec, out: Path) -> list[Path]:
 
 
 def plot_reliability(results, out: Path):
-    """reliability.png: accuracy against confidence (15 bins) of each run's decisions, all trials."""
-    fig, (ax,) = grid(1, (4.5, 4.5))
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect calibration")
-    for run, trials in results.items():
-        conf = np.concatenate([raw["calibration"][0] for _, raw in trials.values()])
-        corr = np.concatenate([raw["calibration"][1] for _, raw in trials.values()])
-        if conf.size == 0:
-            continue
-        r = reliability(conf, corr, 15)
-        keep = [i for i, c in enumerate(r["count"]) if c > 0]
-        ece = mean_std(values(results, run, "calibration", "ece"))[0]
-        ax.plot([r["conf"][i] for i in keep], [r["acc"][i] for i in keep], "o-", ms=3,
-                label=f"{display(run)} (ECE {ece:.3f})")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title("Reliability on the test split (15 bins, all trials)")
-    ax.legend(loc="upper left")
+    """reliability.png: accuracy against confidence (15 bins) of each run's decisions, all trials,
+    before (left) and after (right) temperature scaling; the legend gives each run's mean ECE."""
+    fig, axes = grid(2, (3.7, 3.9))
+    for ax, stage in zip(axes, ("before", "after")):
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect calibration")
+        for run, trials in results.items():
+            conf = np.concatenate([raw["calibration"][stage][0] for _, raw in trials.values()])
+            corr = np.concatenate([raw["calibration"][stage][1] for _, raw in trials.values()])
+            if conf.size == 0:
+                continue
+            r = reliability(conf, corr, 15)
+            keep = [i for i, c in enumerate(r["count"]) if c > 0]
+            ece = mean_std(values(results, run, "calibration", stage, "ece"))[0]
+            ax.plot([r["conf"][i] for i in keep], [r["acc"][i] for i in keep], "o-", ms=3,
+                    label=f"{display(run)} (ECE {ece:.3f})")
+        ax.set_xlabel("confidence")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title("before calibration" if stage == "before" else "temperature-scaled (fitted on val)")
+        ax.legend(loc="upper left")
+    axes[0].set_ylabel("accuracy")
+    fig.suptitle("Reliability on the test split (15 bins, all trials)")
     return save(fig, out / "reliability.png")
 
 

@@ -62,7 +62,8 @@ def rejection_groups(results, run: str, sets: list[str], scorer: str, default: s
     return out
 
 
-def calibration_groups(results, run: str) -> list:
-    """Per trial (sorted): [(confidence, correct) per decision of `run` on the test split]."""
-    return [[np.c_[np.asarray(raw["calibration"][0], float), np.asarray(raw["calibration"][1], float)]]
+def calibration_groups(results, run: str, stage: str = "after") -> list:
+    """Per trial (sorted): [(confidence, correct) per decision of `run` on the test split], `before`
+    or `after` temperature scaling (evaluation/checkpoint.py)."""
+    return [[np.c_[np.asarray(raw["calibration"][stage][0], float), np.asarray(raw["calibration"][stage][1], float)]]
             for _, raw in (results[run][t] for t in sorted(results.get(run, {})))]

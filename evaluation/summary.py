@@ -5,7 +5,8 @@ RESULTS`, models/card.py reads the file).
 Per run: the content hash of each trial's checkpoint (a release finds its trial by it), each
 trial's default OOD scorer, and figures, each the mean over the trials with the 95 % bootstrap
 interval over the test images, trials pooled (evaluation/stats.py `interval`):
-- accuracy and ECE (15 bins) of the run's own decisions on the test split (Table 6);
+- accuracy and ECE (15 bins) of the run's own decisions on the test split (Table 6), the ECE after
+  the checkpoint's temperature scaling (fitted on val: the scores a release serves) and before it;
 - each task's accuracy on the test split and on the task's external sets (Table 1);
 - the rejection AUROC of each trial's default scorer against each OOD set, and its mean over the
   OOD sets (Table 4).
@@ -22,6 +23,8 @@ from models.card import SUMMARY
 
 INTERVAL = "95 % bootstrap interval over the test images (trials pooled)"
 OOD_AUROC = "OOD AUROC, default scorer"
+ECE_AFTER = "ECE (15 bins), temperature-scaled on val"
+ECE_BEFORE = "ECE (15 bins), before calibration"
 
 
 def figure(name: str, image_set: str, stat, groups: list) -> dict | None:
@@ -36,7 +39,8 @@ def run_summary(results, run: str, spec: Spec) -> dict:
     trials = {t: results[run][t][0] for t in sorted(results[run])}
     calibration = calibration_groups(results, run)
     rows = [figure("accuracy", "test", mean_of_first, [[g[0][:, 1]] for g in calibration]),
-            figure("ECE (15 bins)", "test", ece_stat, calibration)]
+            figure(ECE_AFTER, "test", ece_stat, calibration),
+            figure(ECE_BEFORE, "test", ece_stat, calibration_groups(results, run, "before"))]
     tasks = dict.fromkeys(t for m in trials.values() for t in m["tasks"])
     rows += [figure(f"accuracy, task {t}", s, accuracy_stat, task_groups(results, run, t, s))
              for t in tasks for s in ("test", *spec.external.get(t, {}))]

@@ -61,6 +61,25 @@ the OOD AUROC is of each trial's default scorer (this trial's: {f['default']}).
 {rows}"""
 
 
+def calibration_section(c: dict | None) -> str:
+    """What the served scores are: temperature-scaled (bundle.json `calibration`) or as trained."""
+    if not c:
+        return "None: the top-2 scores are the model's probabilities as training left them."
+    temps = ", ".join(f"{head} {t:.3g}" for head, t in c["temperatures"].items())
+    before, after = c["val"]["before"], c["val"]["after"]
+    return f"""The top-2 scores are temperature-scaled: each head's logits are divided by its temperature
+({temps}), fitted on the {sum(c['n'].values())} labelled decisions of the {c['split']} split by minimum
+negative log-likelihood (never on test); {c['fitted']}. A temperature changes no label and no OOD score.
+
+| on val | ECE (15 bins) | NLL | Brier |
+|---|---|---|---|
+| before | {before['ece']:.3f} | {before['nll']:.3f} | {before['brier']:.3f} |
+| after | {after['ece']:.3f} | {after['nll']:.3f} | {after['brier']:.3f} |
+
+The val figures are those the temperature was chosen on: the test ECE with its interval is below
+(and in the evaluation report's Table 6)."""
+
+
 def model_card(m: dict, figures: dict | None = None) -> str:
     p, o, v = m["paradigm"], m["ood"], m["validation"]
     stand_in = m["provenance"]["spec"] == STAND_IN
@@ -99,6 +118,9 @@ OOD scorer: **{o['default']}** ({how}); threshold {o['thresholds'][o['default']]
 | scorer | mean ood_val AUROC | mean ood_val FPR@95 |
 |---|---|---|
 {sel or '| (no ood_val sets) | | |'}
+
+## Calibration
+{calibration_section(m.get("calibration"))}
 
 ## Test and OOD figures
 {figures_section(figures)}

@@ -6,8 +6,9 @@
 Release is the one step after training that reads the dataset: it fits the OOD detectors on the
 train split and chooses the default scorer on val + ood_val (models/ood.py), sets every scorer's
 threshold on val at the stated TPR (models.ood.threshold_at_tpr, as `python -m pipeline
-threshold`), exports the BatchNorm-folded model to ONNX with its logits and hidden features
-(models/serving.py) and checks the graph against eager PyTorch on batches of 1 and 3. The folder's
+threshold`), stores the checkpoint's temperature scaling (models/calibration.py; fitted on the same
+val outputs when the checkpoint has none) in bundle.json's `calibration`, exports the
+BatchNorm-folded model to ONNX with its logits and hidden features (models/serving.py) and checks the graph against eager PyTorch on batches of 1 and 3. The folder's
 layout and id are defined by its reader, pipeline/bundle.py.
 
 `--best RUN_DIR` releases the trial of a run whose checkpoint has the highest validation accuracy
@@ -35,6 +36,7 @@ import torch
 
 from data.images import content_hash
 from data.loading import IMAGENET_MEAN, IMAGENET_STD
+from models import calibration as calib
 from models import checkpoint as checkpoints
 from models import ood
 from models.card import model_card, report_figures
@@ -137,7 +139,7 @@ def val_thresholds(filt: ood.OODFilter, ckpt, logits: torch.Tensor, features: to
 # --- bundle.json (the card: models/card.py) ---------------------------------------------------
 
 def manifest(ckpt, spec, filt: ood.OODFilter, fitted: dict, thresholds: dict, tpr: float, export: dict,
-             detector_params: dict, width: int) -> dict:
+             detector_params: dict, width: int, calibration: dict) -> dict:
     p = ckpt.paradigm
     trained = {k: v for k, v in ckpt.provenance().items() if k != "checkpoint"}  # a path is no content
     chosen = thresholds[filt.default]
@@ -157,6 +159,7 @@ def manifest(ckpt, spec, filt: ood.OODFilter, fitted: dict, thresholds: dict, tp
                 "tpr": tpr, "thresholds": {n: t["threshold"] for n, t in thresholds.items()},
                 "n_val": chosen["n_val"], "val_accepted": chosen["val_accepted"],
                 "features": FEATURES, "detectors": detector_params},
+        "calibration": calibration,
         "export": export,
         "validation": {"best_val_acc": ckpt.state.get("best_val_acc"), **(ckpt.state.get("val") or {})},
         "provenance": {"checkpoint_sha256": content_hash(ckpt.path), "spec": spec.name,
@@ -235,9 +238,11 @@ def release(ckpt_path: str | Path, data: str | Path | None = None, out: str | Pa
     filt, fitted = ood.fit_filter(ckpt, spec, extract=extract)
     logits, features = extract("val", spec.split_samples("val", list(ckpt.paradigm.classes)))
     thresholds = val_thresholds(filt, ckpt, logits, features, tpr)
+    record, how = calib.of_checkpoint(ckpt, lambda: calib.val_outputs(ckpt, spec, extract))
     graph, export, check = export_graph(ckpt)
     params, arrays = detector_arrays(filt)
-    meta = manifest(ckpt, spec, filt, fitted, thresholds, tpr, export, params, features.shape[1])
+    meta = manifest(ckpt, spec, filt, fitted, thresholds, tpr, export, params, features.shape[1],
+                    {**record, "fitted": how})
     files = {layout.MODEL: graph, layout.DETECTORS: npz_bytes(arrays), layout.CARD: model_card(meta, figures).encode()}
     meta["release"] = {"checkpoint": str(ckpt.path), "data": str(spec.root), "export_check": check,
                        "provenance": provenance(device)}

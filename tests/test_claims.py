@@ -47,8 +47,9 @@ def trial(correct, id_s, ood_s, ranked, conf_correct):
     outcome = np.c_[np.ones(len(correct), int), np.asarray(correct, int)]  # (label, prediction): right where 1
     raw = {"tasks": {t: {"test": outcome, **{e: outcome for e in SPEC.external.get(t, {})}} for t in SPEC.tasks},
            "rejection": {"receipts": {"max_logit": (np.asarray(id_s, float), np.asarray(ood_s, float))}},
-           "multilabel": {"both": {"by_rule": {"plain": ranked}}}, "calibration": conf_correct}
-    return {"rejection": {"paper_scorer": "max_logit"}}, raw
+           "multilabel": {"both": {"by_rule": {"plain": ranked}}},
+           "calibration": {"before": (np.full(len(conf_correct[0]), 0.99), conf_correct[1]), "after": conf_correct}}
+    return {"rejection": {"paper_scorer": "max_logit"}, "calibration": {"temperatures": {"classes": 1.5}}}, raw
 
 
 def rounds(uni_ms: float, task_ms: float, n: int = 9) -> dict:
@@ -72,6 +73,10 @@ def test_every_claim_holds_on_a_clear_case():
     assert [r["id"] for r in rows] == ["C1", "C1-ext", "C2", "C3", "C4", "C5", "C6"]
     assert [r["verdict"] for r in rows] == [claims.HOLDS] * 7, rows
     assert rows[1]["this run"].startswith("defect ext_snow +0.000")
+    # C5 judges the temperature-scaled model (here calibrated; before it, ECE 0.19 at confidence 0.99)
+    c5 = rows[5]
+    assert "temperature-scaled" in c5["claim"] and "after temperature scaling (T = 1.5" in c5["this run"]
+    assert "before: 0.190 [" in c5["this run"]
 
 
 def test_every_claim_fails_on_the_opposite_case():
