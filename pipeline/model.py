@@ -12,7 +12,10 @@ val at the release's TPR) come from the bundle. The bundle id is the `model_vers
 - Top-2: the paradigm's label ranking under the `top2` rule: coherent by default (a label that the
   top-1 excludes, its task's other class, is skipped, so the second label can be true beside the
   first; REPORT.md Table 5 measures both rules), or plain.
-Each row records the scorer, threshold and top-2 rule that produced it.
+- Scores: the top-2 probabilities after the bundle's temperature scaling (bundle.json
+  `calibration`, fitted on val; pipeline/outputs.py applies it), which changes no label and no OOD
+  score; a bundle released before calibration existed serves its probabilities as trained.
+Each row records the scorer, threshold, top-2 rule and calibration (`calibration_name`) that produced it.
 
 `bundle_for(CKPT)` is the training environment's shortcut (`--checkpoint`): the bundle released
 from that checkpoint's content, from a cache folder or released into it now (models.release, which
@@ -29,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bundle import MANIFEST, Bundle, BundleError
-from pipeline.outputs import RANKINGS, SCORER_NAMES, Heads, ood_score
+from pipeline.outputs import RANKINGS, SCORER_NAMES, Heads, calibration_name, ood_score
 from pipeline.pixels import Pixels
 
 DEFAULT_TPR = 0.95
@@ -73,10 +76,15 @@ class Predictor:
     heads: Heads = field(init=False)
     pixels: Pixels = field(init=False)
     detectors: dict = field(init=False)
+    temperatures: tuple | None = field(init=False)  # one per head (bundle.json `calibration`), or None
+    calibration: str = field(init=False)  # what rows record of it (`calibration_name`)
 
     def __post_init__(self):
         m = self.bundle.manifest
         self.heads = Heads.from_manifest(m)
+        calibration = m.get("calibration")
+        self.temperatures = self.heads.ordered(calibration["temperatures"]) if calibration else None
+        self.calibration = calibration_name(calibration)
         self.pixels = Pixels.from_manifest(m)
         self.detectors = {name: self.bundle.detector(name) for name in m["ood"]["detectors"]}
 
@@ -130,7 +138,7 @@ class Predictor:
     def outputs(self, x: np.ndarray) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
         """(OOD scores, top-2 labels, their scores) for a batch of images."""
         z, f = self.forward(x)
-        labels, top = self.heads.top_labels(z, 2, self.top2)
+        labels, top = self.heads.top_labels(z, 2, self.top2, self.temperatures)
         return self.ood_scores(z, f), labels, top
 
     def rows(self, scores, top_labels, top_p) -> list[dict]:
@@ -149,7 +157,7 @@ class Predictor:
 
     def _columns(self) -> dict:
         return {"model_name": self.name, "model_version": self.version, "ood_scorer": self.score,
-                "ood_threshold": self.threshold, "top2_rule": self.top2}
+                "ood_threshold": self.threshold, "top2_rule": self.top2, "calibration": self.calibration}
 
 
 # --- a checkpoint's bundle (the training environment's shortcut) ------------------------------

@@ -41,7 +41,7 @@ COLUMNS = [  # name, SQL type (SQLite reads these type names by affinity)
     ("ood_score", "DOUBLE PRECISION"), ("ood_scorer", "TEXT"), ("ood_threshold", "DOUBLE PRECISION"),
     ("is_ood", "BOOLEAN"),
     ("top1_label", "TEXT"), ("top1_prob", "DOUBLE PRECISION"),
-    ("top2_label", "TEXT"), ("top2_prob", "DOUBLE PRECISION"), ("top2_rule", "TEXT"),
+    ("top2_label", "TEXT"), ("top2_prob", "DOUBLE PRECISION"), ("top2_rule", "TEXT"), ("calibration", "TEXT"),
     ("status", "TEXT NOT NULL CHECK (status IN ('ok', 'ood', 'error'))"), ("error", "TEXT"),
     ("processed_at", "TIMESTAMP WITH TIME ZONE NOT NULL"),
 ]

@@ -43,7 +43,12 @@ def test_release_writes_a_verified_bundle(bundles, models, run):
     assert m["release"]["export_check"]["ok"]
     assert set(m["ood"]["thresholds"]) >= {b.default_scorer, "max_logit"}
     assert m["provenance"]["checkpoint_sha256"] and m["provenance"]["train_args"]["paradigm"] == ckpt.paradigm.name
-    assert "pass the OOD filter" in (b.path / "MODEL_CARD.md").read_text()
+    card = (b.path / "MODEL_CARD.md").read_text()
+    assert "pass the OOD filter" in card
+    # the checkpoint's temperature scaling (fitted on val by train.py) with its val figures, in the card too
+    stored = ckpt.state["calibration"]
+    assert {k: m["calibration"][k] for k in stored} == stored and m["calibration"]["fitted"].startswith("stored")
+    assert "## Calibration\nThe top-2 scores are temperature-scaled" in card and "| after |" in card
 
 
 @pytest.mark.parametrize("run", RUNS)

@@ -62,12 +62,13 @@ def test_worker_image_copies_what_serving_imports_and_installs_only_serving_requ
 
 def torch_rows(ckpt_path, spec, images, bundle) -> dict[str, dict]:
     """What the checkpoint answers in torch, by path: the eval transform (torchvision), the
-    eager model, the OOD filter fitted in memory on the train split, the bundle's threshold."""
+    eager model, its temperature scaling, the OOD filter fitted in memory on the train split (on
+    the unscaled logits), the bundle's threshold."""
     import torch
 
     from data.images import load_rgb
     from data.loading import decode_size
-    from models import checkpoint as checkpoints
+    from models import calibration, checkpoint as checkpoints
     from models import ood
     ckpt = checkpoints.load(ckpt_path, spec)
     filt, _ = ood.fit_filter(ckpt, spec, progress=False)
@@ -75,18 +76,21 @@ def torch_rows(ckpt_path, spec, images, bundle) -> dict[str, dict]:
     x = torch.stack([tf(load_rgb(p, decode_size(tf))) for p in images])
     with torch.inference_mode():
         z, f = ckpt.model.eval()(x, features=True)
-    labels, top = ckpt.paradigm.top_labels(z, 2, "coherent")
+    cal = ckpt.state["calibration"]
+    labels, top = ckpt.paradigm.top_labels(z, 2, "coherent", calibration.temperatures(cal, ckpt.paradigm))
     scores = filt.score(filt.default, z, f, ckpt.paradigm)
     threshold = bundle.threshold(filt.default)
     return {str(p): {"top1_label": names[0], "top2_label": names[1], "top1_prob": p1, "top2_prob": p2,
-                     "ood_scorer": filt.default, "ood_score": s, "is_ood": s < threshold}
+                     "ood_scorer": filt.default, "ood_score": s, "is_ood": s < threshold,
+                     "calibration": calibration.describe(cal)}
             for p, names, (p1, p2), s in zip(images, labels, top.tolist(), scores.tolist())}
 
 
 @pytest.mark.parametrize("run", ["uni", "multi", "task_defect"])
 def test_every_paradigm_is_served_from_its_bundle_with_the_torch_rows(run, models, bundles, tiny_data, tmp_path):
     """`pipeline predict --bundle` in a process that cannot import torch writes, for every image,
-    the top-2 labels, OOD score and decision that the checkpoint gives in torch (scores within
+    the top-2 labels, calibrated scores, calibration, OOD score and decision that the checkpoint
+    gives in torch (scores within
     1e-4, relative for the unbounded OOD scores), and the bundle id as the model version."""
     import sqlite3
 
@@ -110,7 +114,7 @@ def test_every_paradigm_is_served_from_its_bundle_with_the_torch_rows(run, model
     for name, want in expected.items():
         got = rows[name]
         assert got["model_version"] == bundle.id
-        for k in ("top1_label", "top2_label", "ood_scorer", "is_ood"):
+        for k in ("top1_label", "top2_label", "ood_scorer", "is_ood", "calibration"):
             assert got[k] == want[k], (name, k)
         assert got["top1_prob"] == pytest.approx(want["top1_prob"], abs=1e-4)
         assert got["top2_prob"] == pytest.approx(want["top2_prob"], abs=1e-4)
