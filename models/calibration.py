@@ -131,7 +131,7 @@ def of_checkpoint(ckpt, val) -> tuple[dict, str]:
     """(the checkpoint's calibration record, where it came from): the one stored in the checkpoint,
     else fitted now by `fit` on `val()` -> (val logits, class labels) (a checkpoint written before
     calibration existed)."""
-    stored = ckpt.state.get("calibration")
+    stored = ckpt.calibration
     if stored:
         return stored, "stored in the checkpoint (fitted on val at the end of training)"
     return fit(ckpt.paradigm, *val()), "fitted on val from the checkpoint's outputs (the checkpoint has none)"
@@ -159,5 +159,5 @@ def calibrate_checkpoint(path, spec, device="cpu", batch_size: int = 32, workers
         return predict_features(ckpt.model, items, ckpt.transform(), batch_size, device, desc=f"{name} (calibration)",
                                 progress=progress, workers=workers)
     record = fit(ckpt.paradigm, *val_outputs(ckpt, spec, extract))
-    checkpoints.save({**ckpt.state, "calibration": record}, path)
+    checkpoints.save_calibration(ckpt, record)
     return record

@@ -5,9 +5,10 @@ with `weights_only=True` (no code runs from the file):
   format, model, optimizer, scheduler, scaler, epoch, args (train.py's resolved flags),
   paradigm, task, classes, heads, spec (the dataset spec it was trained on), val, best_val_acc,
   best_val_loss, selection (the rule that picks best.pt), provenance (provenance.py: the commit,
-  packages, CPU, threads and device that wrote it; absent from older files); an extended model
-  (extend.py) also parent (the checkpoint it grew from: path, content hash, classes) and added (what
-  it added and how).
+  packages, CPU, threads and device that wrote it; absent from older files), calibration (the
+  temperature scaling train.py fits on val at the end, models/calibration.py, written by
+  `save_calibration`; best.pt only, absent from older files); an extended model (extend.py) also
+  parent (the checkpoint it grew from: path, content hash, classes) and added (what it added and how).
 `training_state` builds it; `load` reads it into a `Checkpoint` (model, paradigm, spec, transform,
 provenance); `restore_training` puts it back into a model/optimizer/scheduler/scaler for --resume.
 """
@@ -118,6 +119,11 @@ class Checkpoint:
         from data.loading import eval_pixels
         return eval_pixels(self.resize, self.crop)
 
+    @property
+    def calibration(self) -> dict | None:
+        """The temperature scaling fitted on val (models/calibration.py); None in an older file."""
+        return self.state.get("calibration")
+
     def provenance(self) -> dict:
         a = self.args
         return {"checkpoint": str(self.path), "run": self.paradigm.run_name, "paradigm": self.paradigm.name,
@@ -126,6 +132,11 @@ class Checkpoint:
                 "seed": a.get("seed"), "trial": a.get("trial"), "data": a.get("data"),
                 "protocol": {k: a[k] for k in PROTOCOL if k in a}, "provenance": self.state.get("provenance"),
                 **{k: self.state[k] for k in ("parent", "added") if k in self.state}}
+
+
+def save_calibration(ckpt: Checkpoint, record: dict) -> None:
+    """Write the checkpoint back to its file with its calibration record (atomically, `save`)."""
+    save({**ckpt.state, "calibration": record}, ckpt.path)
 
 
 def _check_dataset(state: dict, spec: Spec, path: Path) -> None:

@@ -165,7 +165,7 @@ def test_serving_writes_calibrated_scores_and_names_the_calibration(bundles, mod
     conn.commit()
     conn.close()
     table = PredictionTable(str(db))
-    items = list_source(tiny_data / "multilabel")[:6]
+    items = list_source(tiny_data / "test")[:6]
     for p in (pred, old):
         run_batch(p, table, items, batch_size=4, workers=0, progress=False)
     rows = table.query()
