@@ -199,7 +199,7 @@ class PredictionTable:
             self.conn.close()
             self.conn = None
 
-    def _run(self, sql: str, params=(), many: bool = False, fetch: bool = False, then=()):
+    def execute_sql(self, sql: str, params=(), many: bool = False, fetch: bool = False, then=()):
         """Run `sql` (with `?` placeholders), then each (sql, params, many) of `then`, in one
         transaction; rows of `sql` as dicts with `fetch`.
         A PostgreSQL connection lost since the last call (a server restart) is reopened and the
@@ -246,22 +246,22 @@ class PredictionTable:
 
     def create(self) -> None:
         cols = ", ".join(f"{c} {t}" for c, t in COLUMNS)
-        self._run(f"CREATE TABLE IF NOT EXISTS {self.name} ({cols}, PRIMARY KEY (image_id, model_version))")
-        self._run(f"CREATE INDEX IF NOT EXISTS {self.name}_day_idx ON {self.name} "
+        self.execute_sql(f"CREATE TABLE IF NOT EXISTS {self.name} ({cols}, PRIMARY KEY (image_id, model_version))")
+        self.execute_sql(f"CREATE INDEX IF NOT EXISTS {self.name}_day_idx ON {self.name} "
                   f"(captured_date, status, top1_label, top2_label)")
-        self._run(f"CREATE INDEX IF NOT EXISTS {self.name}_error_idx ON {self.name} (model_version) "
+        self.execute_sql(f"CREATE INDEX IF NOT EXISTS {self.name}_error_idx ON {self.name} (model_version) "
                   f"WHERE status = 'error'")
         have = set(self.columns())
         for c, t in COLUMNS:  # a table written by an older version: add what it lacks (NULL there)
             if c not in have:
-                self._run(f"ALTER TABLE {self.name} ADD COLUMN {c} {t}")
+                self.execute_sql(f"ALTER TABLE {self.name} ADD COLUMN {c} {t}")
 
     def columns(self) -> list[str]:
         if self.pg:
-            rows = self._run("SELECT column_name AS name FROM information_schema.columns WHERE table_name = ?",
+            rows = self.execute_sql("SELECT column_name AS name FROM information_schema.columns WHERE table_name = ?",
                              (self.name.lower(),), fetch=True)
         else:
-            rows = self._run(f"PRAGMA table_info({self.name})", fetch=True)
+            rows = self.execute_sql(f"PRAGMA table_info({self.name})", fetch=True)
         return [r["name"] for r in rows]
 
     def upsert(self, rows: list[dict]) -> None:
@@ -278,7 +278,7 @@ class PredictionTable:
         supersede = (f"DELETE FROM {self.name} WHERE status = 'error' AND model_version = ? AND source = ? "
                      f"AND image_id <> ?")
         keys = [(r.get("model_version"), r.get("source"), r.get("image_id")) for r in rows]
-        self._run(sql, values, many=True, then=[(supersede, keys, True)])
+        self.execute_sql(sql, values, many=True, then=[(supersede, keys, True)])
 
     def upsert_split(self, rows: list[dict]) -> dict[int, str]:
         """`upsert`, and when the batch is refused for its content, each row on its own, so that one
@@ -303,7 +303,7 @@ class PredictionTable:
 
     def query(self, where: str = "", params=(), columns: str = "*") -> list[dict]:
         """Rows as plain Python values (dates and times as ISO strings, is_ood as bool)."""
-        return [plain(r) for r in self._run(f"SELECT {columns} FROM {self.name} {where}", params, fetch=True)]
+        return [plain(r) for r in self.execute_sql(f"SELECT {columns} FROM {self.name} {where}", params, fetch=True)]
 
     def existing_ids(self, ids: list[str], model_version: str | None = None) -> set[str]:
         return set(self.states(ids, model_version))
@@ -336,7 +336,7 @@ class PredictionTable:
 
     def labels(self) -> list[str]:
         """Every label in the top-2 columns, sorted: what `inspect` can be asked for."""
-        rows = self._run(f"SELECT top1_label AS label FROM {self.name} UNION "
+        rows = self.execute_sql(f"SELECT top1_label AS label FROM {self.name} UNION "
                          f"SELECT top2_label FROM {self.name}", fetch=True)
         return sorted(r["label"] for r in rows if r["label"] is not None)
 

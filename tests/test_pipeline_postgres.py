@@ -46,7 +46,7 @@ def test_sqlite_and_postgres_hold_the_same_rows(postgres, bundles, tmp_path):
     assert lite.counts() == pg.counts() and pg.counts()["error"] == 5
     day = a[0]["captured_date"]
     assert lite.inspect(day, ["dirt", "defect"]) == pg.inspect(day, ["dirt", "defect"])
-    names = {r["indexname"] for r in pg._run("SELECT indexname FROM pg_indexes WHERE tablename = ?",
+    names = {r["indexname"] for r in pg.execute_sql("SELECT indexname FROM pg_indexes WHERE tablename = ?",
                                                ("predictions",), fetch=True)}
     assert "predictions_day_idx" in names
 

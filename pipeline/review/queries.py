@@ -104,7 +104,7 @@ class Filters:
 def create_indexes(table: PredictionTable) -> None:
     """The indexes of the review's filters and overview (kept if they exist)."""
     for suffix, columns in INDEXES.items():
-        table._run(f"CREATE INDEX IF NOT EXISTS {table.name}_{suffix} ON {table.name} ({columns})")
+        table.execute_sql(f"CREATE INDEX IF NOT EXISTS {table.name}_{suffix} ON {table.name} ({columns})")
 
 
 def page(table: PredictionTable, f: Filters) -> tuple[list[dict], bool]:

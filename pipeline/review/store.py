@@ -35,8 +35,8 @@ def reviews_name(table: PredictionTable) -> str:
 
 def create(table: PredictionTable) -> None:
     name = reviews_name(table)
-    table._run(f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(f'{c} {t}' for c, t in COLUMNS)})")
-    table._run(f"CREATE INDEX IF NOT EXISTS {name}_row_idx ON {name} (image_id, model_version, reviewed_at)")
+    table.execute_sql(f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(f'{c} {t}' for c, t in COLUMNS)})")
+    table.execute_sql(f"CREATE INDEX IF NOT EXISTS {name}_row_idx ON {name} (image_id, model_version, reviewed_at)")
 
 
 def decided_labels(row: dict, verdict: str, labels: list[str]) -> list[str]:
@@ -68,21 +68,21 @@ def record(table: PredictionTable, row: dict, reviewer: str, verdict: str, label
               "reviewed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
               "verdict": verdict, "labels": json.dumps(decided_labels(row, verdict, labels))}
     names = [c for c, _ in COLUMNS]
-    table._run(f"INSERT INTO {reviews_name(table)} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+    table.execute_sql(f"INSERT INTO {reviews_name(table)} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                [review[c] for c in names])
     return review
 
 
 def of_row(table: PredictionTable, image_id: str, version: str) -> list[dict]:
     """The reviews of one prediction row, newest first."""
-    return [_plain(r) for r in table._run(
+    return [_plain(r) for r in table.execute_sql(
         f"SELECT * FROM {reviews_name(table)} WHERE image_id = ? AND model_version = ? "
         f"ORDER BY reviewed_at DESC", [image_id, version], fetch=True)]
 
 
 def latest(table: PredictionTable) -> list[dict]:
     """Each reviewed image's latest review, joined with its prediction row's source and status."""
-    rows = table._run(
+    rows = table.execute_sql(
         f"SELECT r.*, p.source, p.status, p.top1_label FROM {reviews_name(table)} r "
         f"JOIN {table.name} p ON p.image_id = r.image_id AND p.model_version = r.model_version "
         f"ORDER BY r.image_id, r.reviewed_at", (), fetch=True)
