@@ -148,6 +148,11 @@ def test_keda_sees_the_waiting_work_after_a_redis_restart(bundles, server, tmp_p
     server.stop()
     server.start()
     r = redis.Redis.from_url(server.url, decode_responses=True)
+    redis_yaml = yaml.safe_load_all((ROOT / "deploy" / "k8s" / "redis.yaml").read_text())
+    (image,) = {c["image"] for d in redis_yaml if d and d["kind"] == "StatefulSet"
+                for c in d["spec"]["template"]["spec"]["containers"]}
+    tested = r.info("server")["redis_version"]
+    assert image == f"redis:{tested}", f"the deploy pins {image}; these tests ran on Redis {tested}"
     group = r.xinfo_groups(STREAM)[0]
     waiting = len(r.xrange(STREAM, f"({group['last-delivered-id']}", "+"))
     assert waiting == 6 and group["pending"] == 0
