@@ -85,9 +85,11 @@ def _brier_sum(kind: str, z: np.ndarray, y: np.ndarray) -> float:
 
 def fit_temperature(kind: str, z: np.ndarray, y: np.ndarray) -> float:
     """The temperature in BOUNDS minimising the NLL of one head's logits `z` (N, size) with targets
-    `y`; 1.0 for a head with no labelled image."""
+    `y`; 1.0 for a head with no labelled image, and for one that makes no error on them: its NLL
+    then falls without bound as T -> 0, and a small val set it gets all right says nothing about
+    how sure it should be (sharpened to the bound, its first error would be a confident one)."""
     from scipy.optimize import minimize_scalar
-    if not len(y):
+    if not len(y) or (_proba(kind, z).argmax(1) == y).all():
         return 1.0
     res = minimize_scalar(lambda s: _nll_sum(kind, z / math.exp(s), y), bounds=tuple(map(math.log, BOUNDS)),
                           method="bounded", options={"xatol": 1e-5})

@@ -28,6 +28,9 @@ def test_fitted_temperature_is_the_closed_form_optimum():
     y3 = np.r_[np.zeros(80, int), np.ones(10, int), np.full(10, 2)]
     assert calib.fit_temperature("softmax", z3, y3) == pytest.approx(1 / math.log(8), rel=1e-4)
     assert calib.fit_temperature("softmax", z3[:0], y3[:0]) == 1.0  # no labelled image: unchanged
+    right = np.c_[np.full(20, 2.0), np.zeros(20)]  # every val decision right: no evidence, unchanged
+    assert calib.fit_temperature("softmax", right, np.zeros(20, int)) == 1.0
+    assert calib.fit_temperature("binary", np.full((20, 1), -0.3), np.zeros(20, int)) == 1.0
 
 
 def test_fit_is_the_nll_minimum_per_head_on_a_grid(toy):
