@@ -216,13 +216,15 @@ def table_task_accuracy(results, spec: Spec, metric: str = "accuracy", sets: str
     set_cols = task_set_columns(spec, sets)
     col = {(t, s): f"{t}: {s}" for t, s in set_cols}
     table = ReportTable(title + SET_COLUMNS[sets], [col[c] for c in set_cols],
+                        no_bold={col[c] for c in set_cols} if adapt else set(),
                         note="Each task on the images of its two classes; external sets as named in the spec. "
                              "Efficiency-centric: positive iff the argmax over all classes is the task's positive "
                              "class; 'restricted' compares only the task's two classes; multi-task: the task's "
                              "sigmoid head > 0.5; task-centric: each task's own 2-class model."
                              + (" Each model's BatchNorm statistics re-estimated on the set's own images before "
                                 "predicting them (no labels; the test split: all of it): what a day's batch "
-                                "could do; the gap to Table 1 is the share of the loss that is a statistics shift."
+                                "could do; the gap to Table 1 is the share of the loss that is a statistics "
+                                "shift. No bold (no paired test here)."
                                 if adapt else ""))
     adapted = ("bn_adapt",) if adapt else ()
 
