@@ -84,7 +84,8 @@ def test_release_of_the_best_trial_carries_the_reports_figures(models, tiny_data
     card = (folder / "MODEL_CARD.md").read_text()
     assert "This checkpoint is trial exp2" in card and "the uni run, 2 trial(s)," in card
     assert "| figure | image set | mean | 95 % interval |" in card
-    assert summary["figures"] and {f["figure"] for f in summary["figures"]} >= {"accuracy", "ECE (15 bins)",
+    from evaluation.summary import ECE_AFTER, ECE_BEFORE
+    assert summary["figures"] and {f["figure"] for f in summary["figures"]} >= {"accuracy", ECE_BEFORE, ECE_AFTER,
                                                                                  "OOD AUROC, default scorer"}
     for f in summary["figures"]:
         assert f"| {f['figure']} | {f['set']} | {f['value']:.3f} | [{f['lo']:.3f}, {f['hi']:.3f}] |" in card

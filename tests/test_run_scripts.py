@@ -81,7 +81,8 @@ def test_reproduce_trains_every_task_of_a_foreign_spec_from_another_folder(own_d
     assert yaml.safe_load((variant / "exp1" / "args.yaml").read_text())["mix"] == "cutmix"
     assert "## Ablation, efficiency-centric: OOD rejection (default scorer), calibration, top-2" in report
     assert "| mix_cutmix |" in report and "epochs_run=1 (2 trials); mix_cutmix: " in report
-    assert "mix=cutmix, mix_prob=0.5, zero_grad=none, bn_stats=step, jigsaw=cycle, epochs_run=1 (1 trial)." in report
+    assert ("mix=cutmix, mix_prob=0.5, augment=paper, zero_grad=none, bn_stats=step, jigsaw=cycle, epochs_run=1 "
+            "(1 trial).") in report
     # then the release: the uni trial with the highest validation accuracy, beside the runs, its card
     # holding the report's figures
     best = released_best(proc.stdout, tmp_path / "art", tmp_path / "res")
