@@ -63,7 +63,10 @@ def consume_all(pred, db, url):
         table.close()
 
 
-def test_table_outage_under_a_consumer_dead_letters_nothing(bundles, server, tmp_path):
+@pytest.mark.parametrize("fault", ["down", "read-only"])
+def test_table_outage_under_a_consumer_dead_letters_nothing(bundles, server, tmp_path, fault):
+    """PostgreSQL down, or read-only (a failover's standby: SQLSTATE 25006), under a consumer: it
+    backs off and retries, dead-letters nothing, and lands every row once the table is back."""
     from pipeline.publish import produce
     pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
     pg = PostgresServer().start()
@@ -77,7 +80,7 @@ def test_table_outage_under_a_consumer_dead_letters_nothing(bundles, server, tmp
                               "--min-idle-ms", "1000", "--max-deliveries", "3", "--max-backoff", "1",
                               until_empty=False)
         wait_for(lambda: count_rows(pg.url) == 8, 60, "the first 8 rows")
-        pg.down()
+        pg.down() if fault == "down" else pg.read_only(True)
         write_images(tmp_path / "src" / "second", 16, seed=7, mtime=NOON)
         assert produce(server.url, tmp_path / "src", DAY)["published"] == 16
         log = tmp_path / "c0.log"
@@ -85,7 +88,7 @@ def test_table_outage_under_a_consumer_dead_letters_nothing(bundles, server, tmp
                  "the consumer meeting the outage")
         outage_end = time.monotonic() + 5
         wait_for(lambda: r.xlen(DEAD) or time.monotonic() > outage_end, 10, "the outage")
-        pg.up()
+        pg.up() if fault == "down" else pg.read_only(False)
         wait_for(lambda: r.xlen(DEAD) or count_rows(pg.url) == 24, 60, "every row after the outage")
         proc.send_signal(signal.SIGTERM)
         stats = finish([proc], timeout=60)[0]

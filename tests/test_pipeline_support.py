@@ -109,6 +109,15 @@ class PostgresServer:
         subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)
 
+    def read_only(self, on: bool) -> None:
+        """Every transaction read-only from now on (`on`), as a failed-over standby answers, or
+        writable again: the server setting, reloaded, reaches the open sessions too."""
+        import psycopg
+        with psycopg.connect(self.url, autocommit=True) as c:
+            c.execute("SET default_transaction_read_only = off")
+            c.execute(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}")
+            c.execute("SELECT pg_reload_conf()")
+
     def stop(self) -> None:
         self.down()
         shutil.rmtree(self.dir, ignore_errors=True)
