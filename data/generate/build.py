@@ -181,7 +181,9 @@ def generate(out, seed: int = 0, size: int = 96, train: int = COUNTS["train"], v
         except ImportError:
             pass
     if workers > 1 and len(tasks) > 64:  # below that, starting processes costs more than it saves
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        # not "fork": a forked worker inherits the locks of the caller's threads (a model runtime's,
+        # a progress bar's) and can hang on one; forkserver's workers start from a clean process
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(workers) as pool:
             for _ in pool.imap_unordered(_work, tasks, chunksize=8):
                 if bar is not None:
