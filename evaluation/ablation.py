@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.report import (DEFAULT, TASK_METRICS, display, ood_kinds, rejection_values, run_paper_scorer,
+from evaluation.paper_tables import (DEFAULT, TASK_METRICS, display, ood_kinds, rejection_values, run_paper_scorer,
                                table_task_accuracy, task_run, values)
 from evaluation.tables import ReportTable
 from utils import read_summary

@@ -3,7 +3,7 @@
 beside it, and returns the PNG path(s).
 
 Sized for a printed page: at most 3 panels per row, 7.5 in wide at most, text at 9-10 pt at the
-saved size (PNG at 150 dpi). The numbers come from evaluation.report's helpers (`values`,
+saved size (PNG at 150 dpi). The numbers come from evaluation.paper_tables' helpers (`values`,
 `task_union`) and scikit-learn; nothing here computes a metric of its own. Matplotlib runs
 headless (Agg).
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from data.images import ImageError, load_rgb
 from evaluation.metrics import reliability
-from evaluation.report import (MULTI, TASK, UNI, display, first_trial, run_default, run_paper_scorer, task_union,
+from evaluation.paper_tables import (MULTI, TASK, UNI, display, first_trial, run_default, run_paper_scorer, task_union,
                                values)
 from evaluation.tables import mean_std
 

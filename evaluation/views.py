@@ -1,5 +1,5 @@
 """What the notebooks share: `setup` evaluates every checkpoint once (cached) and `show` displays
-tables and figures. The tables come from evaluation.report, the figures from evaluation.figures;
+tables and figures. The tables come from evaluation.paper_tables, the figures from evaluation.figures;
 nothing here computes a metric.
 """
 from __future__ import annotations

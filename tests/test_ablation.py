@@ -31,7 +31,7 @@ def trial(correct_share: float, budget: str, n: int = 200):
 
 
 def test_equal_compute_variant_gets_tables_1_2_with_its_task_models(monkeypatch):
-    monkeypatch.setattr("evaluation.report.task_run", lambda spec, t: f"task_{t}")
+    monkeypatch.setattr("evaluation.paper_tables.task_run", lambda spec, t: f"task_{t}")
     monkeypatch.setattr("evaluation.ablation.task_run", lambda spec, t: f"task_{t}")
     main = {"uni": {"exp1": trial(0.95, "epochs"), "exp2": trial(0.95, "epochs")},
             "task_defect": {"exp1": trial(0.60, "epochs"), "exp2": trial(0.60, "epochs")}}
@@ -44,7 +44,7 @@ def test_equal_compute_variant_gets_tables_1_2_with_its_task_models(monkeypatch)
     assert rows[next(k for k in rows if k.startswith("task"))]["defect: test"] == pytest.approx([0.95, 0.95])
     assert t.bold["defect: test"] is None  # equal accuracy under equal compute: nothing bold
     # under equal epochs the efficiency-centric model wins beyond chance: bold
-    from evaluation.report import table_task_accuracy
+    from evaluation.paper_tables import table_task_accuracy
     assert table_task_accuracy(main, SPEC).bold["defect: test"] is not None
     # a variant with an efficiency-centric model is an ordinary ablation, not a protocol table
     spec = SimpleNamespace(**{**vars(SPEC), "external": {"defect": {"ext_a": "x", "ext_b": "y"}}})
