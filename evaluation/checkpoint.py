@@ -5,9 +5,12 @@ Image sets (each inferred once, see inference.CachedPredictor): the test split w
 sets (the task's two classes), each OOD set and each multi-label set of the spec.
 
 - RQ1 `tasks.<task>.sets.<set>`: accuracy and macro F1 of the binary task on the set's images of
-  the task's two classes (rules: `Paradigm.task_positive`); a softmax head over more classes (uni)
-  also under `restricted`; under `bn_adapt` the same by the model whose BatchNorm statistics were
-  re-estimated on the set's own images (models.adapt; for the test split, on all of it).
+  the task's two classes, answered by the task's rule (`tasks.<task>.rule_choice`: chosen on val and
+  the task's ext_val sets by models/task_rules.py, never on these sets); a softmax head over more
+  classes (uni) also under `by_rule.<rule>` for every rule; under `bn_adapt` the same by the model
+  whose BatchNorm statistics were re-estimated on the set's own images (models.adapt; for the test
+  split, on all of it). Raw: the per-image (label, answer) of the task's rule, as trained and
+  under `bn_adapt`, for paired intervals.
 - RQ2 `tasks.<task>.one_class`: AUROC of the task's positive class against every other test image,
   scored by the class probability (`auroc`) and by its logit (`auroc_logit`).
 - RQ2 `rejection.<ood set>.<scorer>`: in-distribution = the whole test split (positive) against the
@@ -43,6 +46,7 @@ from evaluation.inference import CachedPredictor
 from models import calibration as calib
 from models import checkpoint as checkpoints
 from models import ood
+from models import task_rules
 from models.inference import valid_rows
 from models.paradigms import RANKINGS, NoAnswer
 from utils import plain
@@ -66,19 +70,23 @@ def image_sets(spec: Spec) -> dict[str, list[tuple[Path, str | None]]]:
     return sets
 
 
-def binary_metrics(paradigm, logits, labels, task) -> dict:
+def binary_metrics(paradigm, logits, labels, task, rule: str = "argmax") -> dict:
+    """Accuracy and macro F1 of the task's answer by `rule` on the images of its two classes, the
+    other rules under `by_rule` (a model with more than one), and `outcome`: per image (label,
+    answer), for paired bootstrap intervals (moved to raw by the caller)."""
     neg, pos = task
     keep = torch.tensor([c in (neg, pos) for c in labels], dtype=torch.bool)
     y = np.array([c == pos for c, k in zip(labels, keep) if k], dtype=int)
     out = {"n": int(keep.sum())}
-    for key, restricted in [("", False)] + ([("restricted", True)] if paradigm.has_restricted_rule(task) else []):
-        pred = paradigm.task_positive(logits[keep], task, restricted).long().numpy()
+    rules = paradigm.task_rules(task)
+    for r in rules:
+        pred = paradigm.task_positive(logits[keep], task, r).long().numpy()
         m = {"accuracy": metrics.accuracy(y, pred), "f1_macro": metrics.macro_f1(y, pred)}
-        if key:
-            out[key] = m
-        else:
+        if len(rules) > 1:
+            out.setdefault("by_rule", {})[r] = m
+        if r == rule or len(rules) == 1:
             out.update(m)
-            out["outcome"] = np.c_[y, pred]  # per image (label, prediction), for paired bootstrap intervals (moved to raw)
+            out["outcome"] = np.c_[y, pred]
     return out
 
 
@@ -103,14 +111,7 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
 
     out = {**ckpt.provenance(), "checkpoint_sha256": predictor.sha256, "dataset": spec.name, "params": sum(p.numel() for p in model.parameters()),
            "forward_passes_per_image": 1, "tasks": {}, "rejection": {}, "multilabel": {}}
-    test_logits, test_labels = run("test")
-    raw = {"rejection": {}, "multilabel": {},
-           "test": {"labels": test_labels, "top1": [r[0] for r in paradigm.rank_labels(test_logits)]}}
-    for task in paradigm.tasks(spec.tasks):
-        out["tasks"][task] = task_entry(paradigm, spec, task, test_logits, test_labels, run,
-                                        raw.setdefault("tasks", {}).setdefault(task, {}))
-
-    kept = {}  # the val outputs the OOD filter reads, kept for calibration (read once, cache or not)
+    kept = {}  # the val outputs the task rules, the OOD filter and calibration read (read once, cache or not)
 
     def extract(name, items):
         if name in kept:
@@ -119,6 +120,14 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
         if name == calib.SPLIT:
             kept[name] = outputs
         return outputs
+
+    rules = task_rules.of_checkpoint(ckpt, spec, extract, lambda: calib.val_outputs(ckpt, spec, extract))
+    test_logits, test_labels = run("test")
+    raw = {"rejection": {}, "multilabel": {}, "tasks": {}, "bn_adapt": {},
+           "test": {"labels": test_labels, "top1": [r[0] for r in paradigm.rank_labels(test_logits)]}}
+    for task in paradigm.tasks(spec.tasks):
+        out["tasks"][task] = task_entry(paradigm, spec, task, test_logits, test_labels, run, rules.get(task),
+                                        raw["tasks"].setdefault(task, {}), raw["bn_adapt"].setdefault(task, {}))
 
     filt, _ = ood.fit_filter(ckpt, spec, extract=extract)
 
@@ -164,19 +173,27 @@ def calibration_entry(ckpt, spec: Spec, test_logits, test_labels, extract) -> tu
     return entry, {"before": raw_before, "after": raw_after}
 
 
-def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, raw: dict) -> dict:
-    """RQ1 on the test split and the task's external sets, RQ2 one-class recognition; `raw[set]`
-    gets the per-image (label, prediction) of the task's rule."""
+def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, choice: dict | None, raw: dict,
+               raw_adapted: dict) -> dict:
+    """RQ1 on the test split and the task's external sets by the task's rule (`choice`, models/
+    task_rules.py), RQ2 one-class recognition; `raw[set]` and `raw_adapted[set]` get the per-image
+    (label, answer), as trained and with BatchNorm adapted to the set."""
     pair = spec.tasks[task]
     entry = {"classes": list(pair), "sets": {}}
     try:
-        entry["sets"]["test"] = binary_metrics(paradigm, test_logits, test_labels, pair)
+        rule = choice["rule"] if choice else "argmax"
+        if choice:
+            entry["rule_choice"] = choice
+        entry["sets"]["test"] = binary_metrics(paradigm, test_logits, test_labels, pair, rule)
         for name in spec.external.get(task, {}):
             logits, labels = run(f"ext/{task}/{name}")
-            entry["sets"][name] = binary_metrics(paradigm, logits, labels, pair)
+            entry["sets"][name] = binary_metrics(paradigm, logits, labels, pair, rule)
         for name, m in entry["sets"].items():
             raw[name] = m.pop("outcome")
-            m["bn_adapt"] = adapted_metrics(paradigm, pair, run, "test" if name == "test" else f"ext/{task}/{name}")
+            m["bn_adapt"] = adapted_metrics(paradigm, pair, run, "test" if name == "test" else f"ext/{task}/{name}",
+                                            rule)
+            if "outcome" in m["bn_adapt"]:
+                raw_adapted[name] = m["bn_adapt"].pop("outcome")
         prob, logit = paradigm.class_score(test_logits, pair[1])
         y = np.array([c == pair[1] for c in test_labels], dtype=int)
         entry["one_class"] = {"auroc": metrics.auroc(y, prob.numpy()), "auroc_logit": metrics.auroc(y, logit.numpy()),
@@ -186,16 +203,14 @@ def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, r
     return entry
 
 
-def adapted_metrics(paradigm, pair, run, set_name: str) -> dict:
+def adapted_metrics(paradigm, pair, run, set_name: str, rule: str) -> dict:
     """`binary_metrics` by the model whose BatchNorm statistics were re-estimated on the set's images
     (models.adapt); {"missing": why} when the set cannot be adapted on."""
     try:
         logits, labels = run(set_name, adapt=True)
     except ValueError as e:
         return {"missing": str(e)}
-    m = binary_metrics(paradigm, logits, labels, pair)
-    m.pop("outcome")
-    return m
+    return binary_metrics(paradigm, logits, labels, pair, rule)
 
 
 def multilabel_entry(paradigm, spec: Spec, logits, labels: list[str]) -> tuple[dict, dict]:

@@ -80,6 +80,22 @@ The val figures are those the temperature was chosen on: the test ECE with its i
 (and in the evaluation report's Table 6)."""
 
 
+def tasks_section(tasks: dict | None) -> str:
+    """How each binary task is answered (bundle.json `tasks`, models/task_rules.py)."""
+    if not tasks:
+        return "Not recorded (a bundle released before task rules existed): read the top-2 labels."
+    rows = "\n".join(f"| {t} | {' v '.join(r['classes'])} | **{r['rule']}** | "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
+                     + f" | {', '.join(f'{n} ({k})' for n, k in r['sets'].items())} |" for t, r in tasks.items())
+    return f"""Each row's `task_answers` says, per task, which of its two classes the model calls the image
+(pipeline/README.md). The rule was chosen on validation images only (models/task_rules.py): `argmax`,
+the task's positive class wins over every class; `restricted`, it beats the task's negative class.
+
+| task | classes | rule | mean val accuracy per rule | chosen on (images) |
+|---|---|---|---|---|
+{rows}"""
+
+
 def model_card(m: dict, figures: dict | None = None) -> str:
     p, o, v = m["paradigm"], m["ood"], m["validation"]
     stand_in = m["provenance"]["spec"] == STAND_IN
@@ -121,6 +137,9 @@ OOD scorer: **{o['default']}** ({how}); threshold {o['thresholds'][o['default']]
 
 ## Calibration
 {calibration_section(m.get("calibration"))}
+
+## Task answers
+{tasks_section(m.get("tasks"))}
 
 ## Test and OOD figures
 {figures_section(figures)}

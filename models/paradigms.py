@@ -14,7 +14,8 @@ Every rule dispatches on the kind of head, never on the paradigm's name:
 - a binary task (negative, positive) is answered by the binary head whose positive class it is
   (positive iff logit > 0), else by a softmax head holding both classes (positive iff the argmax
   over the whole head is the positive class: the authors' rule, so a Normal-v-Defect image
-  predicted as Dirt counts as "not defect"; `restricted=True` compares the two classes' logits);
+  predicted as Dirt counts as "not defect"; rule `restricted` compares the two classes' logits;
+  models/task_rules.py chooses the rule per task on validation images);
 - a class's one-class score is its binary head's sigmoid, else its softmax probability;
 - labels are ranked by one score per class: a softmax head's probabilities, a binary head's
   sigmoid for its positive class, and for the binary heads' shared negative class the probability
@@ -143,28 +144,21 @@ class Paradigm:
         return next((h for h in self.heads if h.kind == "binary" and h.positive == cls), None)
 
     def _task_head(self, task: tuple[str, str]) -> Head:
-        neg, pos = task
-        head = self._binary_head(pos) or next(
-            (h for h in self.heads if h.kind == "softmax" and neg in h.classes and pos in h.classes), None)
-        if head is None:
+        found = self.output_heads.task_head(task)
+        if found is None:
             raise NoAnswer(f"the {self.label} model has no head for task {tuple(task)}: no binary head for "
-                           f"'{pos}' and no softmax head over both classes (heads: {[h.name for h in self.heads]})")
-        return head
+                           f"'{task[1]}' and no softmax head over both classes (heads: {[h.name for h in self.heads]})")
+        return next(h for h in self.heads if h.name == found[0])
 
-    def has_restricted_rule(self, task: tuple[str, str]) -> bool:
-        """Whether `restricted=True` differs from the plain rule: a softmax head with other classes."""
-        head = self._task_head(task)
-        return head.kind == "softmax" and len(head.classes) > 2
+    def task_rules(self, task: tuple[str, str]) -> tuple[str, ...]:
+        """The task rules (pipeline.outputs.TASK_RULES) that answer `task` differently on this model."""
+        self._task_head(task)
+        return self.output_heads.task_rules(task)
 
-    def task_positive(self, logits: torch.Tensor, task: tuple[str, str], restricted: bool = False) -> torch.Tensor:
+    def task_positive(self, logits: torch.Tensor, task: tuple[str, str], rule: str = "argmax") -> torch.Tensor:
         """Bool (N,): does the model say the task's positive class? (rules in the module doc)"""
-        neg, pos = task
-        head = self._task_head(task)
-        z = self.split(logits)[head.name]
-        if head.kind == "binary":
-            return z[:, 0] > 0
-        i, j = head.classes.index(neg), head.classes.index(pos)
-        return z[:, j] > z[:, i] if restricted else z.argmax(1) == j
+        self._task_head(task)
+        return torch.from_numpy(self.output_heads.task_positive(to_numpy(logits), task, rule))
 
     def class_score(self, logits: torch.Tensor, cls: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(probability, logit) per image that the image is `cls`."""

@@ -7,7 +7,9 @@ Release is the one step after training that reads the dataset: it fits the OOD d
 train split and chooses the default scorer on val + ood_val (models/ood.py), sets every scorer's
 threshold on val at the stated TPR (models.ood.threshold_at_tpr, as `python -m pipeline
 threshold`), stores the checkpoint's temperature scaling (models/calibration.py; fitted on the same
-val outputs when the checkpoint has none) in bundle.json's `calibration`, exports the
+val outputs when the checkpoint has none) in bundle.json's `calibration`, chooses how the model
+answers each binary task on val (and the task's ext_val sets; models/task_rules.py) into
+bundle.json's `tasks`, exports the
 BatchNorm-folded model to ONNX with its logits and hidden features (models/serving.py) and checks the graph against eager PyTorch on batches of 1 and 3. The folder's
 layout and id are defined by its reader, pipeline/bundle.py.
 
@@ -38,6 +40,7 @@ from data.images import content_hash
 from data.loading import IMAGENET_MEAN, IMAGENET_STD
 from models import calibration as calib
 from models import checkpoint as checkpoints
+from models import task_rules
 from models import ood
 from models.card import model_card, report_figures
 from models.checkpoint import CheckpointError, heads_of
@@ -139,7 +142,7 @@ def val_thresholds(filt: ood.OODFilter, ckpt, logits: torch.Tensor, features: to
 # --- bundle.json (the card: models/card.py) ---------------------------------------------------
 
 def manifest(ckpt, spec, filt: ood.OODFilter, fitted: dict, thresholds: dict, tpr: float, export: dict,
-             detector_params: dict, width: int, calibration: dict) -> dict:
+             detector_params: dict, width: int, calibration: dict, tasks: dict) -> dict:
     p = ckpt.paradigm
     trained = {k: v for k, v in ckpt.provenance().items() if k != "checkpoint"}  # a path is no content
     chosen = thresholds[filt.default]
@@ -160,6 +163,7 @@ def manifest(ckpt, spec, filt: ood.OODFilter, fitted: dict, thresholds: dict, tp
                 "n_val": chosen["n_val"], "val_accepted": chosen["val_accepted"],
                 "features": FEATURES, "detectors": detector_params},
         "calibration": calibration,
+        "tasks": tasks,
         "export": export,
         "validation": {"best_val_acc": ckpt.state.get("best_val_acc"), **(ckpt.state.get("val") or {})},
         "provenance": {"checkpoint_sha256": content_hash(ckpt.path), "spec": spec.name,
@@ -239,10 +243,11 @@ def release(ckpt_path: str | Path, data: str | Path | None = None, out: str | Pa
     logits, features = extract("val", spec.split_samples("val", list(ckpt.paradigm.classes)))
     thresholds = val_thresholds(filt, ckpt, logits, features, tpr)
     record, how = calib.of_checkpoint(ckpt, lambda: calib.val_outputs(ckpt, spec, extract))
+    tasks = task_rules.of_checkpoint(ckpt, spec, extract, lambda: calib.val_outputs(ckpt, spec, extract))
     graph, export, check = export_graph(ckpt)
     params, arrays = detector_arrays(filt)
     meta = manifest(ckpt, spec, filt, fitted, thresholds, tpr, export, params, features.shape[1],
-                    {**record, "fitted": how})
+                    {**record, "fitted": how}, tasks)
     files = {layout.MODEL: graph, layout.DETECTORS: npz_bytes(arrays), layout.CARD: model_card(meta, figures).encode()}
     meta["release"] = {"checkpoint": str(ckpt.path), "data": str(spec.root), "export_check": check,
                        "provenance": provenance(device)}

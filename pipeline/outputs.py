@@ -39,6 +39,11 @@ from dataclasses import dataclass
 import numpy as np
 
 RANKINGS = ("plain", "coherent")
+# How a softmax head over more than a task's two classes answers the task (models/task_rules.py
+# chooses one per task on validation images; ties go to the first): `restricted` compares the two
+# classes' logits, `argmax` says positive iff the argmax over the whole head is the positive class.
+# A binary head (positive iff logit > 0) and a 2-class head have one answer, named `argmax`.
+TASK_RULES = ("restricted", "argmax")
 KINDS = ("softmax", "binary")
 KNN_CHUNK = 1 << 22  # query x bank distances knn computes at a time (32 MiB of float64 per array)
 
@@ -190,6 +195,33 @@ class Heads:
     def rank_labels(self, logits: np.ndarray, rule: str = "plain") -> list[list[str]]:
         """Every label per image, best first, under `rule` (RANKINGS)."""
         return self.top_labels(logits, len(self.labels), rule)[0]
+
+    def task_head(self, pair) -> tuple[str, str, tuple[str, ...]] | None:
+        """The head that answers the binary task (negative, positive): the binary head of the
+        positive class, else a softmax head holding both classes; None when there is none."""
+        neg, pos = pair
+        return next((h for h in self.heads if h[1] == "binary" and h[2][1] == pos), None) or next(
+            (h for h in self.heads if h[1] == "softmax" and neg in h[2] and pos in h[2]), None)
+
+    def task_rules(self, pair) -> tuple[str, ...]:
+        """The rules (TASK_RULES) that give different answers to the task: both for a softmax head
+        over more classes than the task's two, else ('argmax',)."""
+        head = self.task_head(pair)
+        return TASK_RULES if head and head[1] == "softmax" and len(head[2]) > 2 else ("argmax",)
+
+    def task_positive(self, logits: np.ndarray, pair, rule: str = "argmax") -> np.ndarray:
+        """Bool (N,): does the model say the task's positive class, under `rule` (TASK_RULES)?"""
+        if rule not in TASK_RULES:
+            raise ValueError(f"unknown task rule '{rule}'; choose one of {', '.join(TASK_RULES)}")
+        head = self.task_head(pair)
+        if head is None:
+            raise ValueError(f"no head answers task {tuple(pair)}: no binary head for '{pair[1]}' and no softmax "
+                             f"head over both classes (heads: {[h[0] for h in self.heads]})")
+        z = self.split(logits)[head[0]]
+        if head[1] == "binary":
+            return z[:, 0] > 0
+        i, j = head[2].index(pair[0]), head[2].index(pair[1])
+        return z[:, j] > z[:, i] if rule == "restricted" else z.argmax(1) == j
 
     def blocks(self, logits: np.ndarray):
         """(kind, logits block) per head."""

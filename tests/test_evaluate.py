@@ -102,7 +102,8 @@ def test_binary_task_rule_per_paradigm(toy):
                       [0.0, 2.0, 1.0, 0, 0, 0],    # argmax defect
                       [1.0, 0.5, 0.0, 0, 0, 2.0]])  # argmax dashboard; normal > defect
     assert uni.task_positive(z, ("normal", "defect")).tolist() == [False, True, False]
-    assert uni.task_positive(z, ("normal", "defect"), restricted=True).tolist() == [True, True, False]
+    assert uni.task_positive(z, ("normal", "defect"), "restricted").tolist() == [True, True, False]
+    assert uni.task_rules(("normal", "defect")) == ("restricted", "argmax")
     task = build_paradigm("task", toy, "defect")
     assert task.task_positive(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), ("normal", "defect")).tolist() == [True, False]
     with pytest.raises(NoAnswer):
@@ -111,6 +112,7 @@ def test_binary_task_rule_per_paradigm(toy):
     zm = torch.tensor([[0.1, -2.0, 0, 0, 0], [-0.1, 3.0, 0, 0, 0]])
     assert multi.task_positive(zm, ("normal", "defect")).tolist() == [True, False]
     assert multi.task_positive(zm, ("normal", "dirt")).tolist() == [False, True]
+    assert multi.task_rules(("normal", "dirt")) == task.task_rules(("normal", "defect")) == ("argmax",)
     with pytest.raises(NoAnswer, match="no binary head for 'seat'"):
         multi.task_positive(zm, ("normal", "seat"))
     prob, logit = multi.class_score(zm, "dirt")
@@ -316,8 +318,15 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
             return list(csv.DictReader(f))
 
     t1 = rows("table1_accuracy.csv")
-    assert [r["method"] for r in t1] == ["efficiency-centric", "efficiency-centric, restricted to the task's 2 classes",
-                                         "multi-task", "task-centric"]
+    assert [r["method"] for r in t1] == ["efficiency-centric", "efficiency-centric, argmax over all classes",
+                                         "efficiency-centric, two classes", "multi-task", "task-centric"]
+    uni_m = json.loads((out / "runs" / "uni" / "exp1.json").read_text())
+    for t, e in uni_m["tasks"].items():  # each task answered by the rule chosen on val, the others kept as rows
+        choice = e["rule_choice"]
+        assert choice["rule"] in ("argmax", "restricted") and "val" in choice["sets"]
+        test = e["sets"]["test"]
+        assert test["accuracy"] == test["by_rule"][choice["rule"]]["accuracy"]
+    assert "Chosen: " in report and "trials)" in report
     cols = [f"{t}: {s}" for t in spec.tasks for s in ["test", *spec.external.get(t, {})]]
     assert [k[:-5] for k in t1[0] if k.endswith(" mean")] == cols
     assert all(0 <= float(r[f"{c} mean"]) <= 1 for r in t1 for c in cols)

@@ -1,0 +1,78 @@
+"""How a model answers each binary task (pipeline.outputs.TASK_RULES), chosen on validation images only.
+
+A softmax head over more classes than a task's two can answer the task two ways: `argmax` (the
+positive class wins over every class) or `restricted` (the positive class beats the negative one).
+They differ only on an image of the task that the head puts in a third class, which is what a shift
+does: `argmax` calls every such image negative, `restricted` asks which of the task's two classes
+it is nearer. Neither is right more often in general, so which rule serves is a decision taken
+like every other default: on validation data, never on the reported sets.
+
+For each task the rules that answer differently on this model (`Heads.task_rules`) are scored on
+the val split's images of the task's two classes and on each of the task's `ext_val` sets (shifted
+validation images generated beside the reported external sets, when the spec has them); the rule
+with the highest mean accuracy over these sets wins, ties going to the first of TASK_RULES
+(`restricted`: it treats the two classes alike).
+
+The record per task (`choose`):
+    {classes: [negative, positive], rule, accuracy: {rule: mean accuracy over the sets},
+     sets: {set name: images}}
+Evaluation stores it under `tasks.<task>.rule_choice` and answers every task by its rule; the
+release stores them in bundle.json's `tasks`, and the pipeline answers each task by it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.outputs import TASK_RULES, Heads
+
+
+def choose(heads: Heads, pair, sets: dict[str, tuple[np.ndarray, list[str]]]) -> dict:
+    """The task's record (module doc) from `sets` {name: (logits (N, C), class labels)}; images of
+    other classes are left out, and a set with none of the pair's images does not count."""
+    from sklearn.metrics import accuracy_score
+    rules = heads.task_rules(pair)
+    scores, counts = {r: [] for r in rules}, {}
+    for name, (logits, labels) in sets.items():
+        keep = np.array([c in pair for c in labels], bool)
+        if not keep.any():
+            continue
+        y = np.array([c == pair[1] for c, k in zip(labels, keep) if k])
+        counts[name] = int(keep.sum())
+        for r in rules:
+            scores[r].append(accuracy_score(y, heads.task_positive(np.asarray(logits)[keep], pair, r)))
+    mean = {r: float(np.mean(s)) if s else float("nan") for r, s in scores.items()}
+    ranked = sorted(rules, key=lambda r: (-np.nan_to_num(mean[r], nan=-1.0), TASK_RULES.index(r)))
+    return {"classes": list(pair), "rule": ranked[0], "accuracy": mean, "sets": counts}
+
+
+def validation_sets(ckpt, spec, task: str, extract, val) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """{name: (logits, labels)} the rule of `task` is chosen on: `val` () -> (val logits, labels)
+    and each of the task's ext_val sets through `extract(name, items) -> (logits, features)`."""
+    from models.inference import valid_rows
+    from utils import to_numpy
+    z, y = val()
+    out = {"val": (to_numpy(z), list(y))}
+    pair = list(spec.tasks[task])
+    for name, folder in getattr(spec, "external_val", {}).get(task, {}).items():
+        items = spec.samples(folder, pair)
+        logits, _ = extract(f"ext_val/{task}/{name}", items)
+        ok = valid_rows(logits)
+        out[name] = (to_numpy(logits[ok]), [c for (_, c), k in zip(items, ok.tolist()) if k])
+    return out
+
+
+def of_checkpoint(ckpt, spec, extract, val) -> dict[str, dict]:
+    """{task: record} for every task the checkpoint's model has a head for (module doc)."""
+    heads = ckpt.paradigm.output_heads
+    return {t: choose(heads, spec.tasks[t], validation_sets(ckpt, spec, t, extract, val))
+            for t in ckpt.paradigm.tasks(spec.tasks) if heads.task_head(spec.tasks[t]) is not None}
+
+
+def describe(records: dict[str, dict]) -> str:
+    """'defect: restricted (val 0.95 v argmax 0.93); dirt: argmax' for a note or a log line."""
+    parts = []
+    for task, r in records.items():
+        others = [f"{k} {v:.3f}" for k, v in r["accuracy"].items() if k != r["rule"]]
+        parts.append(f"{task}: {r['rule']}" + (f" ({r['accuracy'][r['rule']]:.3f} v {', '.join(others)} on "
+                                               f"{', '.join(r['sets'])})" if others else ""))
+    return "; ".join(parts)
