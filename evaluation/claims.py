@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from evaluation.significance import calibration_groups
-from evaluation.stats import (accuracy_stat, auroc_stat, ece_stat, interval, mean_of_first, median_interval,
-                              paired_difference)
+from evaluation.stats import (accuracy_stat, auroc_stat, ece_if_calibrated, ece_stat, interval, mean_of_first,
+                              median_interval, paired_difference)
 
 MARGIN = 0.02  # "matches": not worse by more than 2 accuracy points
 WELL_CALIBRATED = 0.05  # ECE
@@ -129,10 +129,13 @@ def c5_calibration(results) -> dict:
     temps = sorted({round(t, 2) for m, _ in results.get("uni", {}).values()
                     for t in m.get("calibration", {}).get("temperatures", {}).values()})
     after, before = r["after"], r["before"]
+    floor = ece_if_calibrated(calibration_groups(results, "uni", "after")) if after else None
     return {"id": "C5", "claim": "the efficiency-centric model, temperature-scaled on val, is well calibrated",
             "paper": "calibrated well enough for top-n predictions (no figure given)",
             "this run": (f"ECE {_ece(after)} after temperature scaling (T = {', '.join(f'{t:g}' for t in temps)}; "
-                         f"before: {_ece(before)})") if after else "n/a",
+                         f"before: {_ece(before)}); a perfectly calibrated model would measure {floor['mean']:.3f} "
+                         f"(95th percentile {floor['hi']:.3f}) on as many decisions, p = {floor['p']:.2f}")
+            if after else "n/a",
             "verdict": verdict(after is not None and after["hi"] <= WELL_CALIBRATED,
                                after is not None and after["lo"] > WELL_CALIBRATED),
             "rule": f"ECE (15 bins) on the test split of the temperature-scaled model (one temperature per trial, "

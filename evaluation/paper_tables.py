@@ -289,8 +289,10 @@ def calibration_note(results) -> str:
             (f"{h} " if len(heads) > 1 else "") + f"{np.mean(ts):.2f}" for h, ts in heads.items()))
         r = {s: stats.interval(stats.ece_stat, significance.calibration_groups(results, run, s))
              for s in CALIBRATION_STAGES}
+        floor = stats.ece_if_calibrated(significance.calibration_groups(results, run, "after"))
         intervals.append(f"{display(run)} {r['before']['value']:.3f} [{r['before']['lo']:.3f}, {r['before']['hi']:.3f}]"
-                         f" -> {r['after']['value']:.3f} [{r['after']['lo']:.3f}, {r['after']['hi']:.3f}]")
+                         f" -> {r['after']['value']:.3f} [{r['after']['lo']:.3f}, {r['after']['hi']:.3f}] (if calibrated: "
+                         f"{floor['mean']:.3f}, 95th percentile {floor['hi']:.3f}; p = {floor['p']:.2f})")
     return ("Decisions: efficiency-centric one per image over all classes; task-centric one per image of its two "
             "classes; multi-task one per labelled (image, head) pair (binary head confidence max(p, 1-p)). "
             "After: each head's logits divided by its temperature, fitted per checkpoint on the val split only "
@@ -298,7 +300,11 @@ def calibration_note(results) -> str:
             "decision, label or OOD score. NLL: mean -log p of the labelled class; Brier: summed over each head's "
             "classes (0 to 2). Temperatures (mean over trials, per head for the multi-task model): "
             + "; ".join(temps) + ". ECE with its 95 % bootstrap interval over the test images (trials pooled), "
-            "before -> after: " + "; ".join(intervals) + ". Diagram: reliability.png.")
+            "before -> after: " + "; ".join(intervals) + ". 'If calibrated': the ECE a perfectly calibrated model "
+            "with the same confidences would measure on as many decisions (outcomes drawn with probability their "
+            "confidence; ECE is biased upward on a finite set, so this is the floor to read it against), and p the "
+            "share of those draws at or above the measured ECE (small p: miscalibration beyond what the sample size "
+            "explains). Diagram: reliability.png.")
 
 
 def task_run(spec: Spec, task: str) -> str:

@@ -143,6 +143,30 @@ def ece_stat(groups, n_bins: int = 15):
     return np.abs(gap).sum(axis=1) / n
 
 
+def ece_if_calibrated(trials: list, n_draws: int | None = None, seed: int = 0) -> dict:
+    """What ECE a perfectly calibrated model with the same confidences would measure on the same
+    number of decisions (consistency resampling, Broecker and Smith 2007): each decision's outcome
+    drawn as correct with probability its confidence, `n_draws` times per trial. ECE is biased
+    upward on a finite set, so this is the floor a measured ECE can be read against. `trials` as
+    for `interval(ece_stat, ...)`: per trial [(confidence, correct) per decision]. {mean, hi: the
+    95th percentile of the draws, p: the share of draws at or above each trial's measured ECE
+    (pooled; small p: miscalibration beyond what the sample size explains), trials}."""
+    rng = np.random.default_rng(seed)
+    draws, above = [], []
+    for t in trials:
+        g = np.asarray(t[0], float)
+        conf = g[:, 0]
+        outcome = (rng.random((n_draws or N_BOOT, len(conf))) < conf).astype(float)
+        d = ece_stat.batch([np.stack([np.broadcast_to(conf, outcome.shape), outcome], axis=-1)])
+        draws.append(d)
+        above.append(d >= ece_stat([g]))
+    if not draws:
+        return {"mean": float("nan"), "hi": float("nan"), "p": float("nan"), "trials": 0}
+    d = np.concatenate(draws)
+    return {"mean": float(d.mean()), "hi": float(np.percentile(d, 95)), "p": float(np.concatenate(above).mean()),
+            "trials": len(trials)}
+
+
 def median_interval(values, confidence: float = 0.95) -> dict:
     """The median of repeated measurements with its distribution-free interval: the order
     statistics that cover the population median with at least `confidence` (scipy's quantile_test;

@@ -77,6 +77,7 @@ def test_every_claim_holds_on_a_clear_case():
     c5 = rows[5]
     assert "temperature-scaled" in c5["claim"] and "after temperature scaling (T = 1.5" in c5["this run"]
     assert "before: 0.190 [" in c5["this run"]
+    assert "a perfectly calibrated model would measure 0.0" in c5["this run"] and "p = " in c5["this run"]
 
 
 def test_every_claim_fails_on_the_opposite_case():

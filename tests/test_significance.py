@@ -109,3 +109,19 @@ def test_blocks_of_replicates_do_not_change_the_interval(monkeypatch):
     assert blocks["value"] == whole["value"]
     assert blocks["lo"] == pytest.approx(whole["lo"], abs=0.02) and blocks["hi"] == pytest.approx(whole["hi"], abs=0.02)
     assert blocks["lo"] > 0
+
+
+def test_ece_if_calibrated_is_the_floor_a_calibrated_model_measures_and_flags_an_overconfident_one():
+    """A model calibrated by construction measures about the floor (p not small); one whose outcomes
+    fall 0.15 below its confidence is far above it (p = 0); the floor falls with more decisions."""
+    rng = np.random.default_rng(1)
+    conf = rng.uniform(0.5, 1.0, 400)
+    calibrated = np.c_[conf, rng.random(400) < conf]
+    over = np.c_[conf, rng.random(400) < conf - 0.15]
+    f = stats.ece_if_calibrated([[calibrated]], n_draws=500)
+    assert 0.02 < f["mean"] < f["hi"] < 0.1 and f["p"] > 0.05 and f["trials"] == 1
+    assert abs(stats.ece_stat([calibrated]) - f["mean"]) < f["hi"] - f["mean"]
+    assert stats.ece_if_calibrated([[over]], n_draws=500)["p"] == 0.0 and stats.ece_stat([over]) > 0.1
+    big = np.c_[rng.uniform(0.5, 1.0, 4000), np.zeros(4000)]
+    assert stats.ece_if_calibrated([[big]], n_draws=200)["mean"] < f["mean"] / 2
+    assert np.isnan(stats.ece_if_calibrated([])["mean"])
