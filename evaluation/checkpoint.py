@@ -10,7 +10,9 @@ sets (the task's two classes), each OOD set and each multi-label set of the spec
   classes (uni) also under `by_rule.<rule>` for every rule; under `bn_adapt` the same by the model
   whose BatchNorm statistics were re-estimated on the set's own images (models.adapt; for the test
   split, on all of it). Raw: the per-image (label, answer) of the task's rule, as trained and
-  under `bn_adapt`, for paired intervals.
+  under `bn_adapt`, for paired intervals. `tasks.<task>.validation.<set>`: the same answer on the
+  images the rule was chosen on (val, ext_val sets), as trained and under `bn_adapt`, with raw
+  outcomes (`validation`, `validation_bn_adapt`): what a default is chosen by.
 - RQ2 `tasks.<task>.one_class`: AUROC of the task's positive class against every other test image,
   scored by the class probability (`auroc`) and by its logit (`auroc_logit`).
 - RQ2 `rejection.<ood set>.<scorer>`: in-distribution = the whole test split (positive) against the
@@ -121,13 +123,17 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
             kept[name] = outputs
         return outputs
 
-    rules = task_rules.of_checkpoint(ckpt, spec, extract, lambda: calib.val_outputs(ckpt, spec, extract))
+    rules = task_rules.of_checkpoint(ckpt, spec, extract)
     test_logits, test_labels = run("test")
-    raw = {"rejection": {}, "multilabel": {}, "tasks": {}, "bn_adapt": {},
+    raw = {"rejection": {}, "multilabel": {}, "tasks": {}, "bn_adapt": {}, "validation": {}, "validation_bn_adapt": {},
            "test": {"labels": test_labels, "top1": [r[0] for r in paradigm.rank_labels(test_logits)]}}
     for task in paradigm.tasks(spec.tasks):
         out["tasks"][task] = task_entry(paradigm, spec, task, test_logits, test_labels, run, rules.get(task),
                                         raw["tasks"].setdefault(task, {}), raw["bn_adapt"].setdefault(task, {}))
+        if task in rules:
+            out["tasks"][task]["validation"] = validation_entry(
+                ckpt, spec, task, rules[task]["rule"], {"": extract, "bn_adapt": lambda n, i: predictor(n, i, True)},
+                {"": raw["validation"].setdefault(task, {}), "bn_adapt": raw["validation_bn_adapt"].setdefault(task, {})})
 
     filt, _ = ood.fit_filter(ckpt, spec, extract=extract)
 
@@ -200,6 +206,31 @@ def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, c
                               "n_positive": int(y.sum()), "n": len(y)}
     except NoAnswer as e:
         entry["missing"] = str(e)
+    return entry
+
+
+def validation_entry(ckpt, spec: Spec, task: str, rule: str, extracts: dict, raws: dict) -> dict:
+    """The task's answer by `rule` on the images it was chosen on (val, the task's ext_val sets;
+    models/task_rules.py), as trained ('') and with BatchNorm adapted to each set ('bn_adapt'):
+    {set: {accuracy, n, bn_adapt: {accuracy, n} or {missing}}}; `raws[key][set]` gets the
+    per-image (label, answer), so that a default is chosen from paired intervals on them alone."""
+    items = task_rules.validation_items(ckpt, spec, task)
+    entry = {}
+    for key, extract in extracts.items():
+        try:
+            found = task_rules.outcomes(ckpt.paradigm.output_heads, spec.tasks[task],
+                                        task_rules.validation_sets(items, extract), rule)
+        except ValueError as e:  # a set too small to adapt on
+            for name in items:
+                entry.setdefault(name, {})[key] = {"missing": str(e)}
+            continue
+        for name, o in found.items():
+            m = {"accuracy": metrics.accuracy(o[:, 0], o[:, 1]), "n": len(o)}
+            if key:
+                entry.setdefault(name, {})[key] = m
+            else:
+                entry.setdefault(name, {}).update(m)
+            raws[key][name] = o
     return entry
 
 
