@@ -40,7 +40,7 @@ class ConcatError(ValueError):
 
 class Item(NamedTuple):
     source: str
-    split: str  # a split name, or "external"/"ood"/"multilabel" for the extra sets of a spec source
+    split: str  # a split name, or "external"/"ext_val"/"ood"/"multilabel" for the extra sets of a spec source
     cls: str | None
     path: Path
 
@@ -80,10 +80,12 @@ def read_source(name: str, root: Path, aliases: dict[str, str]) -> Source:
         src = Source(name, root, items, set(spec.classes), spec.file,
                      {t: (rename(n), rename(p)) for t, (n, p) in spec.tasks.items()})
         for task, sets in spec.external.items():
-            for set_name, folder in sets.items():
-                found = spec.samples(folder, list(spec.tasks[task]))
-                src.extras.append(("external", (task, set_name),
-                                   [Item(name, "external", rename(c), p) for p, c in found]))
+            for set_name, folder in sets.items():  # the set, then its val split when it has one
+                for kind, f in (("external", folder), ("ext_val", spec.external_val.get(task, {}).get(set_name))):
+                    if f is not None:
+                        found = spec.samples(f, list(spec.tasks[task]))
+                        src.extras.append((kind, (task, set_name),
+                                           [Item(name, kind, rename(c), p) for p, c in found]))
         for set_name, folder in spec.ood.items():
             src.extras.append(("ood", (set_name,), [Item(name, "ood", None, p) for p in spec.flat_images(folder)]))
         for m in spec.multilabel.values():
@@ -308,11 +310,16 @@ def resolve_duplicates(items: list[Item], hashes: dict[Path, str], negatives: se
 
 def build_spec(name: str, classes: list[str], splits: list[str], tasks: dict, extras: list, moved: dict,
                sources: dict[str, Path]) -> dict:
-    """The written dataset.yaml: the sources' external and OOD sets keep their folders under sources/<name>/."""
+    """The written dataset.yaml: the sources' external (with their val splits) and OOD sets keep their
+    folders under sources/<name>/."""
     spec = {"name": name, "version": 1, "classes": {c: c for c in classes},
             "splits": {s: s for s in splits}, "tasks": {t: list(p) for t, p in tasks.items()}}
     for src, kind, key, _ in extras:
         if kind == "multilabel":
+            continue
+        if kind == "ext_val":  # comes right after its set's "external" entry
+            sets = spec["external"][key[0]]
+            sets[key[1]] = {"path": sets[key[1]], "val": f"sources/{src}/{kind}/{'/'.join(key)}"}
             continue
         sets = spec.setdefault(kind, {})  # ood: {set: folder}; external: {task: {set: folder}}
         if kind == "external":

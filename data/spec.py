@@ -13,8 +13,6 @@ never opened. The YAML itself may not use aliases (nested ones expand without bo
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,25 +20,18 @@ from pathlib import Path
 import yaml
 
 from data.folders import SPEC_FILE, SpecError, follow, list_images
+from data.spec_sections import (EXTERNAL_KEYS, NAME, OOD_KEYS, Checks, MultiLabelSet, parse_classes,  # noqa: F401
+                                parse_external, parse_multilabel, parse_multitask, parse_ood, parse_tasks)
 
 KEYS = ("name", "version", "classes", "splits", "tasks", "multitask", "external", "ood", "multilabel")  # top level
 # accepted too, but no part of the generated example (the embedded dataset never needs it): docs/data.md says when
 OPT_IN_KEYS = ("allow_outside_root",)
-OOD_KEYS = ("path", "val", "kind")  # the long form of an OOD set; the short form is its path alone
-OOD_KINDS = ("near", "far")  # near: the domain's own scenes outside the classes; far: another domain
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few kB; a bigger file is the wrong file, and is not read
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # usable as a folder name and a shell word
 # What reads each standard split: `python -m data.spec` refuses a spec without the ones a step needs
 # (the loader accepts any splits with 'train', so a spec that only serves a model still loads).
 SPLIT_USES = {"train": "train.py trains on", "val": "train.py chooses the best epoch (best.pt) on",
               "test": "evaluate.py reports on"}
 TRAINING_SPLITS = ("train", "val")
-
-
-@dataclass(frozen=True)
-class MultiLabelSet:
-    path: str
-    labels: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -51,7 +42,9 @@ class Spec:
     splits: dict[str, str]
     tasks: dict[str, tuple[str, str]] = field(default_factory=dict)  # task -> (negative, positive)
     multitask: dict | None = None  # {"negative": c, "binary": [c...], "softmax": [c...]}
-    external: dict[str, dict[str, str]] = field(default_factory=dict)
+    external: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> set -> reported folder
+    # task -> set -> folder of other images under the same shift, for choosing defaults (only sets with one)
+    external_val: dict[str, dict[str, str]] = field(default_factory=dict)
     ood: dict[str, str] = field(default_factory=dict)  # set -> reported folder (never used to choose anything)
     ood_val: dict[str, str] = field(default_factory=dict)  # set -> folder for choosing detectors and thresholds
     ood_kind: dict[str, str | None] = field(default_factory=dict)  # set -> "near", "far" or None (not said)
@@ -81,7 +74,7 @@ class Spec:
             d["multitask"] = {"negative": self.multitask["negative"],
                               "binary": list(self.multitask["binary"])}
         if self.external:
-            d["external"] = {t: dict(s) for t, s in self.external.items()}
+            d["external"] = {t: {n: self._external_entry(t, n) for n in s} for t, s in self.external.items()}
         if self.ood:
             d["ood"] = {n: self._ood_entry(n) for n in self.ood}
         if self.multilabel:
@@ -90,6 +83,11 @@ class Spec:
         if self.allow_outside_root:
             d["allow_outside_root"] = True
         return d
+
+    def _external_entry(self, task: str, name: str) -> str | dict:
+        """An external set as the spec writes it: the short form when it has no val split."""
+        val = self.external_val.get(task, {}).get(name)
+        return self.external[task][name] if val is None else {"path": self.external[task][name], "val": val}
 
     def _ood_entry(self, name: str) -> str | dict:
         """An OOD set as the spec writes it: the short form when it has neither a val split nor a kind."""
@@ -160,7 +158,7 @@ class Spec:
         return base
 
     def check_class(self, name: str, where: str) -> None:
-        _Checks(self.file, self.classes).known(name, where)
+        Checks(self.file, self.classes).known(name, where)
 
 
 def load_spec(root: str | Path) -> Spec:
@@ -212,33 +210,9 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
-class _Checks:
-    """Validation of one spec file: `need` raises a SpecError that names the file, `known` checks
-    that a class is defined under 'classes:'."""
-
-    def __init__(self, file: Path, classes: dict[str, tuple[str, ...]] | None = None):
-        self.file = file
-        self.classes = classes or {}
-
-    def need(self, cond: bool, msg: str) -> None:
-        if not cond:
-            raise SpecError(f"{self.file}: {msg}")
-
-    def inside(self, path: str, where: str, allowed: bool) -> str:
-        """A folder named by the spec: relative, and not climbing out of the root, unless allowed."""
-        out = os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] == os.pardir
-        self.need(allowed or not out, f"{where} '{path}' is outside the dataset root {self.file.parent}; move "
-                                      f"the folder into the dataset, or add 'allow_outside_root: true' to the spec")
-        return path
-
-    def known(self, c, where: str) -> None:
-        self.need(c in self.classes, f"{where} names class '{c}', which 'classes:' does not define "
-                                     f"(defined: {', '.join(self.classes)}); fix the name or add the class")
-
-
 def parse_spec(raw, root: Path) -> Spec:
     """Validate a spec given as plain data (a parsed dataset.yaml of the folder `root`)."""
-    ck = _Checks(root / SPEC_FILE)
+    ck = Checks(root / SPEC_FILE)
     ck.need(isinstance(raw, dict), "must be a mapping with at least 'classes:' and 'splits:'")
     unknown = set(raw) - set(KEYS) - set(OPT_IN_KEYS)
     ck.need(not unknown, f"unknown key(s) {sorted(unknown)}; see docs/dataset.example.yaml")
@@ -251,115 +225,14 @@ def parse_spec(raw, root: Path) -> Spec:
     splits = {str(k): ck.inside(str(v), f"splits.{k}", outside) for k, v in splits.items()}
     tasks = parse_tasks(raw.get("tasks") or {}, ck)
     multitask = parse_multitask(raw["multitask"], ck) if raw.get("multitask") else None
-    external = {}
-    for t, sets in (raw.get("external") or {}).items():
-        ck.need(t in tasks, f"external suite '{t}' is no task under 'tasks:' ({', '.join(tasks) or 'none'})")
-        ck.need(isinstance(sets, dict), f"external.{t} must map set names to folders")
-        external[str(t)] = {str(k): ck.inside(str(v), f"external.{t}.{k}", outside) for k, v in sets.items()}
+    external, external_val = parse_external(raw.get("external") or {}, tasks, ck, outside)
     ood, ood_val, ood_kind = parse_ood(raw.get("ood") or {}, ck, outside)
     multilabel = parse_multilabel(raw.get("multilabel") or {}, ck)
     for n, m in multilabel.items():
         ck.inside(m.path, f"multilabel.{n}", outside)
     return Spec(root=root, name=str(raw.get("name", root.name)), classes=ck.classes, splits=splits, tasks=tasks,
-                multitask=multitask, external=external, ood=ood, ood_val=ood_val, ood_kind=ood_kind,
-                multilabel=multilabel, allow_outside_root=outside)
-
-
-def parse_classes(classes_raw, ck: _Checks) -> dict[str, tuple[str, ...]]:
-    """class name -> folder aliases; names and folders must stay distinct on a case-insensitive disk."""
-    ck.need(isinstance(classes_raw, dict) and len(classes_raw) >= 2,
-            "'classes:' must map at least two class names to their folder names")
-    classes: dict[str, tuple[str, ...]] = {}
-    lower: dict[str, str] = {}
-    for c, folders in classes_raw.items():
-        c = str(c)
-        ck.need(c.lower() not in lower, f"class names '{lower.get(c.lower())}' and '{c}' differ only in case; "
-                                        f"rename one (they would be merged on a case-insensitive disk)")
-        lower[c.lower()] = c
-        folders = [folders] if isinstance(folders, str) else folders
-        ck.need(isinstance(folders, list) and folders and all(isinstance(f, str) for f in folders),
-                f"class '{c}' must name a folder or a list of folders")
-        for f in folders:  # matched against the entries of a split folder, so never a path
-            ck.need(f not in ("", os.curdir, os.pardir) and "/" not in f and "\\" not in f,
-                    f"class '{c}' names folder '{f}'; a class folder is one plain name inside each split "
-                    f"(no '/', '.' or '..'); rename it")
-        classes[c] = tuple(folders)
-    seen: dict[str, str] = {}
-    for c, folders in classes.items():
-        for f in folders:
-            ck.need(f.lower() not in seen, f"folder '{f}' is given to both '{seen.get(f.lower())}' and '{c}'; "
-                                           f"a folder belongs to one class")
-            seen[f.lower()] = c
-    return classes
-
-
-def parse_tasks(tasks_raw: dict, ck: _Checks) -> dict[str, tuple[str, str]]:
-    tasks = {}
-    for t, pair in tasks_raw.items():
-        ck.need(isinstance(pair, list) and len(pair) == 2 and pair[0] != pair[1],
-                f"task '{t}' must be a list of two classes [negative, positive]")
-        for c in pair:
-            ck.known(c, f"task '{t}'")
-        # a task names its run folder (task_<name>) and is a word in run/reproduce.sh's loop
-        ck.need(NAME.match(str(t)) is not None, f"task name '{t}' is not usable as a folder name; rename it "
-                                                f"(letters, digits, '_', '.', '-')")
-        tasks[str(t)] = (pair[0], pair[1])
-    return tasks
-
-
-def parse_multitask(mt, ck: _Checks) -> dict:
-    """The multi-task heads: a sigmoid head per binary class, a softmax head over every other class."""
-    ck.need(isinstance(mt, dict) and "negative" in mt and isinstance(mt.get("binary"), list),
-            "'multitask:' needs 'negative: CLASS' and 'binary: [CLASS, ...]'")
-    ck.known(mt["negative"], "multitask.negative")
-    for c in mt["binary"]:
-        ck.known(c, "multitask.binary")
-    ck.need(mt["negative"] not in mt["binary"], "multitask.negative cannot also be a binary head")
-    rest = [c for c in ck.classes if c != mt["negative"] and c not in mt["binary"]]
-    return {"negative": mt["negative"], "binary": list(mt["binary"]), "softmax": rest}
-
-
-def parse_ood(sets, ck: _Checks, outside: bool) -> tuple[dict[str, str], dict[str, str], dict[str, str | None]]:
-    """(reported folders, val folders, kinds) of the OOD sets. A set is a folder (the short form) or
-    {path, val, kind}: `val` is the split that chooses detectors and thresholds, so it may be no
-    reported folder, else the reported numbers would be tuned on themselves."""
-    ck.need(isinstance(sets, dict), "'ood:' must map set names to folders or to {path: ..., val: ..., kind: ...}")
-    ood, val, kind = {}, {}, {}
-    for n, entry in sets.items():
-        n = str(n)
-        if not isinstance(entry, dict):
-            ck.need(isinstance(entry, (str, int, float)) and not isinstance(entry, bool),
-                    f"ood.{n} must be a folder or a mapping {{path: ..., val: ..., kind: near|far}}")
-            entry = {"path": str(entry)}
-        unknown = sorted(map(str, set(entry) - set(OOD_KEYS)))
-        ck.need(not unknown, f"ood.{n}: unknown key(s) {unknown}; an OOD set takes {', '.join(OOD_KEYS)}")
-        ck.need(isinstance(entry.get("path"), str) and entry["path"] != "",
-                f"ood.{n} needs 'path:', the folder of the reported images")
-        ood[n] = ck.inside(entry["path"], f"ood.{n}", outside)
-        if "val" in entry:
-            ck.need(isinstance(entry["val"], str) and entry["val"] != "", f"ood.{n}.val must be a folder")
-            val[n] = ck.inside(entry["val"], f"ood.{n}.val", outside)
-        k = entry.get("kind")
-        ck.need(k is None or k in OOD_KINDS,
-                f"ood.{n}.kind is '{k}'; use one of {', '.join(OOD_KINDS)} (or leave it out)")
-        kind[n] = k
-    reported = {os.path.normpath(p): n for n, p in ood.items()}
-    for n, p in val.items():
-        ck.need(os.path.normpath(p) not in reported,
-                f"ood.{n}.val '{p}' is also the reported folder of ood.{reported.get(os.path.normpath(p))}; "
-                f"give the val split its own folder (nothing may be chosen on the reported images)")
-    return ood, val, kind
-
-
-def parse_multilabel(sets: dict, ck: _Checks) -> dict[str, MultiLabelSet]:
-    multilabel = {}
-    for n, m in sets.items():
-        ck.need(isinstance(m, dict) and "path" in m and isinstance(m.get("labels"), list) and len(m["labels"]) >= 2,
-                f"multilabel set '{n}' needs 'path:' and 'labels: [CLASS, CLASS, ...]'")
-        for c in m["labels"]:
-            ck.known(c, f"multilabel set '{n}'")
-        multilabel[str(n)] = MultiLabelSet(str(m["path"]), tuple(m["labels"]))
-    return multilabel
+                multitask=multitask, external=external, external_val=external_val, ood=ood, ood_val=ood_val,
+                ood_kind=ood_kind, multilabel=multilabel, allow_outside_root=outside)
 
 
 def write_spec(spec_dict: dict, root: str | Path) -> Path:
@@ -384,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m data.spec DIR [--tasks | --multitask]`: run/reproduce.sh's check before training."""
     ap = argparse.ArgumentParser(prog="python -m data.spec",
                                  description="Check a dataset folder: its spec, the splits training needs, and "
-                                             "an image in every class folder of every split.")
+                                             "an image in every class folder of every split and of every "
+                                             "external set (and its val split).")
     ap.add_argument("data", help="dataset folder holding dataset.yaml")
     ap.add_argument("--splits", default=",".join(TRAINING_SPLITS),
                     help="splits the spec must have, comma-separated (default: train,val, what train.py needs; "
@@ -398,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         require_splits(spec, [s for s in args.splits.split(",") if s])
         for split in spec.splits:
             spec.split_samples(split)
+        for task, suite in spec.external.items():  # each external set and its val split: the task's two classes
+            for name, folder in suite.items():
+                for f in (folder, spec.external_val.get(task, {}).get(name)):
+                    if f is not None:
+                        spec.samples(f, list(spec.tasks[task]))
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -119,12 +119,14 @@ def test_flat_class_folders_and_links(tmp_path):
 
 
 def test_spec_sources_bring_tasks_external_ood(tmp_path):
-    a = tree(tmp_path / "A", {"tr": {"0_N": 2, "Dirt": 2}, "ext/h1": {"0_N": 1, "Dirt": 1}})
+    a = tree(tmp_path / "A", {"tr": {"0_N": 2, "Dirt": 2}, "ext/h1": {"0_N": 1, "Dirt": 1},
+                              "ext_val/h1": {"0_N": 1, "Dirt": 2}, "ext/h2": {"0_N": 1, "Dirt": 1}})
     jpeg(a / "ood/receipts/r.jpg")
     jpeg(a / "both/x.jpg")
     (a / "dataset.yaml").write_text(yaml.safe_dump({
         "classes": {"normal": "0_N", "Dirt": "Dirt"}, "splits": {"train": "tr"},
-        "tasks": {"dirt": ["normal", "Dirt"]}, "external": {"dirt": {"ext_h1": "ext/h1"}},
+        "tasks": {"dirt": ["normal", "Dirt"]},
+        "external": {"dirt": {"ext_h1": {"path": "ext/h1", "val": "ext_val/h1"}, "ext_h2": "ext/h2"}},
         "ood": {"receipts": "ood/receipts"},
         "multilabel": {"nd": {"path": "both", "labels": ["Dirt", "normal"]}}}))
     b = tree(tmp_path / "B", {"train": {"normal": 2, "dirt": 2}})
@@ -137,6 +139,8 @@ def test_spec_sources_bring_tasks_external_ood(tmp_path):
     spec = load_spec(out)
     assert spec.tasks == {"dirt": ("normal", "dirt")}  # source b's own derived task agrees
     assert len(spec.samples(spec.external["dirt"]["ext_h1"], ["normal", "dirt"])) == 2
+    assert set(spec.external["dirt"]) == {"ext_h1", "ext_h2"} and set(spec.external_val["dirt"]) == {"ext_h1"}
+    assert len(spec.samples(spec.external_val["dirt"]["ext_h1"], ["normal", "dirt"])) == 3  # the val split's own
     assert len(spec.flat_images(spec.ood["receipts"])) == 1
     assert spec.multilabel["dirt_and_normal"].labels == ("dirt", "normal")
     assert len(spec.flat_images(spec.multilabel["dirt_and_normal"].path)) == 1

@@ -1,6 +1,7 @@
 """The dataset spec and every bad input it must name precisely."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from tests.conftest import TINY_TRAIN, run_cli
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "dataset.example.yaml"
 
 
+EXT = "classes: {a: A, b: B}\nsplits: {train: t}\ntasks: {t: [a, b]}\nexternal: {t: "  # + the task's sets
 BASE = {"classes": {"normal": "0_NORMAL", "dirt": "2_DIRT"}, "splits": {"train": "train", "val": "val"},
         "tasks": {"dirt": ["normal", "dirt"]}}
 
@@ -39,6 +41,20 @@ def test_ood_long_and_short_forms_and_round_trip():
     assert d["ood"]["documents"] == "ood/documents"  # the short form stays short
     again = load_spec_dict(d)  # a checkpoint stores the spec as plain data and parses it again
     assert (again.ood, again.ood_val, again.ood_kind) == (spec.ood, spec.ood_val, spec.ood_kind)
+
+
+def test_external_long_and_short_forms_and_round_trip():
+    """An external set may name a val split: other images under the same shift, for choosing."""
+    spec = load_spec_dict({**BASE, "external": {"dirt": {"ext_h1": {"path": "ext/h1", "val": "ext_val/h1"},
+                                                         "ext_h2": "ext/h2", "ext_h3": {"path": "ext/h3"}}}})
+    assert spec.external == {"dirt": {"ext_h1": "ext/h1", "ext_h2": "ext/h2", "ext_h3": "ext/h3"}}
+    assert spec.external_val == {"dirt": {"ext_h1": "ext_val/h1"}}
+    d = spec.as_dict()
+    assert d["external"] == {"dirt": {"ext_h1": {"path": "ext/h1", "val": "ext_val/h1"}, "ext_h2": "ext/h2",
+                                      "ext_h3": "ext/h3"}}
+    again = load_spec_dict(d)
+    assert (again.external, again.external_val) == (spec.external, spec.external_val)
+    assert load_spec_dict({**BASE, "external": {"dirt": {"e": "ext/e"}}}).external_val == {}
 
 
 def load_spec_dict(d):
@@ -79,6 +95,17 @@ def test_missing_dataset_folder_and_spec(tmp_path):
     ("classes: {a: A, b: B}\nsplits: {train: t}\nood: {w: {path: o/w, val: ../v/w}}\n", "ood.w.val '../v/w' is outside the dataset root"),
     ("classes: {a: A, b: B}\nsplits: {train: t}\nood: {w: [o/w]}\n", "ood.w must be a folder or a mapping"),
     ("classes: {a: A, b: B}\nsplits: {train: t}\nood: [o/w]\n", "'ood:' must map set names"),
+    (f"{EXT}{{s: {{path: e/s, vall: v/s}}}}}}\n", r"external.t.s: unknown key\(s\) \['vall'\]; the set takes path, val"),
+    (f"{EXT}{{s: {{val: v/s}}}}}}\n", "external.t.s needs 'path:'"),
+    (f"{EXT}{{s: {{path: e/s, val: [v/s]}}}}}}\n", "external.t.s.val must be a folder"),
+    (f"{EXT}{{s: {{path: e/s, val: ''}}}}}}\n", "external.t.s.val must be a folder"),
+    (f"{EXT}{{s: {{path: e/s, val: e/s/}}}}}}\n", "external.t.s.val 'e/s/' is also the reported folder of external.t.s"),
+    (f"{EXT}{{s: e/s, r: {{path: e/r, val: e/s}}}}}}\n", "external.t.r.val 'e/s' is also the reported folder of external.t.s"),
+    (f"{EXT}{{s: {{path: e/s, val: ../v/s}}}}}}\n", "external.t.s.val '../v/s' is outside the dataset root"),
+    (f"{EXT}{{s: [e/s]}}}}\n", r"external.t.s must be a folder or a mapping \{path: ..., val: ...\}"),
+    (f"{EXT}{{s: }}}}\n", "external.t.s must be a folder or a mapping"),
+    (f"{EXT}[e/s]}}\n", "external.t must map set names to folders or to"),
+    ("classes: {a: A, b: B}\nsplits: {train: t}\nexternal: [e/s]\n", "'external:' must map task names"),
 ])
 def test_malformed_spec_errors_name_the_file_and_the_fix(tmp_path, text, match):
     (tmp_path / "dataset.yaml").write_text(text)
@@ -106,6 +133,20 @@ def test_spec_cli_checks_a_dataset_and_prints_what_run_reproduce_needs(tmp_path)
         f.unlink()
     proc = run_cli("-m", "data.spec", root, "--tasks", check=False)
     assert proc.returncode == 2 and proc.stdout == "" and "class 'dirt' has no images" in proc.stderr
+
+
+def test_spec_cli_checks_each_external_set_and_its_val_split(tmp_path, capsys):
+    """An external set and its val split must each hold images of the task's two classes."""
+    from data.spec import main
+    root = make_dataset(tmp_path, {**BASE, "external": {"dirt": {"ext_h1": {"path": "ext/h1", "val": "ext_val/h1"}}}})
+    shutil.copytree(root / "train", root / "ext" / "h1")
+    assert main([str(root)]) == 2 and f"{root / 'ext_val' / 'h1'}: folder not found" in capsys.readouterr().err
+    shutil.copytree(root / "val", root / "ext_val" / "h1")
+    assert main([str(root)]) == 0, capsys.readouterr().err
+    shutil.rmtree(root / "ext_val" / "h1" / "2_DIRT")
+    assert main([str(root)]) == 2 and "ext_val/h1: class 'dirt' has no images" in capsys.readouterr().err
+    shutil.rmtree(root / "ext" / "h1" / "0_NORMAL")
+    assert main([str(root)]) == 2 and "ext/h1: class 'normal' has no images" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("splits,flags,missing,needs", [
