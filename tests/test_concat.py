@@ -279,6 +279,7 @@ def test_hold_out_then_add_gives_the_full_dataset(tmp_path):
     full, plus = load_spec(tmp_path / "full"), load_spec(tmp_path / "plus")
     assert plus.class_names == [c for c in full.class_names if c != "seat"] + ["seat"]
     assert plus.tasks == {**full.tasks, "seat": ("normal", "seat")} and plus.multitask == full.multitask
+    assert plus.external_val == full.external_val and set(full.external_val) == set(full.external)
     hashes = lambda spec, s: sorted((c, content_hash(p)) for p, c in spec.split_samples(s))  # noqa: E731
     assert all(hashes(full, s) == hashes(plus, s) for s in full.splits)
     r = subprocess.run([sys.executable, "-m", "data.generate", "--out", tmp_path / "x", "--hold-out", "defect"],

@@ -12,9 +12,9 @@ import yaml
 from PIL import Image
 
 from data.generate import generate
-from data.generate.build import CLASSES, EXTERNAL, MULTILABEL, OOD, dataset_spec
+from data.generate.build import CLASSES, EXTERNAL, MULTILABEL, OOD, TASKS, dataset_spec
 from data.images import content_hash
-from data.spec import KEYS, OOD_KEYS, load_spec
+from data.spec import EXTERNAL_KEYS, KEYS, OOD_KEYS, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "docs" / "dataset.example.yaml"
@@ -58,15 +58,19 @@ def test_layout_counts_and_spec(tiny):
         assert sorted(p.name for p in (root / folder).iterdir()) == sorted(CLASSES.values())
         for cls_folder in CLASSES.values():
             assert len(list((root / folder / cls_folder).glob("*.jpg"))) == n[split]
-    # every external set named by the spec exists with the task's two class folders, and vice versa
-    spec_ext = {path for sets in spec["external"].values() for path in sets.values()}
-    assert spec_ext == {f"ext/{name}" for name in EXTERNAL}
+    # every external set and its val split named by the spec exists with the task's two class folders, and
+    # vice versa; the val split has half as many images (rounded up) unless told
+    spec_ext = {s[k] for sets in spec["external"].values() for s in sets.values() for k in ("path", "val")}
+    assert spec_ext == {f"{folder}/{name}" for name in EXTERNAL for folder in ("ext", "ext_val")}
+    ext_val = (TINY["ext"] + 1) // 2
+    assert counts["ext_val"] == {name: dict.fromkeys(TASKS[task], ext_val) for name, task in EXTERNAL.items()}
     for task, sets in spec["external"].items():
         neg, pos = spec["tasks"][task]
-        for path in sets.values():
-            assert sorted(p.name for p in (root / path).iterdir()) == sorted([CLASSES[neg], CLASSES[pos]])
-            for c in (neg, pos):
-                assert len(list((root / path / CLASSES[c]).glob("*.jpg"))) == TINY["ext"]
+        for entry in sets.values():
+            for path, n in ((entry["path"], TINY["ext"]), (entry["val"], ext_val)):
+                assert sorted(p.name for p in (root / path).iterdir()) == sorted([CLASSES[neg], CLASSES[pos]])
+                for c in (neg, pos):
+                    assert len(list((root / path / CLASSES[c]).glob("*.jpg"))) == n
     assert set(spec["ood"]) == set(OOD)
     ood_paths = {p for s in spec["ood"].values() for p in (s["path"], s["val"])}
     for path in ood_paths:
@@ -98,11 +102,29 @@ def test_ood_sets_have_near_and_far_kinds_and_disjoint_val_splits(tiny):
         assert not reported & val, f"{name}: an image is in both ood and ood_val"
 
 
+def test_external_val_splits_are_disjoint_and_leave_the_external_sets_as_they_were(tiny, tmp_path):
+    """Defaults are chosen on ext_val and reported on ext: no image may be in both, and ext/ holds the
+    same bytes whether or not its val split is generated (the val split draws from its own seeds)."""
+    root, _ = tiny
+    spec = load_spec(root)
+    assert {t: set(s) for t, s in spec.external_val.items()} == {t: set(s) for t, s in spec.external.items()}
+    for task, sets in spec.external.items():
+        for name, folder in sets.items():
+            reported = {content_hash(p) for p, _ in spec.samples(folder, list(spec.tasks[task]))}
+            val = {content_hash(p) for p, _ in spec.samples(spec.external_val[task][name], list(spec.tasks[task]))}
+            assert not reported & val, f"{name}: an image is in both ext and ext_val"
+    alone = tmp_path / "alone"
+    generate(alone, seed=0, **{**TINY, "train": 0, "val": 0, "test": 0, "ood": 0, "multilabel": 0, "ext_val": 0})
+    assert _files(alone / "ext") == _files(root / "ext") and not (alone / "ext_val").exists()
+    assert load_spec(alone).external_val == {}  # no val split generated: the spec names none
+
+
 def test_docs_example_is_the_generated_spec_and_documents_every_key():
     example = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     assert example == dataset_spec()
     assert list(example) == list(KEYS)
     assert {k for s in example["ood"].values() for k in s} == set(OOD_KEYS)
+    assert {k for sets in example["external"].values() for s in sets.values() for k in s} == set(EXTERNAL_KEYS)
 
 
 def _yaml_blocks(path: Path) -> list[dict]:
@@ -134,7 +156,7 @@ def test_cli_refuses_non_empty_dir(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     cmd = [sys.executable, "-m", "data.generate", "--out", str(out), "--size", "32", "--train", "1", "--val", "1",
-           "--test", "1", "--ext", "1", "--ood", "1", "--multilabel", "1", "--workers", "1", "--no-montage"]
+           "--test", "1", "--ext", "1", "--ext-val", "2", "--ood", "1", "--multilabel", "1", "--workers", "1", "--no-montage"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0
     assert str(out) in r.stderr and "--force" in r.stderr
@@ -142,6 +164,7 @@ def test_cli_refuses_non_empty_dir(tmp_path):
     r = subprocess.run(cmd + ["--force"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (out / "keep.txt").exists() and (out / "dataset.yaml").exists()
+    assert len(list((out / "ext_val" / "snow" / CLASSES["defect"]).glob("*.jpg"))) == 2
 
 
 def _best_threshold_accuracy(a: np.ndarray, b: np.ndarray) -> float:

@@ -142,6 +142,7 @@ def _set_multilabel(spec, path):
 PATHS = {
     "splits.val": lambda s, p: s["splits"].update(val=p),
     "external.defect.ext_snow": _set_external,
+    "external.defect.ext_snow.val": lambda s, p: s["external"]["defect"]["ext_snow"].update(val=p),
     "ood.receipts": lambda s, p: s["ood"].update(receipts=p),
     "multilabel.defect_and_dirt": _set_multilabel,
 }

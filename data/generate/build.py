@@ -45,7 +45,9 @@ OOD = {"receipts": "far", "documents": "far", "wheels": "near", "car_details": "
        "street": "near"}
 OOD_SPLITS = ("ood", "ood_val")  # reported / for choosing detectors and thresholds: the same sets, other images
 MULTILABEL = "defect_and_dirt"  # panels with both marks
-OUTPUTS = ("dataset.yaml", "montage.png", *SPLITS, "ext", *OOD_SPLITS, "multilabel")
+# reported / for choosing defaults under the shift: the same shift recipes, other images
+EXT_SPLITS = ("ext", "ext_val")
+OUTPUTS = ("dataset.yaml", "montage.png", *SPLITS, *EXT_SPLITS, *OOD_SPLITS, "multilabel")
 
 
 def holdable() -> list[str]:
@@ -63,10 +65,11 @@ def check_hold_out(name: str | None) -> None:
                          f"multi-label sets need the others); choose one of {', '.join(holdable())}")
 
 
-def dataset_spec(hold_out: str | None = None) -> dict:
+def dataset_spec(hold_out: str | None = None, ext_val: bool = True) -> dict:
     """The stand-in's dataset.yaml, from the tables above. docs/dataset.example.yaml is this spec
     with comments (tests/test_generate.py checks that the two agree); data/spec.py parses it.
-    `hold_out`: the spec without that class (see `generate`)."""
+    `hold_out`: the spec without that class (see `generate`); `ext_val`: whether the external sets
+    name their val splits (not when none were generated)."""
     return {
         "name": "sofar-embedded",
         "version": 1,
@@ -74,7 +77,8 @@ def dataset_spec(hold_out: str | None = None) -> dict:
         "splits": {s: s for s in SPLITS},
         "tasks": {t: list(pair) for t, pair in TASKS.items()},
         "multitask": {"negative": "normal", "binary": ["defect", "dirt", "bubble_wash"]},
-        "external": {t: {f"ext_{s}": f"ext/{s}" for s, task in EXTERNAL.items() if task == t} for t in TASKS},
+        "external": {t: {f"ext_{s}": {"path": f"ext/{s}", "val": f"ext_val/{s}"} if ext_val else f"ext/{s}"
+                         for s, task in EXTERNAL.items() if task == t} for t in TASKS},
         "ood": {s: {"path": f"ood/{s}", "val": f"ood_val/{s}", "kind": kind} for s, kind in OOD.items()},
         "multilabel": {MULTILABEL: {"path": f"multilabel/{MULTILABEL}", "labels": ["defect", "dirt"]}},
     }
@@ -117,7 +121,7 @@ def _work(task) -> str:
     return path
 
 
-def plan(out: Path, seed: int, size: int, train: int, val: int, test: int, ext: int, ood: int,
+def plan(out: Path, seed: int, size: int, train: int, val: int, test: int, ext: int, ext_val: int, ood: int,
          multilabel: int, hold_out: str | None = None, hold_out_dir: Path | None = None) -> list[tuple]:
     """Every file to write: (path, kind, shift, rng seed, size). The held-out class's split images
     go to `hold_out_dir` (same seeds, so the same bytes as in a full dataset)."""
@@ -129,10 +133,13 @@ def plan(out: Path, seed: int, size: int, train: int, val: int, test: int, ext: 
             for i in range(n):
                 tasks.append((root / split / CLASSES[c] / f"{split}_{c}_{i:05d}.jpg", c, None, [seed, set_id, cid, i]))
     for j, (name, task) in enumerate(EXTERNAL.items()):
-        for c in TASKS[task]:
-            for i in range(ext):
-                tasks.append((out / "ext" / name / CLASSES[c] / f"ext_{name}_{c}_{i:05d}.jpg", c, name,
-                              [seed, 10 + j, names.index(c), i]))
+        # the val split draws from its own seed stream (40 + j): it never repeats an image of ext/,
+        # and ext/'s images are the same with or without it
+        for k, (folder, n) in enumerate(zip(EXT_SPLITS, (ext, ext_val))):
+            for c in TASKS[task]:
+                for i in range(n):
+                    tasks.append((out / folder / name / CLASSES[c] / f"{folder}_{name}_{c}_{i:05d}.jpg", c, name,
+                                  [seed, 10 + 30 * k + j, names.index(c), i]))
     for j, name in enumerate(OOD):
         for k, folder in enumerate(OOD_SPLITS):  # k in the seed: the two splits never share an image
             for i in range(ood):
@@ -144,17 +151,23 @@ def plan(out: Path, seed: int, size: int, train: int, val: int, test: int, ext: 
 
 
 # Images per class per split (train/val/test), per class in each external set, per OOD set and split and in
-# the multi-label set: sized so the quick CPU profile trains every paradigm in minutes.
+# the multi-label set: sized so the quick CPU profile trains every paradigm in minutes. Per class in each
+# external set's val split: half of `ext` (rounded up) unless given, as val is half of test.
 COUNTS = dict(train=100, val=20, test=40, ext=40, ood=50, multilabel=50)
 
 
+def ext_val_count(ext: int, ext_val: int | None) -> int:
+    return (ext + 1) // 2 if ext_val is None else ext_val
+
+
 def generate(out, seed: int = 0, size: int = 96, train: int = COUNTS["train"], val: int = COUNTS["val"],
-             test: int = COUNTS["test"], ext: int = COUNTS["ext"], ood: int = COUNTS["ood"],
-             multilabel: int = COUNTS["multilabel"], workers: int = 2, montage: bool = True,
+             test: int = COUNTS["test"], ext: int = COUNTS["ext"], ext_val: int | None = None,
+             ood: int = COUNTS["ood"], multilabel: int = COUNTS["multilabel"], workers: int = 2, montage: bool = True,
              progress: bool = False, hold_out: str | None = None, hold_out_dir=None) -> dict:
     """Write the dataset to `out` and return its counts. Earlier generator outputs in `out` are
     replaced (only those: other files are left alone); the CLI refuses a non-empty folder.
 
+    `ext_val`: images per class in each external set's val split (default: half of `ext`, rounded up).
     `hold_out` (a class of `holdable()`): `out` is the dataset without that class, and
     `hold_out_dir` (default `<out>_<class>`) holds that class alone as <split>/<class folder>/ —
     the task-data layout `python -m data.concat add` takes."""
@@ -169,10 +182,11 @@ def generate(out, seed: int = 0, size: int = 96, train: int = COUNTS["train"], v
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    tasks = plan(out, seed, size, train, val, test, ext, ood, multilabel, hold_out, hold_out_dir)
+    ext_val = ext_val_count(ext, ext_val)
+    tasks = plan(out, seed, size, train, val, test, ext, ext_val, ood, multilabel, hold_out, hold_out_dir)
     for d in sorted({str(Path(t[0]).parent) for t in tasks}):
         Path(d).mkdir(parents=True, exist_ok=True)
-    write_spec(dataset_spec(hold_out), out)
+    write_spec(dataset_spec(hold_out, ext_val=ext_val > 0), out)
     bar = None
     if progress:
         try:
@@ -203,6 +217,7 @@ def generate(out, seed: int = 0, size: int = 96, train: int = COUNTS["train"], v
         "held_out": None if hold_out is None else {"class": hold_out, "dir": str(hold_out_dir),
                                                    "splits": {s: n for s, n in zip(SPLITS, (train, val, test))}},
         "external": {name: {c: ext for c in TASKS[task]} for name, task in EXTERNAL.items()},
+        "ext_val": {name: {c: ext_val for c in TASKS[task]} for name, task in EXTERNAL.items()},
         "ood": {name: ood for name in OOD},  # in each of OOD_SPLITS
         "multilabel": {MULTILABEL: multilabel},
         "total": len(tasks),

@@ -37,7 +37,8 @@ def rows(root: Path, per_row: int) -> list[tuple[str, list[Path]]]:
         out.append((f"{i} {c}", imgs))
     for task, sets in (spec.get("external") or {}).items():
         pos = spec["tasks"][task][1]
-        for name, path in sets.items():
+        for name, entry in sets.items():  # the reported images; the long form names a val split too
+            path = entry["path"] if isinstance(entry, dict) else entry
             out.append((f"{name.removeprefix('ext_')}: {pos}", _images(root / path / folders[pos], per_row)))
     for name, entry in (spec.get("ood") or {}).items():  # the reported images; the long form names the kind
         path, kind = (entry["path"], entry.get("kind")) if isinstance(entry, dict) else (entry, None)
