@@ -74,6 +74,7 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
     """`variants`: {name: artifacts folder} of the same runs trained with other flags (ablation tables);
     `extension`: a run/extend.sh folder whose EXTEND.md becomes a section."""
     from evaluation.ablation import ablation_tables
+    from evaluation.robustness import lever_table
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results, first_models = evaluate_all(artifacts, spec, cache_dir or out / "cache", device=device,
@@ -89,6 +90,9 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
     write_summary(results, spec, out)
     header = describe(results, spec)
     tables = make_tables(results, spec) + ablation_tables(results, variant_results, spec)
+    levers = lever_table(results, variant_results, spec)
+    if levers is not None:
+        tables.append(("robustness_levers", levers))
     eff = efficiency.table7(first_models, spec, device, efficiency_images, batch_size)
     if eff is not None:
         tables.append(eff)

@@ -85,3 +85,53 @@ class ReportTable:
                     m, s = mean_std(vals)
                     row += ["" if math.isnan(m) else f"{m:.6g}", "" if math.isnan(s) else f"{s:.6g}", len(vals)]
                 w.writerow(row)
+
+
+def interval_text(r: dict | None, digits: int = 3) -> str:
+    """'+0.012 [-0.010, +0.034]' of a {value, lo, hi} interval; '—' for none."""
+    if not r or math.isnan(r.get("value", float("nan"))):
+        return "—"
+    return f"{r['value']:+.{digits}f} [{r['lo']:+.{digits}f}, {r['hi']:+.{digits}f}]"
+
+
+@dataclass
+class IntervalTable:
+    """A table of paired differences with their 95 % intervals ({value, lo, hi} per cell): bold where
+    the interval excludes 0 on the better side (`lower_is_better` rows: below 0)."""
+    title: str
+    columns: list[str]
+    rows: list[tuple[str, dict[str, dict]]] = field(default_factory=list)
+    lower_is_better: set[str] = field(default_factory=set)
+    note: str = ""
+    digits: int = 3
+
+    def add(self, name: str, cells: dict[str, dict]) -> None:
+        self.rows.append((name, cells))
+
+    def better(self, row: str, r: dict | None) -> bool:
+        if not r or math.isnan(r.get("lo", float("nan"))):
+            return False
+        return r["hi"] < 0 if row in self.lower_is_better else r["lo"] > 0
+
+    def markdown(self) -> str:
+        lines = [f"| measure | {' | '.join(self.columns)} |", "|---" * (len(self.columns) + 1) + "|"]
+        for name, cells in self.rows:
+            parts = [interval_text(cells.get(c), self.digits) for c in self.columns]
+            parts = [f"**{p}**" if self.better(name, cells.get(c)) else p for p, c in zip(parts, self.columns)]
+            lines.append(f"| {name} | {' | '.join(parts)} |")
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return "\n\n".join(part for part in (f"### {self.title}", self.markdown(), self.note) if part)
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["measure", *[f"{c} {k}" for c in self.columns for k in ("value", "lo", "hi", "trials")]])
+            for name, cells in self.rows:
+                row = [name]
+                for c in self.columns:
+                    r = cells.get(c) or {}
+                    row += [f"{r[k]:.6g}" if k in r and not math.isnan(r[k]) else "" for k in ("value", "lo", "hi")]
+                    row.append(r.get("trials", ""))
+                w.writerow(row)
