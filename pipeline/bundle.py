@@ -2,8 +2,9 @@
 
 A bundle is a folder named by its id:
     bundle.json     what the model is and how to serve it: classes, paradigm and heads, the eval
-                    transform, the top-2 rule, the OOD scorer with its thresholds, the exporter,
-                    provenance; `files` {name: sha256} and `id`
+                    transform, the top-2 rule, the OOD scorer with its thresholds, the rule each
+                    binary task is answered by (`tasks`), the exporter, provenance; `files`
+                    {name: sha256} and `id`
     model.onnx      images (N, 3, crop, crop) float32 -> logits (N, C), features (N, D)
     detectors.npz   the fitted OOD detectors' arrays, `<detector>.<name>` (no pickled objects)
     MODEL_CARD.md   intended use, data, figures, known limits

@@ -8,6 +8,7 @@
     python -m pipeline trim      --redis URL
     python -m pipeline.health    --heartbeat /tmp/heartbeat --max-age 120 [--ready]   (a probe: no torch)
     python -m pipeline query     --table URL --date today --labels dirt defect
+    python -m pipeline query     --table URL --date today --answer defect=defect
     python -m pipeline review    --table URL --source DIR [--port 8000] [--read-only]   (docs/review.md)
     python -m pipeline export-reviews --table URL --out DIR
 
@@ -106,6 +107,13 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number; got '{text}'")
     return value
+
+
+def task_answer(text: str) -> tuple[str, str]:
+    task, eq, cls = text.partition("=")
+    if not (eq and task and cls):
+        raise argparse.ArgumentTypeError(f"give TASK=CLASS, e.g. defect=defect; got '{text}'")
+    return task, cls
 
 
 def model_flags(p):
@@ -208,11 +216,16 @@ def parser() -> argparse.ArgumentParser:
     redis_flags(p)
     p.add_argument("--count", type=int, help="only the oldest COUNT dead letters (default all)")
 
-    p = sub.add_parser("query", help="the inspectors' query: a day's images whose top-2 holds LABELS")
+    p = sub.add_parser("query", help="the inspectors' query: a day's ok images whose top-2 holds LABELS "
+                                     "and/or whose task answers are TASK=CLASS")
     table_flags(p, required=False)
     day_flags(p, "today", span=False)
-    p.add_argument("--labels", nargs="+", help="top-2 labels to look for, e.g. dirt defect (required; "
-                                                "without it the command lists the table's labels)")
+    p.add_argument("--labels", nargs="+", help="top-2 labels to look for, e.g. dirt defect (this or --answer is "
+                                                "required; without both the command lists what it can ask for)")
+    p.add_argument("--answer", action="append", type=task_answer, metavar="TASK=CLASS",
+                   help="images whose answer to the binary task TASK is CLASS, by the rule the release chose "
+                        "for it (the row's task_answers), e.g. defect=defect; repeat for several, all must "
+                        "hold; with --labels, both must")
 
     p = sub.add_parser("review", help="a web page over the table: overview, filtered thumbnails, corrections")
     table_flags(p, required=False)
@@ -288,12 +301,7 @@ def main(argv=None) -> int:
         from pipeline.publish import redrive
         print(json.dumps(redrive(args.redis, args.stream, args.group, args.count)))
     elif args.command == "query":
-        table = PredictionTable(args.table, args.table_name)
-        if not args.labels:
-            sys.exit(f"error: query needs --labels (the top-2 labels to look for); the labels in "
-                     f"{redacted(args.table)}#{args.table_name} are: {', '.join(table.labels()) or 'none yet'}")
-        for row in table.inspect(days(args)[0], args.labels):
-            print(json.dumps(row))
+        query(args, PredictionTable(args.table, args.table_name))
     elif args.command == "review":
         from pipeline.review.serve import serve
         serve(args)
@@ -303,6 +311,30 @@ def main(argv=None) -> int:
         roots = Roots(args.source) if args.source else None
         print(json.dumps(export(open_existing(args), args.out, roots, parse_splits(args.splits), args.force)))
     return 0
+
+
+def query(args, table) -> None:
+    """`query`: the matching rows as JSON lines. Asked for a task that no row answers (a typo, a
+    table of bundles released without task rules): one `error:` line naming the tasks there are;
+    for a class no row answers the task with: no rows, and a note on stderr naming the classes."""
+    where = f"{redacted(args.table)}#{args.table_name}"
+    answers = args.answer or []
+    if not args.labels and not answers:
+        answered = "; ".join(f"{t}={'|'.join(c)}" for t, c in table.task_classes().items())
+        sys.exit(f"error: query needs --labels (the top-2 labels to look for) or --answer TASK=CLASS; the labels in "
+                 f"{where} are: {', '.join(table.labels()) or 'none yet'}; its task answers: {answered or 'none'}")
+    rows = table.inspect(days(args)[0], args.labels or [], answers)
+    if not rows and answers:
+        known = table.task_classes()
+        for task, cls in answers:
+            if task not in known:
+                sys.exit(f"error: --answer {task}={cls}: no row of {where} answers task '{task}'; the tasks "
+                         f"answered there: {', '.join(known) or 'none (its bundles were released without task rules)'}")
+            if cls not in known[task]:
+                print(f"note: --answer {task}={cls}: no row of {where} answers '{task}' with '{cls}' "
+                      f"(it answers {', '.join(known[task])})", file=sys.stderr)
+    for row in rows:
+        print(json.dumps(row))
 
 
 def open_existing(args):

@@ -15,6 +15,11 @@ val at the release's TPR) come from the bundle. The bundle id is the `model_vers
 - Scores: the top-2 probabilities after the bundle's temperature scaling (bundle.json
   `calibration`, fitted on val; pipeline/outputs.py applies it), which changes no label and no OOD
   score; a bundle released before calibration existed serves its probabilities as trained.
+- Task answers: for each binary task in bundle.json `tasks` (models/task_rules.py chose its rule on
+  validation images at release), the class the model answers, by that rule and from the unscaled
+  logits (`Heads.task_positive`), so a row says what the evaluation report measured; written for
+  ok and ood rows as compact JSON `{"defect":"defect","dirt":"normal"}` (sorted keys,
+  `pipeline.table.answers_text`). A bundle released before `tasks` existed answers none (NULL).
 Each row records the scorer, threshold, top-2 rule and calibration (`calibration_name`) that produced it.
 
 `bundle_for(CKPT)` is the training environment's shortcut (`--checkpoint`): the bundle released
@@ -32,8 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bundle import MANIFEST, Bundle, BundleError
-from pipeline.outputs import RANKINGS, SCORER_NAMES, Heads, calibration_name, ood_score
+from pipeline.outputs import RANKINGS, SCORER_NAMES, TASK_RULES, Heads, calibration_name, ood_score
 from pipeline.pixels import Pixels
+from pipeline.table import answers_text
 
 DEFAULT_TPR = 0.95
 DEFAULT_TOP2 = "coherent"  # measured against plain in REPORT.md Table 5 (docs/evaluation.md: the top-2 rule)
@@ -78,6 +84,7 @@ class Predictor:
     detectors: dict = field(init=False)
     temperatures: tuple | None = field(init=False)  # one per head (bundle.json `calibration`), or None
     calibration: str = field(init=False)  # what rows record of it (`calibration_name`)
+    tasks: dict = field(init=False)  # {task: ((negative, positive), rule)} of bundle.json `tasks`; {} without
 
     def __post_init__(self):
         m = self.bundle.manifest
@@ -85,6 +92,7 @@ class Predictor:
         calibration = m.get("calibration")
         self.temperatures = self.heads.ordered(calibration["temperatures"]) if calibration else None
         self.calibration = calibration_name(calibration)
+        self.tasks = task_rules_of(self.heads, m.get("tasks"))
         self.pixels = Pixels.from_manifest(m)
         self.detectors = {name: self.bundle.detector(name) for name in m["ood"]["detectors"]}
 
@@ -135,29 +143,54 @@ class Predictor:
     def ood_scores(self, logits: np.ndarray, features: np.ndarray) -> np.ndarray:
         return ood_score(self.score, logits, features, self.heads, self.detectors)
 
-    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
-        """(OOD scores, top-2 labels, their scores) for a batch of images."""
+    def task_answers(self, logits: np.ndarray) -> list[str | None]:
+        """Per image, the class it answers for each of the bundle's tasks by the task's rule, from
+        the unscaled logits, as the compact JSON the table stores (module doc); None per image for
+        a bundle without tasks."""
+        if not self.tasks:
+            return [None] * len(logits)
+        said = {t: np.where(self.heads.task_positive(logits, pair, rule), pair[1], pair[0]).tolist()
+                for t, (pair, rule) in self.tasks.items()}
+        return [answers_text({t: said[t][i] for t in said}) for i in range(len(logits))]
+
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, list[list[str]], np.ndarray, list[str | None]]:
+        """(OOD scores, top-2 labels, their scores, task answers) for a batch of images."""
         z, f = self.forward(x)
         labels, top = self.heads.top_labels(z, 2, self.top2, self.temperatures)
-        return self.ood_scores(z, f), labels, top
+        return self.ood_scores(z, f), labels, top, self.task_answers(z)
 
-    def rows(self, scores, top_labels, top_p) -> list[dict]:
-        """The prediction columns of each image (status ok or ood)."""
+    def rows(self, scores, top_labels, top_p, task_answers) -> list[dict]:
+        """The prediction columns of each image (status ok or ood): `outputs`' four answers."""
         out = []
-        for s, names, p in zip(np.asarray(scores).tolist(), top_labels, np.asarray(top_p).tolist()):
+        for s, names, p, answers in zip(np.asarray(scores).tolist(), top_labels, np.asarray(top_p).tolist(),
+                                        task_answers, strict=True):
             ood = s < self.threshold
             out.append({**self._columns(), "ood_score": s, "is_ood": ood, "top1_label": names[0], "top1_prob": p[0],
                         "top2_label": names[1] if len(names) > 1 else None,
-                        "top2_prob": p[1] if len(p) > 1 else None, "status": "ood" if ood else "ok", "error": None})
+                        "top2_prob": p[1] if len(p) > 1 else None, "task_answers": answers,
+                        "status": "ood" if ood else "ok", "error": None})
         return out
 
     def error_row(self, message: str) -> dict:
         return {**self._columns(), "ood_score": None, "is_ood": None, "top1_label": None, "top1_prob": None,
-                "top2_label": None, "top2_prob": None, "status": "error", "error": message}
+                "top2_label": None, "top2_prob": None, "task_answers": None, "status": "error", "error": message}
 
     def _columns(self) -> dict:
         return {"model_name": self.name, "model_version": self.version, "ood_scorer": self.score,
                 "ood_threshold": self.threshold, "top2_rule": self.top2, "calibration": self.calibration}
+
+
+def task_rules_of(heads: Heads, records: dict | None) -> dict:
+    """{task: ((negative, positive), rule)} of bundle.json `tasks` (models/task_rules.py's records;
+    None for a bundle released before them: {}); ValueError for a record these heads cannot answer."""
+    out = {}
+    for task, record in (records or {}).items():
+        pair, rule = tuple(record["classes"]), record["rule"]
+        if len(pair) != 2 or rule not in TASK_RULES or heads.task_head(pair) is None:
+            raise ValueError(f"task '{task}': classes {list(pair)} with rule '{rule}' is not a binary task these "
+                             f"heads answer by one of {', '.join(TASK_RULES)}")
+        out[task] = (pair, rule)
+    return out
 
 
 # --- a checkpoint's bundle (the training environment's shortcut) ------------------------------

@@ -8,11 +8,14 @@ is written once, with SQLite's `?` placeholders; `postgres_sql` translates it fo
 
 The inspectors' typical query, "every dirty or damaged car captured today", is `inspect()`:
 
-    SELECT image_id, source, top1_label, top1_prob, top2_label, top2_prob FROM predictions
+    SELECT image_id, source, top1_label, top1_prob, top2_label, top2_prob, task_answers FROM predictions
     WHERE captured_date = :day AND status = 'ok'
       AND (top1_label IN ('dirt', 'defect') OR top2_label IN ('dirt', 'defect'))
 
-served by the index `<table>_day_idx (captured_date, status, top1_label, top2_label)`.
+served by the index `<table>_day_idx (captured_date, status, top1_label, top2_label)`. Asked by
+task answer instead ("every image the model calls defect", by the rule the evaluation measured:
+pipeline/model.py), it matches the answer's exact `"task":"class"` pair in the row's
+`task_answers` JSON text with LIKE (`answer_pattern`), which SQLite and PostgreSQL read alike.
 
 A path has one current row per model version: a row written for a file supersedes the `error`
 rows of the same file (same `source`) under another id, so a file first seen truncated (its
@@ -29,6 +32,7 @@ not found or could not be opened): `produce --table` publishes such images again
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import sqlite3
@@ -42,6 +46,7 @@ COLUMNS = [  # name, SQL type (SQLite reads these type names by affinity)
     ("is_ood", "BOOLEAN"),
     ("top1_label", "TEXT"), ("top1_prob", "DOUBLE PRECISION"),
     ("top2_label", "TEXT"), ("top2_prob", "DOUBLE PRECISION"), ("top2_rule", "TEXT"), ("calibration", "TEXT"),
+    ("task_answers", "TEXT"),  # compact JSON {task: class answered}, sorted keys (`answers_text`)
     ("status", "TEXT NOT NULL CHECK (status IN ('ok', 'ood', 'error'))"), ("error", "TEXT"),
     ("processed_at", "TIMESTAMP WITH TIME ZONE NOT NULL"),
 ]
@@ -86,6 +91,19 @@ def unavailable(e: Exception) -> bool:
 
 def transient(error: str | None) -> bool:
     return bool(error) and any(t in error for t in TRANSIENT_ERRORS)
+
+
+def answers_text(answers: dict[str, str]) -> str:
+    """A row's task answers {task: class} as the text `task_answers` holds: compact JSON, sorted keys."""
+    return json.dumps(answers, separators=(",", ":"), sort_keys=True)
+
+
+def answer_pattern(task: str, cls: str) -> str:
+    """The LIKE pattern (escape character `\\`) that finds the answer `cls` to `task` in
+    `answers_text`: its exact `"task":"class"` pair, whose quotes keep `defect` from matching
+    `defect_rear`; LIKE's wildcards in a name are escaped."""
+    pair = answers_text({task: cls})[1:-1]
+    return "%" + re.sub(r"([\\%_])", r"\\\1", pair) + "%"
 
 
 def is_postgres(url: str) -> bool:
@@ -327,18 +345,34 @@ class PredictionTable:
                 found[r["image_id"]] = found.get(r["image_id"], False) or final
         return found
 
-    def inspect(self, day: str, labels: list[str]) -> list[dict]:
-        """The inspectors' query: images captured on `day` whose top-2 holds one of `labels`."""
-        marks = ", ".join("?" * len(labels))
-        return self.query(f"WHERE captured_date = ? AND status = 'ok' AND (top1_label IN ({marks}) "
-                          f"OR top2_label IN ({marks})) ORDER BY image_id", [day, *labels, *labels],
-                          "image_id, source, top1_label, top1_prob, top2_label, top2_prob")
+    def inspect(self, day: str, labels=(), answers=()) -> list[dict]:
+        """The inspectors' query: the ok rows captured on `day` whose top-2 holds one of `labels`
+        (when given) and whose task answers hold every (task, class) of `answers`."""
+        where, params = ["captured_date = ?", "status = 'ok'"], [day]
+        if labels:
+            marks = ", ".join("?" * len(labels))
+            where.append(f"(top1_label IN ({marks}) OR top2_label IN ({marks}))")
+            params += [*labels, *labels]
+        for task, cls in answers:
+            where.append("task_answers LIKE ? ESCAPE '\\'")
+            params.append(answer_pattern(task, cls))
+        return self.query(f"WHERE {' AND '.join(where)} ORDER BY image_id", params,
+                          "image_id, source, top1_label, top1_prob, top2_label, top2_prob, task_answers")
 
     def labels(self) -> list[str]:
         """Every label in the top-2 columns, sorted: what `inspect` can be asked for."""
         rows = self.execute_sql(f"SELECT top1_label AS label FROM {self.name} UNION "
                          f"SELECT top2_label FROM {self.name}", fetch=True)
         return sorted(r["label"] for r in rows if r["label"] is not None)
+
+    def task_classes(self) -> dict[str, list[str]]:
+        """{task: the classes rows answer it with}, sorted: the answers `inspect` can be asked for."""
+        found: dict[str, set] = {}
+        for r in self.execute_sql(f"SELECT DISTINCT task_answers AS a FROM {self.name} "
+                                  f"WHERE task_answers IS NOT NULL", fetch=True):
+            for task, cls in json.loads(r["a"]).items():
+                found.setdefault(task, set()).add(cls)
+        return {t: sorted(found[t]) for t in sorted(found)}
 
     def counts(self) -> dict[str, int]:
         return {r["status"]: r["n"] for r in self.query("GROUP BY status", (), "status, COUNT(*) AS n")}

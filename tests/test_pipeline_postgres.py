@@ -46,9 +46,30 @@ def test_sqlite_and_postgres_hold_the_same_rows(postgres, bundles, tmp_path):
     assert lite.counts() == pg.counts() and pg.counts()["error"] == 5
     day = a[0]["captured_date"]
     assert lite.inspect(day, ["dirt", "defect"]) == pg.inspect(day, ["dirt", "defect"])
+    by_answer = [lite.inspect(day, answers=[("defect", c)]) for c in ("normal", "defect")]
+    assert by_answer == [pg.inspect(day, answers=[("defect", c)]) for c in ("normal", "defect")]
+    assert sorted(r["image_id"] for found in by_answer for r in found) == sorted(
+        r["image_id"] for r in a if r["status"] == "ok" and r["captured_date"] == day)
+    assert lite.task_classes() == pg.task_classes() and set(pg.task_classes()) == {"defect", "dirt"}
     names = {r["indexname"] for r in pg.execute_sql("SELECT indexname FROM pg_indexes WHERE tablename = ?",
                                                ("predictions",), fetch=True)}
     assert "predictions_day_idx" in names
+
+
+def test_a_table_written_before_task_answers_gains_the_column(postgres):
+    from pipeline.table import COLUMNS, PredictionTable
+    cols = ", ".join(f"{c} {t}" for c, t in COLUMNS if c != "task_answers")
+    older = PredictionTable(postgres.url, "scratch")  # a connection; the table below is as an older version made it
+    older.execute_sql(f"CREATE TABLE older ({cols}, PRIMARY KEY (image_id, model_version))")
+    row = {"image_id": "a", "model_version": "v1", "model_name": "m", "source": "/a.jpg", "status": "ok",
+           "captured_date": "2026-11-23"}
+    older.execute_sql("INSERT INTO older (image_id, model_version, model_name, source, status, captured_date, "
+                      "processed_at) VALUES (?, ?, ?, ?, ?, ?, now())", tuple(row.values()))
+    t = PredictionTable(postgres.url, "older")
+    assert "task_answers" in t.columns()
+    assert t.query("", (), "image_id, task_answers") == [{"image_id": "a", "task_answers": None}]
+    t.upsert([{**row, "image_id": "b", "task_answers": '{"defect":"defect"}'}])
+    assert [r["image_id"] for r in t.inspect("2026-11-23", answers=[("defect", "defect")])] == ["b"]
 
 
 def test_question_marks_and_percent_signs_in_sql_text_stay_text(postgres, tmp_path):

@@ -63,7 +63,7 @@ def test_worker_image_copies_what_serving_imports_and_installs_only_serving_requ
 def torch_rows(ckpt_path, spec, images, bundle) -> dict[str, dict]:
     """What the checkpoint answers in torch, by path: the eval transform (torchvision), the
     eager model, its temperature scaling, the OOD filter fitted in memory on the train split (on
-    the unscaled logits), the bundle's threshold."""
+    the unscaled logits), the bundle's threshold; each task's answer by the rule in the bundle."""
     import torch
 
     from data.images import load_rgb
@@ -80,17 +80,23 @@ def torch_rows(ckpt_path, spec, images, bundle) -> dict[str, dict]:
     labels, top = ckpt.paradigm.top_labels(z, 2, "coherent", calibration.temperatures(cal, ckpt.paradigm))
     scores = filt.score(filt.default, z, f, ckpt.paradigm)
     threshold = bundle.threshold(filt.default)
+    said = {}
+    for task, record in bundle.manifest["tasks"].items():
+        pair = tuple(record["classes"])
+        said[task] = [pair[int(y)] for y in ckpt.paradigm.task_positive(z, pair, record["rule"]).tolist()]
+    answers = [json.dumps({t: said[t][i] for t in said}, separators=(",", ":"), sort_keys=True)
+               for i in range(len(images))]
     return {str(p): {"top1_label": names[0], "top2_label": names[1], "top1_prob": p1, "top2_prob": p2,
                      "ood_scorer": filt.default, "ood_score": s, "is_ood": s < threshold,
-                     "calibration": calibration.describe(cal)}
-            for p, names, (p1, p2), s in zip(images, labels, top.tolist(), scores.tolist())}
+                     "calibration": calibration.describe(cal), "task_answers": a}
+            for p, names, (p1, p2), s, a in zip(images, labels, top.tolist(), scores.tolist(), answers)}
 
 
 @pytest.mark.parametrize("run", ["uni", "multi", "task_defect"])
 def test_every_paradigm_is_served_from_its_bundle_with_the_torch_rows(run, models, bundles, tiny_data, tmp_path):
     """`pipeline predict --bundle` in a process that cannot import torch writes, for every image,
-    the top-2 labels, calibrated scores, calibration, OOD score and decision that the checkpoint
-    gives in torch (scores within
+    the top-2 labels, calibrated scores, calibration, task answers (by the bundle's rules), OOD
+    score and decision that the checkpoint gives in torch (scores within
     1e-4, relative for the unbounded OOD scores), and the bundle id as the model version."""
     import sqlite3
 
@@ -110,11 +116,12 @@ def test_every_paradigm_is_served_from_its_bundle_with_the_torch_rows(run, model
     conn.row_factory = sqlite3.Row
     rows = {str(Path(r["source"])): dict(r) for r in conn.execute("select * from predictions")}
     expected = torch_rows(models[run], load_spec(tiny_data), images, bundle)
+    assert set(bundle.manifest["tasks"]) == ({"defect", "dirt"} if run in ("uni", "multi") else {"defect"})
     assert rows.keys() == expected.keys()
     for name, want in expected.items():
         got = rows[name]
         assert got["model_version"] == bundle.id
-        for k in ("top1_label", "top2_label", "ood_scorer", "is_ood", "calibration"):
+        for k in ("top1_label", "top2_label", "ood_scorer", "is_ood", "calibration", "task_answers"):
             assert got[k] == want[k], (name, k)
         assert got["top1_prob"] == pytest.approx(want["top1_prob"], abs=1e-4)
         assert got["top2_prob"] == pytest.approx(want["top2_prob"], abs=1e-4)
