@@ -75,7 +75,8 @@ def test_detail_shows_the_decision_and_a_correction_leaves_the_prediction_alone(
     r = next(r for r in before if r["status"] == "ood")
     page = c.get("/row", params={"id": r["image_id"], "version": r["model_version"]})
     for text in (r["ood_scorer"], f"{r['ood_threshold']:.3f}", f"{r['ood_score']:.3f}", r["top1_label"],
-                 r["top2_label"], r["model_version"], "rejected", r["calibration"]):
+                 r["top2_label"], r["model_version"], "rejected", r["calibration"],
+                 *(f"{t}: {c}" for t, c in json.loads(r["task_answers"]).items())):
         assert text in page.text
     img = c.get(re.search(r'<img class="large" src="([^"]+)"', page.text).group(1).replace("&amp;", "&"))
     assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"

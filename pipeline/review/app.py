@@ -12,6 +12,7 @@ DNS-rebinding page cannot reach the server through its own name).
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -76,6 +77,7 @@ def create_app(url: str, name: str, roots: Roots, read_only: bool = False, revie
     env = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
                       autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["score"] = lambda v: "–" if v is None else f"{v:.3f}"
+    env.filters["answers"] = lambda v: "–" if not v else " · ".join(f"{t}: {c}" for t, c in json.loads(v).items())
 
     def page(request: Request, template: str, status: int = 200, **values) -> HTMLResponse:
         session = request.cookies.get(COOKIE) or Csrf.new_session()
