@@ -123,6 +123,13 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
             kept[name] = outputs
         return outputs
 
+    adapted = {}  # BN-adapted outputs of the validation sets (val serves every task: adapted once)
+
+    def extract_adapted(name, items):
+        if name not in adapted:
+            adapted[name] = predictor(name, items, True)
+        return adapted[name]
+
     rules = task_rules.of_checkpoint(ckpt, spec, extract)
     test_logits, test_labels = run("test")
     raw = {"rejection": {}, "multilabel": {}, "tasks": {}, "bn_adapt": {}, "validation": {}, "validation_bn_adapt": {},
@@ -132,7 +139,7 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
                                         raw["tasks"].setdefault(task, {}), raw["bn_adapt"].setdefault(task, {}))
         if task in rules:
             out["tasks"][task]["validation"] = validation_entry(
-                ckpt, spec, task, rules[task]["rule"], {"": extract, "bn_adapt": lambda n, i: predictor(n, i, True)},
+                ckpt, spec, task, rules[task]["rule"], {"": extract, "bn_adapt": extract_adapted},
                 {"": raw["validation"].setdefault(task, {}), "bn_adapt": raw["validation_bn_adapt"].setdefault(task, {})})
 
     filt, _ = ood.fit_filter(ckpt, spec, extract=extract)

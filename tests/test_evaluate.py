@@ -234,10 +234,17 @@ def test_run_one_checkpoint_and_cache(tiny_data, artifacts, tmp_path):
             assert entry["bn_adapt"]["n"] == entry["n"] and 0 <= entry["bn_adapt"]["accuracy"] <= 1
     assert all(0 <= m["calibration"][s]["ece"] <= 1 for s in ("before", "after"))
     n_ext = sum(len(s) for s in spec.external.values())
-    n_sets = 1 + n_ext + len(spec.ood) + len(spec.multilabel)
-    # train, val and ood_val too (the OOD filter is fitted on them), each once; BN adapt on test and ext sets
+    n_ext_val = sum(len(s) for s in spec.external_val.values())
+    assert n_ext_val == n_ext  # the tiny dataset has a val split beside each external set
+    n_sets = 1 + n_ext + n_ext_val + len(spec.ood) + len(spec.multilabel)
+    # train, val and ood_val too (the OOD filter is fitted on them), each once; BN adapt on test, the
+    # ext sets, val and the ext_val sets (what a task's rule and a robustness default are chosen on)
     adapted = [s for s in m["inferred_sets"] if s.startswith("bn-adapt:")]
-    assert len(adapted) == 1 + n_ext
+    assert len(adapted) == 1 + n_ext + 1 + n_ext_val
+    for t in spec.tasks:  # the answer on the images its rule was chosen on, as trained and adapted
+        v = m["tasks"][t]["validation"]
+        assert set(v) == {"val", *spec.external_val.get(t, {})}
+        assert all(e["n"] > 0 and 0 <= e["bn_adapt"]["accuracy"] <= 1 for e in v.values())
     assert len([s for s in m["inferred_sets"] if s not in ("train", "val") and not s.startswith(("ood_val/", "bn-adapt:"))]) == n_sets
     assert len(m["inferred_sets"]) == len(set(m["inferred_sets"]))
     from data.images import content_hash
