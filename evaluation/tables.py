@@ -26,8 +26,27 @@ def fmt(values, digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
 
 
+class _Rows:
+    """What both tables share: rows of cells, Markdown with title and note, CSV of `csv_fields` per column."""
+    CSV_FIELDS: tuple[str, ...] = ()
+    FIRST: str = "method"
+
+    def add(self, name: str, cells: dict) -> None:
+        self.rows.append((name, cells))
+
+    def _repr_markdown_(self) -> str:
+        return "\n\n".join(part for part in (f"### {self.title}", self.markdown(), self.note) if part)
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow([self.FIRST, *[f"{c} {k}" for c in self.columns for k in self.CSV_FIELDS]])
+            for name, cells in self.rows:
+                w.writerow([name, *[v for c in self.columns for v in self.csv_cells(cells.get(c))]])
+
+
 @dataclass
-class ReportTable:
+class ReportTable(_Rows):
     title: str
     columns: list[str]
     rows: list[tuple[str, dict[str, list[float]]]] = field(default_factory=list)  # name -> column -> per-trial values
@@ -40,8 +59,13 @@ class ReportTable:
     # (evaluation.significance); columns not in it bold their best mean
     bold: dict[str, str | None] = field(default_factory=dict)
 
-    def add(self, name: str, cells: dict[str, list[float]]) -> None:
-        self.rows.append((name, cells))
+    CSV_FIELDS = ("mean", "std", "n")
+
+    @staticmethod
+    def csv_cells(values) -> list:
+        vals = [x for x in values or [] if x is not None and not math.isnan(x)]
+        m, s = mean_std(vals)
+        return ["" if math.isnan(m) else f"{m:.6g}", "" if math.isnan(s) else f"{s:.6g}", len(vals)]
 
     def best(self) -> dict[str, float]:
         out = {}
@@ -71,21 +95,6 @@ class ReportTable:
             lines.append(f"| {name} | {' | '.join(parts)} |")
         return "\n".join(lines)
 
-    def _repr_markdown_(self) -> str:
-        return "\n\n".join(part for part in (f"### {self.title}", self.markdown(), self.note) if part)
-
-    def write_csv(self, path: Path) -> None:
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["method", *[f"{c} {k}" for c in self.columns for k in ("mean", "std", "n")]])
-            for name, cells in self.rows:
-                row = [name]
-                for c in self.columns:
-                    vals = [x for x in cells.get(c, []) if x is not None and not math.isnan(x)]
-                    m, s = mean_std(vals)
-                    row += ["" if math.isnan(m) else f"{m:.6g}", "" if math.isnan(s) else f"{s:.6g}", len(vals)]
-                w.writerow(row)
-
 
 def interval_text(r: dict | None, digits: int = 3) -> str:
     """'+0.012 [-0.010, +0.034]' of a {value, lo, hi} interval; '—' for none."""
@@ -95,7 +104,7 @@ def interval_text(r: dict | None, digits: int = 3) -> str:
 
 
 @dataclass
-class IntervalTable:
+class IntervalTable(_Rows):
     """A table of paired differences with their 95 % intervals ({value, lo, hi} per cell): bold where
     the interval excludes 0 on the better side (`lower_is_better` rows: below 0)."""
     title: str
@@ -104,9 +113,14 @@ class IntervalTable:
     lower_is_better: set[str] = field(default_factory=set)
     note: str = ""
     digits: int = 3
+    CSV_FIELDS = ("value", "lo", "hi", "trials")
+    FIRST = "measure"
 
-    def add(self, name: str, cells: dict[str, dict]) -> None:
-        self.rows.append((name, cells))
+    @staticmethod
+    def csv_cells(r) -> list:
+        r = r or {}
+        return [f"{r[k]:.6g}" if k in r and not math.isnan(r[k]) else "" for k in ("value", "lo", "hi")] + \
+            [r.get("trials", "")]
 
     def better(self, row: str, r: dict | None) -> bool:
         if not r or math.isnan(r.get("lo", float("nan"))):
@@ -120,18 +134,3 @@ class IntervalTable:
             parts = [f"**{p}**" if self.better(name, cells.get(c)) else p for p, c in zip(parts, self.columns)]
             lines.append(f"| {name} | {' | '.join(parts)} |")
         return "\n".join(lines)
-
-    def _repr_markdown_(self) -> str:
-        return "\n\n".join(part for part in (f"### {self.title}", self.markdown(), self.note) if part)
-
-    def write_csv(self, path: Path) -> None:
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["measure", *[f"{c} {k}" for c in self.columns for k in ("value", "lo", "hi", "trials")]])
-            for name, cells in self.rows:
-                row = [name]
-                for c in self.columns:
-                    r = cells.get(c) or {}
-                    row += [f"{r[k]:.6g}" if k in r and not math.isnan(r[k]) else "" for k in ("value", "lo", "hi")]
-                    row.append(r.get("trials", ""))
-                w.writerow(row)
