@@ -26,45 +26,58 @@ import numpy as np
 from pipeline.outputs import TASK_RULES, Heads
 
 
+def outcomes(heads: Heads, pair, sets: dict[str, tuple[np.ndarray, list[str]]], rule: str) -> dict[str, np.ndarray]:
+    """{set name: per image (label, answer) as 0/1 ints (N, 2)} of the task's answer by `rule` on the
+    images of its two classes in `sets` {name: (logits (N, C), class labels)}; a set with none left out."""
+    out = {}
+    for name, (logits, labels) in sets.items():
+        keep = np.array([c in pair for c in labels], bool)
+        if keep.any():
+            y = np.array([c == pair[1] for c, k in zip(labels, keep) if k], int)
+            out[name] = np.c_[y, heads.task_positive(np.asarray(logits)[keep], pair, rule).astype(int)]
+    return out
+
+
 def choose(heads: Heads, pair, sets: dict[str, tuple[np.ndarray, list[str]]]) -> dict:
     """The task's record (module doc) from `sets` {name: (logits (N, C), class labels)}; images of
     other classes are left out, and a set with none of the pair's images does not count."""
     from sklearn.metrics import accuracy_score
-    rules = heads.task_rules(pair)
-    scores, counts = {r: [] for r in rules}, {}
-    for name, (logits, labels) in sets.items():
-        keep = np.array([c in pair for c in labels], bool)
-        if not keep.any():
-            continue
-        y = np.array([c == pair[1] for c, k in zip(labels, keep) if k])
-        counts[name] = int(keep.sum())
-        for r in rules:
-            scores[r].append(accuracy_score(y, heads.task_positive(np.asarray(logits)[keep], pair, r)))
-    mean = {r: float(np.mean(s)) if s else float("nan") for r, s in scores.items()}
-    ranked = sorted(rules, key=lambda r: (-np.nan_to_num(mean[r], nan=-1.0), TASK_RULES.index(r)))
+    per_rule = {r: outcomes(heads, pair, sets, r) for r in heads.task_rules(pair)}
+    mean = {r: float(np.mean([accuracy_score(o[:, 0], o[:, 1]) for o in sets_.values()])) if sets_ else float("nan")
+            for r, sets_ in per_rule.items()}
+    ranked = sorted(mean, key=lambda r: (-np.nan_to_num(mean[r], nan=-1.0), TASK_RULES.index(r)))
+    counts = {name: len(o) for name, o in next(iter(per_rule.values())).items()}
     return {"classes": list(pair), "rule": ranked[0], "accuracy": mean, "sets": counts}
 
 
-def validation_sets(ckpt, spec, task: str, extract, val) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """{name: (logits, labels)} the rule of `task` is chosen on: `val` () -> (val logits, labels)
-    and each of the task's ext_val sets through `extract(name, items) -> (logits, features)`."""
-    from models.inference import valid_rows
-    from utils import to_numpy
-    z, y = val()
-    out = {"val": (to_numpy(z), list(y))}
+def validation_items(ckpt, spec, task: str) -> dict[str, tuple[str, list]]:
+    """{set name: (the name its outputs are extracted under, (path, class) items)} of the images the
+    rule of `task` is chosen on: the val split (as calibration reads it) and the task's ext_val sets."""
+    from models.calibration import SPLIT
+    out = {"val": (SPLIT, spec.split_samples(SPLIT, list(ckpt.paradigm.classes)))}
     pair = list(spec.tasks[task])
-    for name, folder in getattr(spec, "external_val", {}).get(task, {}).items():
-        items = spec.samples(folder, pair)
-        logits, _ = extract(f"ext_val/{task}/{name}", items)
-        ok = valid_rows(logits)
-        out[name] = (to_numpy(logits[ok]), [c for (_, c), k in zip(items, ok.tolist()) if k])
+    for name, folder in spec.external_val.get(task, {}).items():
+        out[name] = (f"ext_val/{task}/{name}", spec.samples(folder, pair))
     return out
 
 
-def of_checkpoint(ckpt, spec, extract, val) -> dict[str, dict]:
+def validation_sets(items: dict[str, tuple[str, list]], extract) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """{set name: (logits of its readable images, their classes)} through `extract(name, items) ->
+    (logits, features)` (evaluation's cache, a release's memo)."""
+    from models.inference import valid_rows
+    from utils import to_numpy
+    out = {}
+    for name, (key, its) in items.items():
+        logits, _ = extract(key, its)
+        ok = valid_rows(logits)
+        out[name] = (to_numpy(logits[ok]), [c for (_, c), k in zip(its, ok.tolist()) if k])
+    return out
+
+
+def of_checkpoint(ckpt, spec, extract) -> dict[str, dict]:
     """{task: record} for every task the checkpoint's model has a head for (module doc)."""
     heads = ckpt.paradigm.output_heads
-    return {t: choose(heads, spec.tasks[t], validation_sets(ckpt, spec, t, extract, val))
+    return {t: choose(heads, spec.tasks[t], validation_sets(validation_items(ckpt, spec, t), extract))
             for t in ckpt.paradigm.tasks(spec.tasks) if heads.task_head(spec.tasks[t]) is not None}
 
 
