@@ -113,13 +113,13 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
 
     out = {**ckpt.provenance(), "checkpoint_sha256": predictor.sha256, "dataset": spec.name, "params": sum(p.numel() for p in model.parameters()),
            "forward_passes_per_image": 1, "tasks": {}, "rejection": {}, "multilabel": {}}
-    kept = {}  # the val outputs the task rules, the OOD filter and calibration read (read once, cache or not)
+    kept = {}  # val and ext_val outputs, read by the task rules, the OOD filter and calibration (once, cache or not)
 
     def extract(name, items):
         if name in kept:
             return kept[name]
         outputs = predictor(name, items)
-        if name == calib.SPLIT:
+        if name == calib.SPLIT or name.startswith("ext_val/"):
             kept[name] = outputs
         return outputs
 
