@@ -187,6 +187,34 @@ def consumer_path(pred: Predictor, table: PredictionTable, items, batch: int = M
     return len(items) / (time.perf_counter() - t)
 
 
+def _forward_alone(bundle: str, batches: list, ready, go) -> float:
+    """In a spawned process: images/s of a 1-thread session's forward on `batches`, timed from `go`."""
+    pred = Predictor.load(bundle, threads=1)
+    pred.forward(batches[0])  # warm-up
+    ready.wait()
+    go.wait()
+    t = time.perf_counter()
+    for x in batches:
+        pred.forward(x)
+    return sum(len(x) for x in batches) / (time.perf_counter() - t)
+
+
+def parallel_forward(pred: Predictor, items, batch: int) -> float:
+    """images/s of one 1-thread session per core, each in its own process, all running the forward
+    at once on the same pre-decoded batches: what the cores give the forward when every one is busy
+    (less than cores x the 1-thread rate where cores share caches, memory bandwidth or a host core)."""
+    import multiprocessing
+    xs = [pred.pixels.normalize(x) for x in decoded(pred, items, batch)]
+    n = cores()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ctx.Pool(n) as pool:
+        ready, go = manager.Barrier(n + 1), manager.Event()
+        runs = [pool.apply_async(_forward_alone, (str(pred.bundle.path), xs, ready, go)) for _ in range(n)]
+        ready.wait()
+        go.set()
+        return sum(r.get() for r in runs)
+
+
 def speed_modes(sweep: bool) -> dict[str, dict]:
     """{label: how}: `threads` is the session's intra-op threads (default every core)."""
     n = cores()
@@ -209,6 +237,7 @@ def speed_modes(sweep: bool) -> dict[str, dict]:
              f"queue consumer (message batches of 32), {n} streams x 1 inference thread":
                  dict(consumer=True, threads=1, streams=n, messages=32),
              "bare forward (1 inference thread)": dict(forward=True, threads=1),
+             f"bare forward, {n} processes x 1 inference thread at once": dict(parallel=True, threads=1),
              "decode + resize/crop alone (1 thread)": dict(decode=True)}
     if sweep:
         for part in (8, 16):
@@ -226,6 +255,8 @@ def speed_modes(sweep: bool) -> dict[str, dict]:
 
 def timed_mode(pred: Predictor, how: dict, items, batch: int, db: Path) -> float:
     """images/s of one mode on `items`."""
+    if how.get("parallel"):
+        return parallel_forward(pred, items, batch)
     if how.get("forward"):
         return bare_forward(pred, items, batch)
     if how.get("decode"):
@@ -263,9 +294,14 @@ def speed(work: Path, bundles: dict[int, Path], args) -> None:
                                                work / f"speed_{crop}_{r}.db"))
             rates = {m: statistics.median(v) for m, v in times.items()}
             fwd = rates[forward]
-            best = max(rates[m] for m, how in modes.items() if how.get("forward"))
-            one = 1 / rates["bare forward (1 inference thread)"] + 1 / rates["decode + resize/crop alone (1 thread)"]
-            rates[f"bound: {n} cores never idle, (1-thread forward + 1-thread decode) CPU s per image"] = n / one
+            best = max(rates[m] for m, how in modes.items() if how.get("forward") or how.get("parallel"))
+            fwd1, dec1 = rates["bare forward (1 inference thread)"], rates["decode + resize/crop alone (1 thread)"]
+            rates[f"bound: {n} cores never idle, (1-thread forward + 1-thread decode) CPU s per image"] = \
+                n / (1 / fwd1 + 1 / dec1)
+            par = rates[f"bare forward, {n} processes x 1 inference thread at once"]
+            slow = n * fwd1 / par  # how much slower a core works when every core is busy
+            rates[f"bound with the measured all-cores slowdown ({slow:.2f}x): forward at the {n}-process rate, "
+                  f"decode {slow:.2f}x its 1-thread cost"] = 1 / (1 / par + slow / (n * dec1))
             for m, v in rates.items():
                 print(f"| {label} ({len(items)}) | {crop} px | {m} | {v:.0f} | {1000 / v:.2f} | {v / fwd:.2f}x | "
                       f"{v / best:.2f}x |", flush=True)
