@@ -14,7 +14,6 @@ from evaluation import metrics
 from evaluation.summary import ECE_AFTER, ECE_BEFORE
 from models import build_paradigm
 from models.checkpoint import CheckpointError
-from models.paradigms import NoAnswer
 from models.scores import SCORERS, all_scores
 from tests.builders import make_dataset
 from tests.conftest import run_cli
@@ -95,29 +94,6 @@ def test_kl_to_uniform_multi(toy):
 
 
 # ---------------------------------------------------------------- paradigm rules
-
-def test_binary_task_rule_per_paradigm(toy):
-    uni = build_paradigm("uni", toy)  # normal, defect, dirt, bubble_wash, seat, dashboard
-    z = torch.tensor([[0.0, 1.0, 3.0, 0, 0, 0],    # argmax dirt; defect > normal
-                      [0.0, 2.0, 1.0, 0, 0, 0],    # argmax defect
-                      [1.0, 0.5, 0.0, 0, 0, 2.0]])  # argmax dashboard; normal > defect
-    assert uni.task_positive(z, ("normal", "defect")).tolist() == [False, True, False]
-    assert uni.task_positive(z, ("normal", "defect"), "restricted").tolist() == [True, True, False]
-    assert uni.task_rules(("normal", "defect")) == ("restricted", "argmax")
-    task = build_paradigm("task", toy, "defect")
-    assert task.task_positive(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), ("normal", "defect")).tolist() == [True, False]
-    with pytest.raises(NoAnswer):
-        task.task_positive(torch.zeros(1, 2), ("normal", "dirt"))
-    multi = build_paradigm("multi", toy)  # defect, dirt, bubble_wash logits, then seat/dashboard
-    zm = torch.tensor([[0.1, -2.0, 0, 0, 0], [-0.1, 3.0, 0, 0, 0]])
-    assert multi.task_positive(zm, ("normal", "defect")).tolist() == [True, False]
-    assert multi.task_positive(zm, ("normal", "dirt")).tolist() == [False, True]
-    assert multi.task_rules(("normal", "dirt")) == task.task_rules(("normal", "defect")) == ("argmax",)
-    with pytest.raises(NoAnswer, match="no binary head for 'seat'"):
-        multi.task_positive(zm, ("normal", "seat"))
-    prob, logit = multi.class_score(zm, "dirt")
-    assert logit.tolist() == [-2.0, 3.0] and prob[1].item() == pytest.approx(1 / (1 + math.exp(-3)))
-
 
 def test_multi_label_ranking(toy):
     multi = build_paradigm("multi", toy)

@@ -1,7 +1,13 @@
-"""How the one model answers a binary task: the rule chosen on validation images (models/task_rules.py)."""
+"""How the one model answers a binary task: each paradigm's rules, and the rule chosen on validation
+images (models/task_rules.py)."""
+import math
+
 import numpy as np
 import pytest
+import torch
 
+from models import build_paradigm
+from models.paradigms import NoAnswer
 from models.task_rules import choose, describe
 from pipeline.outputs import Heads
 
@@ -40,3 +46,26 @@ def test_a_head_of_the_two_classes_only_has_one_rule():
         HEADS.task_positive(np.zeros((1, 3)), PAIR, "threshold")
     with pytest.raises(ValueError, match="no head answers task"):
         two.task_positive(np.zeros((1, 2)), ("normal", "dirt"))
+
+
+def test_binary_task_rule_per_paradigm(toy):
+    uni = build_paradigm("uni", toy)  # normal, defect, dirt, bubble_wash, seat, dashboard
+    z = torch.tensor([[0.0, 1.0, 3.0, 0, 0, 0],    # argmax dirt; defect > normal
+                      [0.0, 2.0, 1.0, 0, 0, 0],    # argmax defect
+                      [1.0, 0.5, 0.0, 0, 0, 2.0]])  # argmax dashboard; normal > defect
+    assert uni.task_positive(z, ("normal", "defect")).tolist() == [False, True, False]
+    assert uni.task_positive(z, ("normal", "defect"), "restricted").tolist() == [True, True, False]
+    assert uni.task_rules(("normal", "defect")) == ("restricted", "argmax")
+    task = build_paradigm("task", toy, "defect")
+    assert task.task_positive(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), ("normal", "defect")).tolist() == [True, False]
+    with pytest.raises(NoAnswer):
+        task.task_positive(torch.zeros(1, 2), ("normal", "dirt"))
+    multi = build_paradigm("multi", toy)  # defect, dirt, bubble_wash logits, then seat/dashboard
+    zm = torch.tensor([[0.1, -2.0, 0, 0, 0], [-0.1, 3.0, 0, 0, 0]])
+    assert multi.task_positive(zm, ("normal", "defect")).tolist() == [True, False]
+    assert multi.task_positive(zm, ("normal", "dirt")).tolist() == [False, True]
+    assert multi.task_rules(("normal", "dirt")) == task.task_rules(("normal", "defect")) == ("argmax",)
+    with pytest.raises(NoAnswer, match="no binary head for 'seat'"):
+        multi.task_positive(zm, ("normal", "seat"))
+    prob, logit = multi.class_score(zm, "dirt")
+    assert logit.tolist() == [-2.0, 3.0] and prob[1].item() == pytest.approx(1 / (1 + math.exp(-3)))
