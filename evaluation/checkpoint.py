@@ -11,8 +11,9 @@ sets (the task's two classes), each OOD set and each multi-label set of the spec
   whose BatchNorm statistics were re-estimated on the set's own images (models.adapt; for the test
   split, on all of it). Raw: the per-image (label, answer) of the task's rule, as trained and
   under `bn_adapt`, for paired intervals. `tasks.<task>.validation.<set>`: the same answer on the
-  images the rule was chosen on (val, ext_val sets), as trained and under `bn_adapt`, with raw
-  outcomes (`validation`, `validation_bn_adapt`): what a default is chosen by.
+  images the rule was chosen on (val, ext_val sets), as trained and, for a model whose answer is a
+  choice between rules (the one model, whose levers evaluation/robustness.py weighs), under
+  `bn_adapt`, with raw outcomes (`validation`, `validation_bn_adapt`): what a default is chosen by.
 - RQ2 `tasks.<task>.one_class`: AUROC of the task's positive class against every other test image,
   scored by the class probability (`auroc`) and by its logit (`auroc_logit`).
 - RQ2 `rejection.<ood set>.<scorer>`: in-distribution = the whole test split (positive) against the
@@ -137,9 +138,10 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
     for task in paradigm.tasks(spec.tasks):
         out["tasks"][task] = task_entry(paradigm, spec, task, test_logits, test_labels, run, rules.get(task),
                                         raw["tasks"].setdefault(task, {}), raw["bn_adapt"].setdefault(task, {}))
-        if task in rules:
+        if task in rules:  # BN adapt here only where the report weighs it as a lever: a choice between rules
+            adapt = {"bn_adapt": extract_adapted} if len(rules[task]["accuracy"]) > 1 else {}
             out["tasks"][task]["validation"] = validation_entry(
-                ckpt, spec, task, rules[task]["rule"], {"": extract, "bn_adapt": extract_adapted},
+                ckpt, spec, task, rules[task]["rule"], {"": extract, **adapt},
                 {"": raw["validation"].setdefault(task, {}), "bn_adapt": raw["validation_bn_adapt"].setdefault(task, {})})
 
     filt, _ = ood.fit_filter(ckpt, spec, extract=extract)
