@@ -6,14 +6,13 @@ sets (the task's two classes), each OOD set and each multi-label set of the spec
 
 - RQ1 `tasks.<task>.sets.<set>`: accuracy and macro F1 of the binary task on the set's images of
   the task's two classes, answered by the task's rule (`tasks.<task>.rule_choice`: chosen on val and
-  the task's ext_val sets by models/task_rules.py, never on these sets); a softmax head over more
-  classes (uni) also under `by_rule.<rule>` for every rule; under `bn_adapt` the same by the model
+  the task's ext_val sets by models/task_rules.py, never on these sets), and under `by_rule.<rule>`
+  by every rule the model's head has; under `bn_adapt` the same by the model
   whose BatchNorm statistics were re-estimated on the set's own images (models.adapt; for the test
   split, on all of it). Raw: the per-image (label, answer) of the task's rule, as trained and
   under `bn_adapt`, for paired intervals. `tasks.<task>.validation.<set>`: the same answer on the
-  images the rule was chosen on (val, ext_val sets), as trained and, for a model whose answer is a
-  choice between rules (the one model, whose levers evaluation/robustness.py weighs), under
-  `bn_adapt`, with raw outcomes (`validation`, `validation_bn_adapt`): what a default is chosen by.
+  images the rule was chosen on (val, ext_val sets), as trained and, for the one model (whose
+  levers evaluation/robustness.py weighs), under `bn_adapt`, with raw outcomes (`validation`, `validation_bn_adapt`): what a default is chosen by.
 - RQ2 `tasks.<task>.one_class`: AUROC of the task's positive class against every other test image,
   scored by the class probability (`auroc`) and by its logit (`auroc_logit`).
 - RQ2 `rejection.<ood set>.<scorer>`: in-distribution = the whole test split (positive) against the
@@ -41,7 +40,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from data.spec import Spec
 from evaluation import metrics
@@ -52,7 +50,7 @@ from models import ood
 from models import task_rules
 from models.inference import valid_rows
 from models.paradigms import RANKINGS, NoAnswer
-from utils import plain
+from utils import plain, to_numpy
 
 
 def to_json(metrics: dict) -> str:
@@ -73,23 +71,19 @@ def image_sets(spec: Spec) -> dict[str, list[tuple[Path, str | None]]]:
     return sets
 
 
-def binary_metrics(paradigm, logits, labels, task, rule: str = "argmax") -> dict:
-    """Accuracy and macro F1 of the task's answer by `rule` on the images of its two classes, the
-    other rules under `by_rule` (a model with more than one), and `outcome`: per image (label,
-    answer), for paired bootstrap intervals (moved to raw by the caller)."""
-    neg, pos = task
-    keep = torch.tensor([c in (neg, pos) for c in labels], dtype=torch.bool)
-    y = np.array([c == pos for c, k in zip(labels, keep) if k], dtype=int)
-    out = {"n": int(keep.sum())}
-    rules = paradigm.task_rules(task)
-    for r in rules:
-        pred = paradigm.task_positive(logits[keep], task, r).long().numpy()
-        m = {"accuracy": metrics.accuracy(y, pred), "f1_macro": metrics.macro_f1(y, pred)}
-        if len(rules) > 1:
-            out.setdefault("by_rule", {})[r] = m
-        if r == rule or len(rules) == 1:
+def binary_metrics(paradigm, logits, labels, task, rule: str = "argmax", threshold: float = 0.0) -> dict:
+    """Accuracy and macro F1 of the task's answer by `rule` (`threshold`: the fitted margin of rule
+    `threshold`) on the images of its two classes, every rule under `by_rule`, and `outcome`: per
+    image (label, answer), for paired bootstrap intervals (moved to raw by the caller)."""
+    out = {"n": sum(c in task for c in labels)}
+    for r in paradigm.task_rules(task):  # NoAnswer for a model without a head for the task
+        o = task_rules.outcomes(paradigm.output_heads, task, {"": (to_numpy(logits), labels)}, r, threshold).get(
+            "", np.zeros((0, 2), int))
+        m = {"accuracy": metrics.accuracy(o[:, 0], o[:, 1]), "f1_macro": metrics.macro_f1(o[:, 0], o[:, 1])}
+        out.setdefault("by_rule", {})[r] = m
+        if r == rule:
             out.update(m)
-            out["outcome"] = np.c_[y, pred]
+            out["outcome"] = o
     return out
 
 
@@ -138,10 +132,10 @@ def evaluate_checkpoint(ckpt_path, spec: Spec, *, device="cpu", batch_size=32, c
     for task in paradigm.tasks(spec.tasks):
         out["tasks"][task] = task_entry(paradigm, spec, task, test_logits, test_labels, run, rules.get(task),
                                         raw["tasks"].setdefault(task, {}), raw["bn_adapt"].setdefault(task, {}))
-        if task in rules:  # BN adapt here only where the report weighs it as a lever: a choice between rules
-            adapt = {"bn_adapt": extract_adapted} if len(rules[task]["accuracy"]) > 1 else {}
+        if task in rules:  # BN adapt here only where the report weighs it as a lever (evaluation/robustness.py)
+            adapt = {"bn_adapt": extract_adapted} if paradigm.name == "uni" else {}
             out["tasks"][task]["validation"] = validation_entry(
-                ckpt, spec, task, rules[task]["rule"], {"": extract, **adapt},
+                ckpt, spec, task, rules[task], {"": extract, **adapt},
                 {"": raw["validation"].setdefault(task, {}), "bn_adapt": raw["validation_bn_adapt"].setdefault(task, {})})
 
     filt, _ = ood.fit_filter(ckpt, spec, extract=extract)
@@ -196,13 +190,13 @@ def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, c
     pair = spec.tasks[task]
     entry = {"classes": list(pair), "sets": {}}
     try:
-        rule = choice["rule"] if choice else "argmax"
+        rule = (choice["rule"], choice.get("threshold", 0.0)) if choice else ("argmax", 0.0)
         if choice:
             entry["rule_choice"] = choice
-        entry["sets"]["test"] = binary_metrics(paradigm, test_logits, test_labels, pair, rule)
+        entry["sets"]["test"] = binary_metrics(paradigm, test_logits, test_labels, pair, *rule)
         for name in spec.external.get(task, {}):
             logits, labels = run(f"ext/{task}/{name}")
-            entry["sets"][name] = binary_metrics(paradigm, logits, labels, pair, rule)
+            entry["sets"][name] = binary_metrics(paradigm, logits, labels, pair, *rule)
         for name, m in entry["sets"].items():
             raw[name] = m.pop("outcome")
             m["bn_adapt"] = adapted_metrics(paradigm, pair, run, "test" if name == "test" else f"ext/{task}/{name}",
@@ -218,8 +212,8 @@ def task_entry(paradigm, spec: Spec, task: str, test_logits, test_labels, run, c
     return entry
 
 
-def validation_entry(ckpt, spec: Spec, task: str, rule: str, extracts: dict, raws: dict) -> dict:
-    """The task's answer by `rule` on the images it was chosen on (val, the task's ext_val sets;
+def validation_entry(ckpt, spec: Spec, task: str, choice: dict, extracts: dict, raws: dict) -> dict:
+    """The task's answer by its rule (`choice`, models/task_rules.py's record) on the images it was chosen on (val, the task's ext_val sets;
     models/task_rules.py), as trained ('') and with BatchNorm adapted to each set ('bn_adapt'):
     {set: {accuracy, n, bn_adapt: {accuracy, n} or {missing}}}; `raws[key][set]` gets the
     per-image (label, answer), so that a default is chosen from paired intervals on them alone."""
@@ -228,7 +222,8 @@ def validation_entry(ckpt, spec: Spec, task: str, rule: str, extracts: dict, raw
     for key, extract in extracts.items():
         try:
             found = task_rules.outcomes(ckpt.paradigm.output_heads, spec.tasks[task],
-                                        task_rules.validation_sets(items, extract), rule)
+                                        task_rules.validation_sets(items, extract), choice["rule"],
+                                        choice["threshold"])
         except ValueError as e:  # a set too small to adapt on
             for name in items:
                 entry.setdefault(name, {})[key] = {"missing": str(e)}
@@ -243,14 +238,14 @@ def validation_entry(ckpt, spec: Spec, task: str, rule: str, extracts: dict, raw
     return entry
 
 
-def adapted_metrics(paradigm, pair, run, set_name: str, rule: str) -> dict:
+def adapted_metrics(paradigm, pair, run, set_name: str, rule: tuple[str, float]) -> dict:
     """`binary_metrics` by the model whose BatchNorm statistics were re-estimated on the set's images
     (models.adapt); {"missing": why} when the set cannot be adapted on."""
     try:
         logits, labels = run(set_name, adapt=True)
     except ValueError as e:
         return {"missing": str(e)}
-    return binary_metrics(paradigm, logits, labels, pair, rule)
+    return binary_metrics(paradigm, logits, labels, pair, *rule)
 
 
 def multilabel_entry(paradigm, spec: Spec, logits, labels: list[str]) -> tuple[dict, dict]:

@@ -64,8 +64,8 @@ def c1_accuracy(results, spec, task_run, shifted: bool = False) -> dict:
             "this run": "; ".join(f"{t} {_fmt(d)}" for t, d in diffs.items()) or "n/a",
             "verdict": verdict(bool(diffs) and all(d["lo"] >= -MARGIN for d in diffs.values()),
                                any(d["hi"] < -MARGIN for d in diffs.values())),
-            "rule": f"accuracy difference uni - task per task{' and external set' if shifted else ''} (uni: each "
-                    f"task's rule chosen on val, Table 1): holds if "
+            "rule": f"accuracy difference uni - task per task{' and external set' if shifted else ''} (each model "
+                    f"answering each task by its rule chosen on val, Table 1): holds if "
                     f"every interval's lower end >= -{MARGIN}, does not hold if any upper end < -{MARGIN}"}
 
 

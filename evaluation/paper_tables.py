@@ -74,12 +74,14 @@ def table_task_accuracy(results, spec: Spec, metric: str = "accuracy", sets: str
     table = ReportTable(title + SET_COLUMNS[sets], [col[c] for c in set_cols],
                         no_bold={col[c] for c in set_cols} if adapt else set(),
                         note="Each task on the images of its two classes; external sets as named in the spec. "
-                             "Efficiency-centric: each task answered by the rule chosen per checkpoint on val "
-                             "(and the task's ext_val sets, when the spec has them; models/task_rules.py) between "
-                             "'argmax' (the argmax over all classes is the task's positive class) and "
-                             "'two classes' (the positive class's logit beats the negative's); both rules "
-                             "follow as rows. Chosen: " + chosen_rules(results) + ". Multi-task: the task's "
-                             "sigmoid head > 0.5; task-centric: each task's own 2-class model."
+                             "Each paradigm's row answers each task by the rule chosen per checkpoint on val (and "
+                             "the task's ext_val sets, when the spec has them; models/task_rules.py), for every "
+                             "model alike, among 'argmax' (the head's own decision: the argmax over all classes, "
+                             "the sigmoid head > 0.5, the 2-class softmax), 'two classes' (the positive class's "
+                             "logit beats the negative's; a head over more classes) and 'threshold' (the two "
+                             "classes' logit margin beats a threshold fitted on those validation images); every "
+                             "rule follows as a row. Chosen: " + chosen_rules(results) + ". Task-centric: each "
+                             "task's own 2-class model."
                              + (" Each model's BatchNorm statistics re-estimated on the set's own images before "
                                 "predicting them (no labels; the test split: all of it): what a day's batch "
                                 "could do; the gap to Table 1 is the share of the loss that is a statistics "
@@ -91,14 +93,16 @@ def table_task_accuracy(results, spec: Spec, metric: str = "accuracy", sets: str
         return {col[(t, s)]: values(results, run_of(t), "tasks", t, "sets", s, *adapted, *keys, metric)
                 for t, s in set_cols}
 
-    if "uni" in results:
-        table.add(UNI, cells(lambda t: "uni"))
+    rows = [(name, run_of) for name, run_of, present in (
+        (UNI, lambda t: "uni", "uni" in results), (MULTI, lambda t: "multi", "multi" in results),
+        (TASK, lambda t: task_run(spec, t), task_runs(results, spec))) if present]
+    for name, run_of in rows:
+        table.add(name, cells(run_of))
+    for name, run_of in rows:
         for rule, label in RULE_ROWS.items():
-            table.add(f"{UNI}, {label}", cells(lambda t: "uni", "by_rule", rule))
-    if "multi" in results:
-        table.add(MULTI, cells(lambda t: "multi"))
-    if task_runs(results, spec):
-        table.add(TASK, cells(lambda t: task_run(spec, t)))
+            by_rule = cells(run_of, "by_rule", rule)
+            if np.isfinite([x for v in by_rule.values() for x in v]).any():  # a rule this paradigm has
+                table.add(f"{name}, {label}", by_rule)
     if adapt:
         return table
     stat = significance.TASK_STATS[metric]
@@ -114,18 +118,20 @@ def table_task_accuracy(results, spec: Spec, metric: str = "accuracy", sets: str
     return table
 
 
-RULE_ROWS = {"argmax": "argmax over all classes", "restricted": "two classes"}
+RULE_ROWS = {"argmax": "argmax", "restricted": "two classes", "threshold": "threshold fitted on val"}
 
 
 def chosen_rules(results) -> str:
-    """'defect: two classes (3 of 3 trials); dirt: ...' for the efficiency-centric runs ('none' without)."""
+    """'efficiency-centric defect: two classes (3 of 3 trials), ...; multi-task ...' ('none recorded' without)."""
     seen = {}
-    for m, _ in results.get("uni", {}).values():
-        for task, e in m["tasks"].items():
-            if "rule_choice" in e:
-                seen.setdefault(task, []).append(RULE_ROWS.get(e["rule_choice"]["rule"], e["rule_choice"]["rule"]))
-    return "; ".join(f"{t}: " + ", ".join(f"{r} ({rules.count(r)} of {len(rules)} trials)" for r in sorted(set(rules)))
-                     for t, rules in seen.items()) or "none recorded"
+    for run, trials in results.items():
+        for m, _ in trials.values():
+            for task, e in m["tasks"].items():
+                if "rule_choice" in e:
+                    rule = e["rule_choice"]["rule"]
+                    seen.setdefault(f"{display(run).split(' (')[0]} {task}", []).append(RULE_ROWS.get(rule, rule))
+    return "; ".join(f"{k}: " + ", ".join(f"{r} ({rules.count(r)} of {len(rules)} trials)" for r in sorted(set(rules)))
+                     for k, rules in seen.items()) or "none recorded"
 
 
 def table_one_class(results, spec: Spec) -> ReportTable:

@@ -5,7 +5,7 @@ Tables 1-2 (each task's accuracy and macro F1, per image set) and Table 4 (rejec
 set and per near/far mean) compare the paradigms on the same images. For each column the row with
 the best mean is bold only if the 95 % paired bootstrap interval (evaluation.stats) of its
 difference to the best row of every other paradigm excludes 0 in its favour; otherwise nothing in
-that column is bold. Rows of the same paradigm (the efficiency-centric model's restricted rule, the
+that column is bold. Rows of the same paradigm (a model's other task rules, the
 scorers of one model) are not compared with each other: they are not the paradigms' question.
 """
 from __future__ import annotations

@@ -84,15 +84,17 @@ def tasks_section(tasks: dict | None) -> str:
     """How each binary task is answered (bundle.json `tasks`, models/task_rules.py)."""
     if not tasks:
         return "Not recorded (a bundle released before task rules existed): read the top-2 labels."
-    rows = "\n".join(f"| {t} | {' v '.join(r['classes'])} | **{r['rule']}** | "
+    rows = "\n".join(f"| {t} | {' v '.join(r['classes'])} | **{r['rule']}** | {r.get('threshold', 0.0):+.3f} | "
                      + ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items())
                      + f" | {', '.join(f'{n} ({k})' for n, k in r['sets'].items())} |" for t, r in tasks.items())
     return f"""Each row's `task_answers` says, per task, which of its two classes the model calls the image
 (pipeline/README.md). The rule was chosen on validation images only (models/task_rules.py): `argmax`,
-the task's positive class wins over every class; `restricted`, it beats the task's negative class.
+the head's own decision (over every class); `restricted`, the positive class beats the task's negative
+class; `threshold`, their logit margin beats the threshold fitted on the same validation images
+(its accuracy there is cross-validated).
 
-| task | classes | rule | mean val accuracy per rule | chosen on (images) |
-|---|---|---|---|---|
+| task | classes | rule | fitted threshold | mean val accuracy per rule | chosen on (images) |
+|---|---|---|---|---|---|
 {rows}"""
 
 

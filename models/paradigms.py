@@ -14,7 +14,8 @@ Every rule dispatches on the kind of head, never on the paradigm's name:
 - a binary task (negative, positive) is answered by the binary head whose positive class it is
   (positive iff logit > 0), else by a softmax head holding both classes (positive iff the argmax
   over the whole head is the positive class: the authors' rule, so a Normal-v-Defect image
-  predicted as Dirt counts as "not defect"; rule `restricted` compares the two classes' logits;
+  predicted as Dirt counts as "not defect"; rule `restricted` compares the two classes' logits,
+  rule `threshold` compares their margin with a threshold fitted on validation images;
   models/task_rules.py chooses the rule per task on validation images);
 - a class's one-class score is its binary head's sigmoid, else its softmax probability;
 - labels are ranked by one score per class: a softmax head's probabilities, a binary head's
@@ -155,10 +156,11 @@ class Paradigm:
         self._task_head(task)
         return self.output_heads.task_rules(task)
 
-    def task_positive(self, logits: torch.Tensor, task: tuple[str, str], rule: str = "argmax") -> torch.Tensor:
+    def task_positive(self, logits: torch.Tensor, task: tuple[str, str], rule: str = "argmax",
+                      threshold: float = 0.0) -> torch.Tensor:
         """Bool (N,): does the model say the task's positive class? (rules in the module doc)"""
         self._task_head(task)
-        return torch.from_numpy(self.output_heads.task_positive(to_numpy(logits), task, rule))
+        return torch.from_numpy(self.output_heads.task_positive(to_numpy(logits), task, rule, threshold))
 
     def class_score(self, logits: torch.Tensor, cls: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(probability, logit) per image that the image is `cls`."""

@@ -16,8 +16,8 @@ val at the release's TPR) come from the bundle. The bundle id is the `model_vers
   `calibration`, fitted on val; pipeline/outputs.py applies it), which changes no label and no OOD
   score; a bundle released before calibration existed serves its probabilities as trained.
 - Task answers: for each binary task in bundle.json `tasks` (models/task_rules.py chose its rule on
-  validation images at release), the class the model answers, by that rule and from the unscaled
-  logits (`Heads.task_positive`), so a row says what the evaluation report measured; written for
+  validation images at release), the class the model answers, by that rule (and its fitted
+  threshold) from the unscaled logits (`Heads.task_positive`), so a row says what the evaluation report measured; written for
   ok and ood rows as compact JSON `{"defect":"defect","dirt":"normal"}` (sorted keys,
   `pipeline.table.answers_text`). A bundle released before `tasks` existed answers none (NULL).
 Each row records the scorer, threshold, top-2 rule and calibration (`calibration_name`) that produced it.
@@ -149,8 +149,8 @@ class Predictor:
         a bundle without tasks."""
         if not self.tasks:
             return [None] * len(logits)
-        said = {t: np.where(self.heads.task_positive(logits, pair, rule), pair[1], pair[0]).tolist()
-                for t, (pair, rule) in self.tasks.items()}
+        said = {t: np.where(self.heads.task_positive(logits, pair, rule, threshold), pair[1], pair[0]).tolist()
+                for t, (pair, rule, threshold) in self.tasks.items()}
         return [answers_text({t: said[t][i] for t in said}) for i in range(len(logits))]
 
     def outputs(self, x: np.ndarray) -> tuple[np.ndarray, list[list[str]], np.ndarray, list[str | None]]:
@@ -181,15 +181,18 @@ class Predictor:
 
 
 def task_rules_of(heads: Heads, records: dict | None) -> dict:
-    """{task: ((negative, positive), rule)} of bundle.json `tasks` (models/task_rules.py's records;
-    None for a bundle released before them: {}); ValueError for a record these heads cannot answer."""
+    """{task: ((negative, positive), rule, threshold)} of bundle.json `tasks` (models/task_rules.py's
+    records; None for a bundle released before them: {}); ValueError for a record these heads cannot
+    answer."""
     out = {}
     for task, record in (records or {}).items():
-        pair, rule = tuple(record["classes"]), record["rule"]
+        pair, rule, threshold = tuple(record["classes"]), record["rule"], record.get("threshold", 0.0)
         if len(pair) != 2 or rule not in TASK_RULES or heads.task_head(pair) is None:
             raise ValueError(f"task '{task}': classes {list(pair)} with rule '{rule}' is not a binary task these "
                              f"heads answer by one of {', '.join(TASK_RULES)}")
-        out[task] = (pair, rule)
+        if not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
+            raise ValueError(f"task '{task}': threshold {threshold!r} is not a finite number")
+        out[task] = (pair, rule, float(threshold))
     return out
 
 

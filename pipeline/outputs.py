@@ -39,11 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 
 RANKINGS = ("plain", "coherent")
-# How a softmax head over more than a task's two classes answers the task (models/task_rules.py
-# chooses one per task on validation images; ties go to the first): `restricted` compares the two
-# classes' logits, `argmax` says positive iff the argmax over the whole head is the positive class.
-# A binary head (positive iff logit > 0) and a 2-class head have one answer, named `argmax`.
-TASK_RULES = ("restricted", "argmax")
+# How a head answers a binary task (models/task_rules.py chooses one per task on validation images;
+# ties go to the first): `restricted` compares the two classes' logits (a softmax head over more
+# classes than the task's two), `argmax` takes the head's own decision (the argmax over the whole
+# softmax head; a binary head's logit > 0), `threshold` compares the task's margin (`task_margin`:
+# the log-odds of the positive class between the two) with a threshold fitted on validation images.
+TASK_RULES = ("restricted", "argmax", "threshold")
 KINDS = ("softmax", "binary")
 KNN_CHUNK = 1 << 22  # query x bank distances knn computes at a time (32 MiB of float64 per array)
 
@@ -204,24 +205,37 @@ class Heads:
             (h for h in self.heads if h[1] == "softmax" and neg in h[2] and pos in h[2]), None)
 
     def task_rules(self, pair) -> tuple[str, ...]:
-        """The rules (TASK_RULES) that give different answers to the task: both for a softmax head
-        over more classes than the task's two, else ('argmax',)."""
-        head = self.task_head(pair)
-        return TASK_RULES if head and head[1] == "softmax" and len(head[2]) > 2 else ("argmax",)
+        """The rules (TASK_RULES) that give different answers to the task: all three for a softmax
+        head over more classes than the task's two, else `argmax` and `threshold`."""
+        head = self._task_head(pair)
+        return TASK_RULES if head[1] == "softmax" and len(head[2]) > 2 else ("argmax", "threshold")
 
-    def task_positive(self, logits: np.ndarray, pair, rule: str = "argmax") -> np.ndarray:
-        """Bool (N,): does the model say the task's positive class, under `rule` (TASK_RULES)?"""
+    def task_margin(self, logits: np.ndarray, pair) -> np.ndarray:
+        """(N,) the task's log-odds of the positive class against the negative one: a binary head's
+        logit, else the positive class's logit minus the negative's (the logit of p(positive) /
+        (p(positive) + p(negative)) under the softmax). 0 is the `restricted` answer's boundary."""
+        head = self._task_head(pair)
+        z = self.split(np.asarray(logits))[head[0]]
+        return z[:, 0] if head[1] == "binary" else z[:, head[2].index(pair[1])] - z[:, head[2].index(pair[0])]
+
+    def task_positive(self, logits: np.ndarray, pair, rule: str = "argmax", threshold: float = 0.0) -> np.ndarray:
+        """Bool (N,): does the model say the task's positive class, under `rule` (TASK_RULES;
+        `threshold`: the fitted margin the `threshold` rule compares with)?"""
         if rule not in TASK_RULES:
             raise ValueError(f"unknown task rule '{rule}'; choose one of {', '.join(TASK_RULES)}")
+        head = self._task_head(pair)
+        if rule == "threshold":
+            return self.task_margin(logits, pair) > threshold
+        if head[1] == "binary" or rule == "restricted":
+            return self.task_margin(logits, pair) > 0
+        return self.split(np.asarray(logits))[head[0]].argmax(1) == head[2].index(pair[1])
+
+    def _task_head(self, pair) -> tuple[str, str, tuple[str, ...]]:
         head = self.task_head(pair)
         if head is None:
             raise ValueError(f"no head answers task {tuple(pair)}: no binary head for '{pair[1]}' and no softmax "
                              f"head over both classes (heads: {[h[0] for h in self.heads]})")
-        z = self.split(logits)[head[0]]
-        if head[1] == "binary":
-            return z[:, 0] > 0
-        i, j = head[2].index(pair[0]), head[2].index(pair[1])
-        return z[:, j] > z[:, i] if rule == "restricted" else z.argmax(1) == j
+        return head
 
     def blocks(self, logits: np.ndarray):
         """(kind, logits block) per head."""

@@ -306,14 +306,17 @@ def test_report_on_tiny_checkpoints(tiny_data, artifacts, tmp_path):
             return list(csv.DictReader(f))
 
     t1 = rows("table1_accuracy.csv")
-    assert [r["method"] for r in t1] == ["efficiency-centric", "efficiency-centric, argmax over all classes",
-                                         "efficiency-centric, two classes", "multi-task", "task-centric"]
+    rule_rows = {"efficiency-centric": ["argmax", "two classes", "threshold fitted on val"],
+                 "multi-task": ["argmax", "threshold fitted on val"], "task-centric": ["argmax", "threshold fitted on val"]}
+    assert [r["method"] for r in t1] == [*rule_rows, *(f"{p}, {r}" for p, rs in rule_rows.items() for r in rs)]
     uni_m = json.loads((out / "runs" / "uni" / "exp1.json").read_text())
-    for t, e in uni_m["tasks"].items():  # each task answered by the rule chosen on val, the others kept as rows
-        choice = e["rule_choice"]
-        assert choice["rule"] in ("argmax", "restricted") and "val" in choice["sets"]
-        test = e["sets"]["test"]
-        assert test["accuracy"] == test["by_rule"][choice["rule"]]["accuracy"]
+    multi_m = json.loads((out / "runs" / "multi" / "exp1.json").read_text())
+    for m in (uni_m, multi_m):  # each task answered by the rule chosen on val, the others kept as rows
+        for t, e in m["tasks"].items():
+            choice = e["rule_choice"]
+            assert choice["rule"] in choice["accuracy"] and "val" in choice["sets"] and np.isfinite(choice["threshold"])
+            test = e["sets"]["test"]
+            assert test["accuracy"] == test["by_rule"][choice["rule"]]["accuracy"]
     assert "Chosen: " in report and "trials)" in report
     cols = [f"{t}: {s}" for t in spec.tasks for s in ["test", *spec.external.get(t, {})]]
     assert [k[:-5] for k in t1[0] if k.endswith(" mean")] == cols

@@ -68,13 +68,18 @@ def test_rows_carry_the_task_answers_and_query_selects_by_them(bundles, tmp_path
     names = list(pred.heads.heads[0][2])
     z = np.full((1, len(names)), -5.0, np.float32)
     z[0, names.index("dirt")], z[0, names.index("defect")] = 3.0, 1.0
-    for rule, said in (("restricted", "defect"), ("argmax", "normal")):
-        one = {"defect": {**tasks["defect"], "rule": rule}}
+    # By `threshold` the margin (defect minus normal logit, here 6) is compared with the fitted threshold.
+    for rule, threshold, said in (("restricted", 0.0, "defect"), ("argmax", 0.0, "normal"),
+                                  ("threshold", 5.5, "defect"), ("threshold", 6.5, "normal")):
+        one = {"defect": {**tasks["defect"], "rule": rule, "threshold": threshold}}
         ruled = Predictor(Bundle(b.path, {**b.manifest, "tasks": one}, b.arrays), pred.session, pred.score,
                           pred.threshold)
         assert ruled.task_answers(z) == [f'{{"defect":"{said}"}}']
     with pytest.raises(ValueError, match="task 'defect': classes \\['normal', 'defect'\\] with rule 'nearest'"):
         Predictor(Bundle(b.path, {**b.manifest, "tasks": {"defect": {**tasks["defect"], "rule": "nearest"}}},
+                         b.arrays), pred.session, pred.score, pred.threshold)
+    with pytest.raises(ValueError, match="task 'defect': threshold 'high' is not a finite number"):
+        Predictor(Bundle(b.path, {**b.manifest, "tasks": {"defect": {**tasks["defect"], "threshold": "high"}}},
                          b.arrays), pred.session, pred.score, pred.threshold)
 
     # query --answer: exactly the day's ok rows with that answer; several must all hold.

@@ -49,12 +49,13 @@ def test_release_writes_a_verified_bundle(bundles, models, run):
     stored = ckpt.state["calibration"]
     assert {k: m["calibration"][k] for k in stored} == stored and m["calibration"]["fitted"].startswith("stored")
     assert "## Calibration\nThe top-2 scores are temperature-scaled" in card and "| after |" in card
-    # how each task is answered, chosen on val: both rules for the one model, one for the others
+    # how each task is answered, chosen on val: three rules for the one model, two for the others
     tasks = m["tasks"]
     assert set(tasks) == ({"defect"} if run == "task_defect" else {"defect", "dirt"})
     for t, r in tasks.items():
         assert r["rule"] in r["accuracy"] and "val" in r["sets"] and r["sets"]["val"] > 0
-        assert set(r["accuracy"]) == ({"restricted", "argmax"} if run == "uni" else {"argmax"})
+        assert set(r["accuracy"]) == ({"restricted", "argmax", "threshold"} if run == "uni" else {"argmax", "threshold"})
+        assert isinstance(r["threshold"], float)
     assert "## Task answers" in card and f"| {next(iter(tasks))} |" in card
 
 

@@ -83,7 +83,8 @@ def torch_rows(ckpt_path, spec, images, bundle) -> dict[str, dict]:
     said = {}
     for task, record in bundle.manifest["tasks"].items():
         pair = tuple(record["classes"])
-        said[task] = [pair[int(y)] for y in ckpt.paradigm.task_positive(z, pair, record["rule"]).tolist()]
+        said[task] = [pair[int(y)] for y in ckpt.paradigm.task_positive(z, pair, record["rule"],
+                                                                                   record["threshold"]).tolist()]
     answers = [json.dumps({t: said[t][i] for t in said}, separators=(",", ":"), sort_keys=True)
                for i in range(len(images))]
     return {str(p): {"top1_label": names[0], "top2_label": names[1], "top1_prob": p1, "top2_prob": p2,
