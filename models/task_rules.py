@@ -101,9 +101,14 @@ def choose(heads: Heads, pair, sets: dict[str, tuple[np.ndarray, list[str]]]) ->
             mean[r] = cross_validated(margins, labels)
         else:
             mean[r] = float(np.mean([accuracy_score(y, heads.task_positive(z, pair, r)) for z, y in found.values()]))
-    ranked = sorted(mean, key=lambda r: (-np.nan_to_num(mean[r], nan=-1.0), TASK_RULES.index(r)))
-    return {"classes": list(pair), "rule": ranked[0], "threshold": threshold, "accuracy": mean,
+    return {"classes": list(pair), "rule": best_rule(mean), "threshold": threshold, "accuracy": mean,
             "sets": {name: len(y) for name, y in zip(found, labels)}}
+
+
+def best_rule(scores: dict[str, float]) -> str:
+    """The rule with the highest score; equal scores (to 1e-9: the rules' means add the same
+    accuracies in different orders) go to the first of TASK_RULES; NaN ranks last."""
+    return min(scores, key=lambda r: (-round(float(np.nan_to_num(scores[r], nan=-1.0)), 9), TASK_RULES.index(r)))
 
 
 def validation_items(ckpt, spec, task: str) -> dict[str, tuple[str, list]]:

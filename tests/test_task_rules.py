@@ -8,7 +8,7 @@ import torch
 
 from models import build_paradigm
 from models.paradigms import NoAnswer
-from models.task_rules import choose, cross_validated, describe, fit_threshold
+from models.task_rules import best_rule, choose, cross_validated, describe, fit_threshold
 from pipeline.outputs import Heads
 
 HEADS = Heads((("all", "softmax", ("normal", "defect", "dirt")),))
@@ -38,6 +38,13 @@ def test_the_rule_with_the_higher_mean_validation_accuracy_wins():
     assert r["accuracy"]["threshold"] <= 0.75  # no one threshold serves both sets
     assert r["rule"] == "restricted"
     assert "restricted (0.750 v argmax 0.750" in describe({"defect": r})
+
+
+def test_equal_scores_go_to_the_first_rule_whatever_the_rounding():
+    # the same three accuracies summed in two orders: 0.8249999999999998 and 0.8250000000000001
+    assert best_rule({"argmax": (0.85 + 0.8 + 0.825) / 3, "threshold": (0.8 + 0.825 + 0.85) / 3}) == "argmax"
+    assert best_rule({"restricted": 0.5, "argmax": 0.6, "threshold": float("nan")}) == "argmax"
+    assert best_rule({"argmax": 0.7, "threshold": 0.7 + 1e-6}) == "threshold"
 
 
 def test_a_threshold_fitted_on_validation_moves_the_boundary_where_a_shift_moved_the_margins():
