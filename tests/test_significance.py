@@ -77,7 +77,7 @@ def test_table_bolds_the_chosen_row_only():
     assert "**0.500**" in t.markdown().splitlines()[4]
 
 
-def test_each_replicate_of_a_block_is_the_metric_of_its_draw():
+def test_each_replicate_of_a_block_is_the_metric_of_its_draw(monkeypatch):
     """The bootstrap computes a block of replicates at once (`stat.batch`): every row must be the
     evaluation.metrics value of the images that row drew, ties and ECE bins included."""
     rng = np.random.default_rng(2)
@@ -92,6 +92,13 @@ def test_each_replicate_of_a_block_is_the_metric_of_its_draw():
     aurocs = stats.auroc_stat.batch([id_s[draws[50]], ood_s[draws[30]]])
     assert np.allclose(aurocs, [metrics.auroc(np.r_[np.ones(50), np.zeros(30)], np.r_[id_s[i], ood_s[j]])
                                 for i, j in zip(draws[50], draws[30])])
+    # from the draws' indices (what the bootstrap calls): the same, through the pair matrix or not
+    assert np.allclose(stats.auroc_stat.indexed([id_s, ood_s], [draws[50], draws[30]]), aurocs)
+    more = np.round(rng.normal(0, 1, 30), 1)
+    both = stats.mean_auroc_stat.indexed([id_s, ood_s, more], [draws[50], draws[30], draws[30][::-1]])
+    assert np.allclose(both, (aurocs + stats.auroc_stat.batch([id_s[draws[50]], more[draws[30][::-1]]])) / 2)
+    monkeypatch.setattr(stats, "MAX_PAIRS", 10)
+    assert np.allclose(stats.auroc_stat.indexed([id_s, ood_s], [draws[50], draws[30]]), aurocs)
     eces = stats.ece_stat.batch([np.c_[conf, right][draws[70]]])
     assert np.allclose(eces, [metrics.ece(conf[i], right[i], 15) for i in draws[70]])
     assert stats.ece_stat([np.c_[conf, right]]) == pytest.approx(metrics.ece(conf, right, 15))
