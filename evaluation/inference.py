@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from data.images import content_hash
-from models.adapt import bn_adapted
+from models.adapt import MAX_IMAGES, bn_adapted
 from models.checkpoint import Checkpoint
 from models.inference import predict_features
 
@@ -39,7 +39,8 @@ class CachedPredictor:
         paths = [str(it[0] if isinstance(it, (tuple, list)) else it) for it in items]
         size = f"{self.ckpt.resize}->{self.ckpt.crop}"
         set_name = f"bn-adapt:{set_name}" if adapt else set_name
-        digest = hashlib.sha256("\n".join([set_name, size, *paths]).encode()).hexdigest()[:16]
+        how = [f"statistics of at most {MAX_IMAGES} images"] if adapt else []
+        digest = hashlib.sha256("\n".join([set_name, size, *how, *paths]).encode()).hexdigest()[:16]
         file = self.cache_dir / f"{self.key}_{digest}.pt" if self.cache_dir else None
         if file is not None and file.is_file():
             try:

@@ -4,7 +4,10 @@ A shifted image set (snow, rain, another camera) moves the activations' mean and
 the running statistics learned in training. BN adapt re-estimates every BatchNorm layer's statistics
 on the set itself (one pass, no labels, no gradient; the learned weights stay) and predicts with
 them. The gain it gives measures how much of an accuracy loss under shift is a statistics shift,
-and it is deployable for a day's batch: adapt on the day's images, then predict them.
+and it is deployable for a day's batch: adapt on the day's images, then predict them. The statistics
+are taken from at most `MAX_IMAGES` of them, spread evenly over the set (per channel they are means
+over every pixel of every image: a few hundred images fix them), so a large set costs one pass to
+predict plus a bounded one to adapt.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from torch import nn
 
 from models.inference import batches
 
+MAX_IMAGES = 512
+
 
 def batchnorms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -22,10 +27,13 @@ def batchnorms(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def bn_adapted(model: nn.Module, items: list, transform, batch_size: int = 32, device="cpu", desc: str = "adapt",
-               progress: bool = True, workers: int = 0) -> nn.Module:
-    """A copy of `model` whose BatchNorm statistics are the cumulative average over `items`' batches
-    (a last batch of one image is left out: a 1-D BatchNorm cannot take a variance from one value).
-    ValueError when the model has no BatchNorm or fewer than two images can be read."""
+               progress: bool = True, workers: int = 0, max_images: int = MAX_IMAGES) -> nn.Module:
+    """A copy of `model` whose BatchNorm statistics are the cumulative average over the batches of
+    `items`, or of `max_images` of them evenly spread when there are more (a last batch of one image
+    is left out: a 1-D BatchNorm cannot take a variance from one value). ValueError when the model
+    has no BatchNorm or fewer than two images can be read."""
+    if len(items) > max_images >= 2:
+        items = [items[i] for i in sorted({round(k * (len(items) - 1) / (max_images - 1)) for k in range(max_images)})]
     adapted = copy.deepcopy(model).eval()
     norms = batchnorms(adapted)
     if not norms:

@@ -251,6 +251,9 @@ def test_bn_adapt_takes_the_statistics_of_the_set_and_leaves_the_model_alone(tmp
     assert torch.allclose(adapted[0].running_var.double(), var, atol=1e-6)
     assert not adapted.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert torch.equal(adapted[2].weight, model[2].weight)  # learned weights are kept
+    # a larger set: the statistics of `max_images` of its images, spread evenly (the first and the last here)
+    few = bn_adapted(model, paths, T.ToTensor(), batch_size=2, progress=False, max_images=2)
+    assert torch.allclose(few[0].running_mean.double(), pixels[[0, 3]].mean(0), atol=1e-6)
     with pytest.raises(ValueError, match="at least two readable images"):
         bn_adapted(model, paths[:1], T.ToTensor(), progress=False)
     with pytest.raises(ValueError, match="no BatchNorm"):
