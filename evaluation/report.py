@@ -52,20 +52,58 @@ def find_checkpoints(artifacts: Path, spec: Spec) -> dict[str, dict[str, Path]]:
 def evaluate_all(artifacts, spec: Spec, cache_dir, *, device="cpu", batch_size=32, progress=True, workers=0):
     """({run: {trial: (metrics, raw)}}, {run: models.checkpoint.Checkpoint of its first trial}) for every
     ARTIFACTS/<run>/<trial>/best.pt; each image set is inferred once per checkpoint (cached)."""
-    results: dict[str, dict[str, tuple[dict, dict]]] = {}
-    first_models = {}
-    for run, trials in find_checkpoints(artifacts, spec).items():
-        results[run] = {}
-        for trial, path in trials.items():
-            ckpt = checkpoints.load(path, spec, device)
-            if ckpt.paradigm.run_name != run:
-                raise CheckpointError(f"{path}: a {ckpt.paradigm.run_name} checkpoint in the folder of run '{run}'; "
-                                      f"move it to {Path(artifacts) / ckpt.paradigm.run_name}")
-            results[run][trial] = evaluate_checkpoint(path, spec, device=device, batch_size=batch_size,
-                                                      cache_dir=cache_dir, progress=progress, workers=workers,
-                                                      loaded=ckpt)
-            first_models.setdefault(run, ckpt)
-    return results, first_models
+    return evaluate_runs({"": artifacts}, spec, cache_dir, device=device, batch_size=batch_size, progress=progress,
+                         workers=workers)[""]
+
+
+def evaluate_runs(folders: dict[str, str | Path], spec: Spec, cache_dir, *, device="cpu", batch_size=32,
+                  progress=True, workers=0) -> dict[str, tuple[dict, dict]]:
+    """{name: evaluate_all's pair} for each artifacts folder, every checkpoint of every folder in one
+    pool of processes (`processes`): on a CPU a checkpoint's small forward passes keep one core busier
+    than two, so two checkpoints at a time on one thread each finish sooner than one on two."""
+    jobs, out = [], {}
+    for name, folder in folders.items():
+        results, first = {}, {}
+        for run, trials in find_checkpoints(Path(folder), spec).items():
+            results[run] = {}
+            for trial, path in trials.items():
+                ckpt = checkpoints.load(path, spec, device)
+                if ckpt.paradigm.run_name != run:
+                    raise CheckpointError(f"{path}: a {ckpt.paradigm.run_name} checkpoint in the folder of run '{run}'; "
+                                          f"move it to {Path(folder) / ckpt.paradigm.run_name}")
+                first.setdefault(run, ckpt)
+                jobs.append((results[run], trial, path, ckpt))
+        out[name] = (results, first)
+    n, threads = processes(device, len(jobs))
+    kwargs = dict(device=device, batch_size=batch_size, cache_dir=cache_dir, workers=workers)
+    if n == 1:
+        for into, trial, path, ckpt in jobs:
+            into[trial] = evaluate_checkpoint(path, spec, progress=progress, loaded=ckpt, **kwargs)
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from tqdm import tqdm
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
+                             initargs=(threads,)) as pool:
+        futures = [(into, trial, pool.submit(evaluate_checkpoint, path, spec, progress=False, **kwargs))
+                   for into, trial, path, _ in jobs]
+        for into, trial, f in tqdm(futures, desc=f"evaluate ({n} processes)", unit="checkpoint", disable=not progress):
+            into[trial] = f.result()
+    return out
+
+
+def processes(device, jobs: int) -> tuple[int, int]:
+    """(processes, torch threads each) to evaluate `jobs` checkpoints: one process on a GPU; on a CPU
+    up to one per core and 4 in all, the cores shared out."""
+    if jobs < 2 or str(device) != "cpu":
+        return 1, provenance.cores()
+    n = min(jobs, provenance.cores(), 4)
+    return n, max(1, provenance.cores() // n)
+
+
+def _threads(n: int) -> None:
+    import torch
+    torch.set_num_threads(n)
 
 
 def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cache_dir=None, progress=True,
@@ -77,11 +115,11 @@ def build_report(artifacts, spec: Spec, out, *, device="cpu", batch_size=32, cac
     from evaluation.robustness import lever_table
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results, first_models = evaluate_all(artifacts, spec, cache_dir or out / "cache", device=device,
-                                         batch_size=batch_size, progress=progress, workers=workers)
-    variant_results = {name: evaluate_all(path, spec, cache_dir or out / "cache", device=device, batch_size=batch_size,
-                                          progress=progress, workers=workers)[0]
-                       for name, path in (variants or {}).items()}
+    evaluated = evaluate_runs({"": artifacts, **{f"variant {k}": v for k, v in (variants or {}).items()}}, spec,
+                              cache_dir or out / "cache", device=device, batch_size=batch_size, progress=progress,
+                              workers=workers)
+    results, first_models = evaluated[""]
+    variant_results = {name: evaluated[f"variant {name}"][0] for name in (variants or {})}
     for folder, res in [(out / "runs", results), *((out / "runs" / "variants" / n, r) for n, r in variant_results.items())]:
         for run, trials in res.items():
             (folder / run).mkdir(parents=True, exist_ok=True)
