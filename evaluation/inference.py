@@ -9,6 +9,7 @@ keeps its entries and a retrained one gets new ones.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class CachedPredictor:
         self.inferred.append(set_name)
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f".{file.name}.tmp")
+            tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")  # two processes may write one entry
             torch.save({"paths": paths, "logits": logits, "features": features}, tmp)
             tmp.replace(file)
         return logits, features

@@ -21,6 +21,7 @@ from models.paradigms import spec_paradigms
 from evaluation.paper_tables import make_tables, task_run
 from evaluation.summary import write_summary
 from pipeline.bundle import MANIFEST as BUNDLE_MANIFEST
+from utils import trial_jobs
 
 
 def run_names(spec: Spec) -> list[str]:
@@ -59,8 +60,9 @@ def evaluate_all(artifacts, spec: Spec, cache_dir, *, device="cpu", batch_size=3
 def evaluate_runs(folders: dict[str, str | Path], spec: Spec, cache_dir, *, device="cpu", batch_size=32,
                   progress=True, workers=0) -> dict[str, tuple[dict, dict]]:
     """{name: evaluate_all's pair} for each artifacts folder, every checkpoint of every folder in one
-    pool of processes (`processes`): on a CPU a checkpoint's small forward passes keep one core busier
-    than two, so two checkpoints at a time on one thread each finish sooner than one on two."""
+    pool of processes, as many at a time as training runs (utils.trial_jobs: one per core and 4 in all
+    on a CPU, the cores shared out; one on a GPU): a checkpoint's small forward passes keep one core
+    busier than two, so two checkpoints at a time on one thread each finish sooner than one on two."""
     jobs, out = [], {}
     for name, folder in folders.items():
         results, first = {}, {}
@@ -74,7 +76,7 @@ def evaluate_runs(folders: dict[str, str | Path], spec: Spec, cache_dir, *, devi
                 first.setdefault(run, ckpt)
                 jobs.append((results[run], trial, path, ckpt))
         out[name] = (results, first)
-    n, threads = processes(device, len(jobs))
+    n, threads = trial_jobs(len(jobs), cuda=str(device) != "cpu")
     kwargs = dict(device=device, batch_size=batch_size, cache_dir=cache_dir, workers=workers)
     if n == 1:
         for into, trial, path, ckpt in jobs:
@@ -90,15 +92,6 @@ def evaluate_runs(folders: dict[str, str | Path], spec: Spec, cache_dir, *, devi
         for into, trial, f in tqdm(futures, desc=f"evaluate ({n} processes)", unit="checkpoint", disable=not progress):
             into[trial] = f.result()
     return out
-
-
-def processes(device, jobs: int) -> tuple[int, int]:
-    """(processes, torch threads each) to evaluate `jobs` checkpoints: one process on a GPU; on a CPU
-    up to one per core and 4 in all, the cores shared out."""
-    if jobs < 2 or str(device) != "cpu":
-        return 1, provenance.cores()
-    n = min(jobs, provenance.cores(), 4)
-    return n, max(1, provenance.cores() // n)
 
 
 def _threads(n: int) -> None:
